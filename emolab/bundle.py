@@ -24,6 +24,11 @@ CONVENTION_NOTE = (
     "layer L = output of decoder block L (0-based) = transformers hidden_states[L+1] "
     "(for the final block: before the final norm); vLLM: hidden_states + residual of block L"
 )
+# Alpha scales (see EmotionBundle.steering_basis). On the normalized scale alpha 1 adds a vector
+# whose length is this fraction of the mean residual-stream norm at the layer (docs/steering-effect.md
+# gives the measurements behind the choice).
+ALPHA_SCALES = ("raw", "normalized")
+NORMALIZED_FRACTION = 0.1
 # Family-split keys written by the reference tool: auc_matrix_anger_joy_sadness and the like.
 _FAMILY_PREFIXES = ("auc_matrix_", "n_train_", "n_val_")
 
@@ -63,6 +68,49 @@ class EmotionBundle:
     def basis(self) -> np.ndarray:
         """All vectors as one float32 array ``[len(chosen_layers), n_emotions, hidden]``."""
         return np.stack([self.vectors[e] for e in self.emotions], axis=1).astype(np.float32)
+
+    def steering_basis(self, scale: str | None = None) -> np.ndarray:
+        """The basis steering multiplies by alphas, on the ``raw`` or the ``normalized`` alpha scale.
+
+        ``raw``: the vectors as extracted (``basis()``), so alpha 1 adds ``v[e, L]``.
+        ``normalized``: each vector rescaled to ``NORMALIZED_FRACTION * residual_norm[L]``, so alpha 1
+        adds a push of a tenth of the typical residual-stream norm at that layer, whatever the
+        emotion, layer or model; alphas then mean the same thing across emotions and bundles.
+        ``None`` takes the bundle's default, metadata ``alpha_scale`` (absent: ``raw``).
+        """
+        scale = scale or self.alpha_scale
+        if scale not in ALPHA_SCALES:
+            raise BundleError(f"unknown alpha scale {scale!r}; choose from {list(ALPHA_SCALES)}")
+        basis = self.basis()
+        if scale == "raw":
+            return basis
+        norms = self.residual_norms()
+        lengths = np.linalg.norm(basis, axis=2, keepdims=True)  # [n_layers, n_emotions, 1]
+        if np.any(lengths == 0):
+            raise BundleError("a vector of zero length cannot be put on the normalized alpha scale")
+        target = NORMALIZED_FRACTION * np.asarray(norms, dtype=np.float64)[:, None, None]
+        return (basis / lengths * target).astype(np.float32)
+
+    @property
+    def alpha_scale(self) -> str:
+        """The bundle's default alpha scale (metadata ``alpha_scale``; absent means ``raw``)."""
+        return str(self.metadata.get("alpha_scale") or "raw")
+
+    def residual_norms(self) -> list[float]:
+        """Mean residual-stream L2 norm at each chosen layer, from metadata ``residual_norm``."""
+        values = self.metadata.get("residual_norm")
+        if values is None:
+            raise BundleError(
+                "the normalized alpha scale needs metadata 'residual_norm' (recorded by emolab extract); "
+                "this bundle lacks it (reference-tool bundles do): use the raw scale or re-extract"
+            )
+        search = self.search_layers
+        if len(values) != len(search):
+            raise BundleError(f"metadata residual_norm has {len(values)} values for {len(search)} search layers")
+        missing = [layer for layer in self.chosen_layers if layer not in search]
+        if missing:
+            raise BundleError(f"chosen layers {missing} are not among search_layers, so have no residual_norm")
+        return [float(values[search.index(layer)]) for layer in self.chosen_layers]
 
     def vector(self, emotion: str, layer: int) -> np.ndarray:
         return self.vectors[emotion][self.chosen_layers.index(layer)]
@@ -155,7 +203,7 @@ def _load_array(path: Path, shape: tuple[int | None, int | None]) -> np.ndarray:
 
 def _check_shape(path: Path, array: np.ndarray, shape: tuple[int | None, int | None]) -> None:
     if array.ndim != 2 or array.dtype.kind != "f" or any(
-        want is not None and got != want for got, want in zip(array.shape, shape)
+        want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
     ):
         want = " x ".join("?" if s is None else str(s) for s in shape)
         raise BundleError(f"{path}: array of shape {array.shape} ({array.dtype}), want float [{want}]")

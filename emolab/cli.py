@@ -63,6 +63,7 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
 def run_extract(args: argparse.Namespace) -> int:
     from emolab.emotions import parse_emotions
     from emolab.extract import ExtractConfig, extract
+    from emolab.layers import check_layer_spec
     from emolab.report import print_report
 
     try:
@@ -72,6 +73,10 @@ def run_extract(args: argparse.Namespace) -> int:
     layers, window = args.layers, args.window
     if args.layer is not None:
         layers, window = str(args.layer), 1
+    try:  # fail on a typo before loading data and model; the layer range needs the model's depth
+        check_layer_spec(layers)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("--layers", "--layer" if args.layer is not None else "--layers")) from None
     output = args.output or f"vectors/{args.model.rstrip('/').split('/')[-1].lower()}"
     config = ExtractConfig(
         model=args.model, emotions=emotions, layers=layers, window=window, batch_size=args.batch_size,
@@ -115,6 +120,8 @@ class UsageError(Exception):
 
 
 BUILDERS = [add_extract, add_test, add_build_model]
+BUILDERS += [__import__('emolab.server').server.add_serve, __import__('emolab.http_client').http_client.add_test_http]
+BUILDERS += [__import__('emolab.evaluate').evaluate.add_eval]
 
 
 def main(argv: list[str] | None = None) -> int:

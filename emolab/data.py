@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,10 +63,19 @@ def read_tsv(path: Path) -> list[Record]:
 
 
 def _load_hub(dataset_id: str, splits: tuple[str, ...]) -> list[Record]:
-    from datasets import load_dataset  # optional dependency, only for the hub path
+    try:
+        from datasets import load_dataset  # optional dependency, only for the hub path
+    except ImportError:
+        raise ValueError(
+            f"--data {dataset_id}: reading from the hub needs `pip install datasets`; "
+            "--data bundled uses the copy shipped with emolab"
+        ) from None
 
     hub_split = {"train": "train", "dev": "validation", "test": "test"}
-    ds = load_dataset(dataset_id, "simplified")
+    try:
+        ds = load_dataset(dataset_id, "simplified")
+    except (OSError, ConnectionError) as exc:  # offline, unknown id, ...
+        raise ValueError(f"--data {dataset_id}: cannot load it from the hub ({exc})") from None
     records = []
     for split in splits:
         for row in ds[hub_split[split]]:
@@ -94,7 +104,7 @@ def load_records(source: str = "auto", splits: tuple[str, ...] = ("train",)) -> 
             except Exception:  # no `datasets`, no network, ... -> the identical bundled copy
                 pass
         return _load_folder(BUNDLED_DIR, splits), f"bundled:{BUNDLED_DIR}"
-    if "/" in source and not Path(source).exists():
+    if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", source) and not Path(source).exists():  # owner/name, not a path
         return _load_hub(source, splits), f"hub:{source}"
     raise ValueError(f"--data {source!r}: not 'auto', 'bundled', an existing folder of TSVs, or a hub id")
 

@@ -99,7 +99,10 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
 
     t0 = time.perf_counter()
     if model is None:
-        model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+        try:
+            model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+        except OSError as exc:  # not a folder, not in the hub cache while offline, unreachable hub, ...
+            raise ValueError(f"--model {config.model!r}: cannot load it ({exc})") from None
     timings["load_model_s"] = time.perf_counter() - t0
     num_layers = len(decoder_layers(model))
     search = parse_layers(config.layers, num_layers)

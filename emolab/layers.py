@@ -55,6 +55,16 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return sorted(layers)
 
 
+def check_layer_spec(spec: str) -> None:
+    """Syntax-check ``--layers`` before any model is loaded; ``parse_layers`` checks the range later."""
+    items = [part.strip().lower() for part in str(spec).split(",") if part.strip()]
+    if not items:
+        raise ValueError("--layers: no layers selected")
+    for item in items:
+        if item not in BANDS and not item.isdigit():
+            raise ValueError(f"--layers: {item!r} is neither a band {BANDS} nor a layer id")
+
+
 def choose_window(layers: list[int], layer_scores: np.ndarray, window: int) -> tuple[list[int], float]:
     """Best run of ``window`` consecutive layer ids among ``layers`` by mean score.
 

@@ -79,13 +79,17 @@ def ensure_smollm2(target: Path | None = None) -> Path:
     target = target or cache_dir() / "models" / "smollm2-135m-instruct"
 
     def build(out: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
         gguf = smollm2_gguf()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # Re-home the weights in a plain model so the saved folder has no GGUF provenance in it.
-        plain = LlamaForCausalLM(dequantized.config)
+        # Re-home the weights in a plain model whose config has no GGUF quantization entry: the
+        # weights are plain fp32 now, and vLLM refuses a config that claims `gguf`.
+        settings = dequantized.config.to_dict()
+        for key in ("quantization_config", "_model_name_or_path"):
+            settings.pop(key, None)
+        plain = LlamaForCausalLM(LlamaConfig.from_dict(settings))
         plain.load_state_dict(dequantized.state_dict())
         plain.config.dtype = torch.float32
         plain.generation_config = dequantized.generation_config

@@ -71,7 +71,7 @@ def print_report(bundle: EmotionBundle, console=None) -> None:
         for emotion in bundle.emotions:
             table.add_column(emotion, justify="right")
         table.add_column("mean", justify="right", style="bold")
-        for layer, row in zip(info["search_layers"], auc):
+        for layer, row in zip(info["search_layers"], auc, strict=True):
             mark = "*" if layer in bundle.chosen_layers else ""
             table.add_row(f"{mark}{layer}", *(f"{x:.3f}" for x in row), f"{row.mean():.3f}")
         console.print(table)

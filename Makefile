@@ -13,7 +13,7 @@ OUT    ?= runs/extract-$(MODEL)
 PORT   ?= 8000
 BACKEND ?= auto
 
-.PHONY: setup test demo lint clean smollm2 extract inspect serve notebooks bench lab
+.PHONY: setup test demo lint clean smollm2 extract inspect serve test-http notebooks bench lab strip-notebooks effect
 
 setup: $(STAMP)
 
@@ -27,15 +27,43 @@ smollm2: setup
 test: setup
 	$(BIN)/python -m pytest -ra
 
+# Notebook-driven main job: papermill 01 (extract) -> 02 (plots as PNG) -> emolab serve -> test-http.
+DEMO_ARGS ?=
 demo: setup
-	$(BIN)/emolab extract --model $(MODEL) --data bundled --max-per-class 150 --batch-size 32 --output $(OUT)
-	$(BIN)/emolab test $(OUT)
+	$(BIN)/python scripts/demo.py --model $(MODEL) $(DEMO_ARGS)
 
 extract: setup
 	$(BIN)/emolab extract --model $(MODEL) --output $(OUT) $(ARGS)
 
+effect: setup  # steering-effect eval (docs/steering-effect.md); ARGS adds flags
+	$(BIN)/emolab eval --bundle $(BUNDLE) --alpha-scale normalized --output runs/eval-$(notdir $(BUNDLE)) $(ARGS)
+
 inspect: setup
 	$(BIN)/emolab test $(BUNDLE)
+	$(BIN)/papermill notebooks/02_inspect.ipynb executed/02_inspect.ipynb -k python3 --no-progress-bar \
+		-p bundle_path $(BUNDLE) -p plots_dir executed/inspect-plots
+	@echo "plots: executed/inspect-plots/*.png; notebook: executed/02_inspect.ipynb"
+
+serve: setup
+	$(BIN)/emolab serve --vectors $(BUNDLE) --model $(MODEL) --backend $(BACKEND) --port $(PORT) $(ARGS)
+
+test-http: setup
+	$(BIN)/emolab test-http --base-url http://127.0.0.1:$(PORT)/v1 $(ARGS)
+
+# All notebooks, headless, with their default parameters (executed copies in executed/, git-ignored).
+notebooks: setup
+	@mkdir -p executed
+	for nb in notebooks/*.ipynb; do \
+		$(BIN)/papermill $$nb executed/$$(basename $$nb) -k python3 --no-progress-bar || exit 1; \
+	done
+
+LAB_PORT ?= 8888
+lab: setup
+	$(BIN)/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser --ServerApp.root_dir=$(CURDIR) \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
+
+strip-notebooks: setup
+	$(BIN)/python scripts/strip_notebooks.py
 
 lint: setup
 	$(BIN)/ruff check emolab tests scripts

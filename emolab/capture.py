@@ -33,10 +33,14 @@ def block_output(output: object) -> torch.Tensor:
 
 
 @contextmanager
-def capture_last_token(model: torch.nn.Module, layers: list[int], *, stop_early: bool = True) -> Iterator[dict]:
+def capture_last_token(
+    model: torch.nn.Module, layers: list[int], *, stop_early: bool = True, float32: bool = True
+) -> Iterator[dict]:
     """Within the context, each forward fills ``store[layer]`` with ``[batch, hidden]`` float32.
 
     Set ``store["attention_mask"]`` before the forward; hooks read it to find the last real token.
+    ``collect_activations`` instead sets ``store["last_index"]`` once per batch and asks for the
+    model's own dtype (``float32=False``), which keeps the hooks to one gather each.
     """
     blocks = decoder_layers(model)
     store: dict = {}
@@ -46,8 +50,11 @@ def capture_last_token(model: torch.nn.Module, layers: list[int], *, stop_early:
     def make_hook(layer: int):
         def hook(module, args, output):
             hidden = block_output(output)
-            index = last_token_index(store["attention_mask"])
-            store[layer] = hidden[torch.arange(hidden.shape[0], device=hidden.device), index].float()
+            index = store.get("last_index")
+            if index is None:
+                index = last_token_index(store["attention_mask"])
+            picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+            store[layer] = picked.float() if float32 else picked
             if stop_early and layer == deepest:
                 raise _StopForward
 
@@ -77,11 +84,14 @@ def collect_activations(
     max_length: int = 128,
     progress: bool = True,
     desc: str = "capture",
+    flush_every: int = 16,
 ) -> np.ndarray:
     """Last-token residual stream for every text at every layer: float32 ``[n_texts, n_layers, hidden]``.
 
     Texts are processed longest first (less padding per batch, and an out-of-memory error shows up
-    at once rather than at the end); rows come back in input order.
+    at once rather than at the end); rows come back in input order. Results stay on the device for
+    ``flush_every`` batches before one copy to the host, so the host keeps queueing work instead of
+    waiting for every batch (on a GPU a per-batch copy cost ~20% of throughput).
     """
     if not texts:
         raise ValueError("no texts to capture")
@@ -89,21 +99,34 @@ def collect_activations(
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(-np.asarray(lengths), kind="stable")
     out: np.ndarray | None = None
+    pending: list[tuple[np.ndarray, torch.Tensor]] = []
+
+    def flush() -> None:
+        nonlocal out
+        host = torch.cat([acts for _, acts in pending]).float().cpu().numpy()
+        rows = np.concatenate([idx for idx, _ in pending])
+        if out is None:
+            out = np.empty((len(texts), len(layers), host.shape[-1]), dtype=np.float32)
+        out[rows] = host
+        pending.clear()
+
     stack = base_model(model)
-    with torch.inference_mode(), capture_last_token(model, layers) as store:
+    with torch.inference_mode(), capture_last_token(model, layers, float32=False) as store:
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, unit="batch"):
             idx = order[start : start + batch_size]
             batch = tokenizer(
                 [texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True, max_length=max_length
             ).to(device)
             store["attention_mask"] = batch["attention_mask"]
+            store["last_index"] = last_token_index(batch["attention_mask"])
             try:
                 stack(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
             except _StopForward:
                 pass
-            acts = torch.stack([store[layer] for layer in layers], dim=1).cpu().numpy()
-            if out is None:
-                out = np.empty((len(texts), len(layers), acts.shape[-1]), dtype=np.float32)
-            out[idx] = acts
+            pending.append((idx, torch.stack([store[layer] for layer in layers], dim=1)))
+            if len(pending) >= flush_every:
+                flush()
+        if pending:
+            flush()
     assert out is not None
     return out

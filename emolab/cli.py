@@ -119,15 +119,29 @@ class UsageError(Exception):
     """A bad flag value found after parsing; reported like argparse's own errors."""
 
 
-BUILDERS = [add_extract, add_test, add_build_model]
-BUILDERS += [__import__('emolab.server').server.add_serve, __import__('emolab.http_client').http_client.add_test_http]
-BUILDERS += [__import__('emolab.evaluate').evaluate.add_eval]
+# Sub-commands living in other modules, imported when the parser is built ("module:function").
+EXTERNAL_BUILDERS = (
+    "emolab.server:add_serve",
+    "emolab.http_client:add_test_http",
+    "emolab.bench:add_bench",
+    "emolab.evaluate:add_eval",
+)
+
+
+def builders() -> list[Callable[[argparse._SubParsersAction], None]]:
+    import importlib
+
+    found = [add_extract, add_test, add_build_model]
+    for spec in EXTERNAL_BUILDERS:
+        module, name = spec.split(":")
+        found.append(getattr(importlib.import_module(module), name))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emolab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for builder in BUILDERS:
+    for builder in builders():
         builder(sub)
     args = parser.parse_args(argv)
     from emolab.bundle import BundleError

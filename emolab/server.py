@@ -53,6 +53,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                         "layer's residual norm (default: the bundle's own scale, else raw)")
     p.add_argument("--max-concurrent-queue", type=positive_int("--max-concurrent-queue"), default=64,
                    help="HF backend: requests queued or running before new ones get 429")
+    p.add_argument("--enforce-eager", action="store_true", help="vLLM backend: no torch.compile / CUDA graphs")
+    p.add_argument("--vllm-arg", action="append", default=[], metavar="ARGS",
+                   help="vLLM backend: extra arguments for vLLM's server, e.g. --vllm-arg='--max-num-batched-tokens 256'")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run_serve)
 
@@ -156,7 +159,8 @@ def wait_for_health(base_url: str, timeout: float = 300.0, process: subprocess.P
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
-                    return json.loads(response.read())
+                    body = response.read()  # vLLM's /health answers 200 with an empty body
+                    return json.loads(body) if body.strip() else {"status": "ok"}
         except (urllib.error.URLError, OSError, ValueError):
             pass
         if time.monotonic() > deadline:

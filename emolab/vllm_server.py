@@ -76,6 +76,10 @@ def run_vllm_server(args: argparse.Namespace) -> int:
     ok, reason = vllm_support(model)
     if not ok:
         raise RuntimeError(f"--backend vllm: {reason}; use --backend hf")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    bundle.check_model(int(config.num_hidden_layers), int(config.hidden_size))  # refuse before vLLM starts
     alpha_scale = args.alpha_scale or bundle.metadata.get("alpha_scale", "raw")
     bundle.steering_basis(alpha_scale)  # a scale the bundle cannot provide fails now
     env = dict(os.environ)
@@ -142,6 +146,9 @@ class SteeringMiddleware:
             await self.app(scope, receive, send)
             return
         path, method = scope["path"], scope["method"]
+        if path == "/healthz":  # alias of vLLM's own /health, as the HF backend has both
+            scope = {**scope, "path": "/health", "raw_path": b"/health"}
+            path = "/health"
         if self.key and needs_auth(path) and not is_authorized(_header(scope, b"authorization"), self.key):
             await unauthorized_response()(scope, receive, send)
             return

@@ -104,7 +104,7 @@ def test_collect_activations_keeps_input_order_and_matches_unpadded_runs(model_a
     model, tokenizer = model_and_tokenizer
     tokenizer.padding_side = side
     layers = [0, 2]
-    acts = collect_activations(model, tokenizer, TEXTS, layers, batch_size=2, progress=False)
+    acts = collect_activations(model, tokenizer, TEXTS, layers, batch_size=2, progress=False, flush_every=2)
     assert acts.shape == (len(TEXTS), len(layers), model.config.hidden_size)
     assert acts.dtype.name == "float32"
     for i, text in enumerate(TEXTS):

@@ -90,7 +90,7 @@ def test_selected_emotions_change_what_counts_as_mixed():
     assert ds.counts_train == {"anger": 4, "joy": 4}
     assert ds.counts_val == {"anger": 1, "joy": 1}
     truth = {r.text: ekman_targets(r, ["anger", "joy"]) for r in records}
-    for text, label in zip(ds.train_texts + ds.val_texts, np.concatenate([ds.train_labels, ds.val_labels])):
+    for text, label in zip(ds.train_texts + ds.val_texts, np.concatenate([ds.train_labels, ds.val_labels]), strict=True):
         assert truth[text] == {ds.emotions[label]}
 
 

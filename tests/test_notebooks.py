@@ -12,13 +12,12 @@ import re
 import shutil
 import socket
 import subprocess
-from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
-
 from conftest import ROOT, free_port
+
 from emolab.bundle import EmotionBundle
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -102,7 +101,7 @@ def test_01_extract_shows_the_auc_table_of_that_bundle(extracted):
     # each table row: layer id (starred when chosen), one AUC per emotion, the row mean -- as the bundle records them
     rows = [line.replace("│", " ").split() for line in text.splitlines() if line.count("│") >= 8]
     table = {r[0]: r[1:] for r in rows if r and r[0].lstrip("*").isdigit()}
-    for layer, row in zip(bundle.search_layers, auc):
+    for layer, row in zip(bundle.search_layers, auc, strict=True):
         mark = "*" if layer in bundle.chosen_layers else ""
         assert table[f"{mark}{layer}"] == [f"{x:.3f}" for x in row] + [f"{row.mean():.3f}"]
     assert f"saved bundle to {params['output']}: layers {bundle.chosen_layers}" in text

@@ -24,14 +24,9 @@ PROMPT = "My favourite place in the city is"
 
 
 @pytest.fixture(scope="module")
-def bundle_path():
-    return __import__("pathlib").Path("/tmp/dev-bundle-issue3")  # DEVTMP
-
-
-@pytest.fixture(scope="module")
-def base_url(smollm2_path, bundle_path):
+def base_url(smollm2_path, smollm2_bundle_path):
     port = free_port()
-    proc = launch_server(vectors=bundle_path, model="smollm2", port=port, api_key=KEY,
+    proc = launch_server(vectors=smollm2_bundle_path, model="smollm2", port=port, api_key=KEY,
                          extra_args=["--max-alpha", "20", "--max-pairs", "8", "--log-level", "warning"])
     try:
         wait_for_health(f"http://127.0.0.1:{port}", timeout=600, process=proc)
@@ -51,8 +46,8 @@ def reference(smollm2_path):
 
 
 @pytest.fixture(scope="module")
-def bundle(bundle_path):
-    return EmotionBundle.load(bundle_path)
+def bundle(smollm2_bundle_path):
+    return EmotionBundle.load(smollm2_bundle_path)
 
 
 def chat_ids(tokenizer) -> list[int]:
@@ -82,11 +77,11 @@ def greedy(reference, ids: list[int], deltas: dict[int, np.ndarray] | None = Non
     return tokenizer.decode(generated, skip_special_tokens=True), generated
 
 
-def chat(client, steering=None, stream=False, **kwargs):
+def chat(client, steering=None, stream=False, max_tokens=N_TOKENS, **kwargs):
     """Text, finish reason and usage of one chat request (streamed chunks joined)."""
     extra = {"vllm_xargs": {"steering": steering}} if steering is not None else {}
     extra.update(kwargs.pop("extra_body", {}))
-    args = dict(model="smollm2", messages=MESSAGES, max_tokens=N_TOKENS, temperature=0, extra_body=extra, **kwargs)
+    args = dict(model="smollm2", messages=MESSAGES, max_tokens=max_tokens, temperature=0, extra_body=extra, **kwargs)
     if not stream:
         reply = client.chat.completions.create(**args)
         return reply.choices[0].message.content, reply.choices[0].finish_reason, reply.usage
@@ -138,7 +133,8 @@ def test_openai_client_with_a_wrong_key_is_refused(base_url):
 def test_unsteered_chat_equals_plain_generate(client, reference, stream):
     ids = chat_ids(reference[1])
     want_text, want_ids = greedy(reference, ids)
-    text, finish, usage = chat(client, stream=stream)
+    # SmolLM2's template ignores enable_thinking (Qwen3's honours it): accepted, and the output stays plain.
+    text, finish, usage = chat(client, stream=stream, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     assert text == want_text
     assert (usage.prompt_tokens, usage.completion_tokens) == (len(ids), len(want_ids))
     assert finish == ("stop" if want_ids[-1] == reference[1].eos_token_id else "length")
@@ -172,20 +168,21 @@ def test_mixed_steering_equals_the_hand_made_sum(client, reference, bundle):
         text, _, usage = chat(client, [fear, 4.0, joy, -2.0], stream=stream)
         assert text == want_text
         assert usage.completion_tokens == len(want_ids)
-    # The same steering spelt with names, repeated ids, and the top-level field.
-    assert chat(client, ["fear", 4, "JOY", -2.0])[0] == want_text
-    assert chat(client, [fear, 2.0, joy, -2.0, fear, 2.0])[0] == want_text
-    assert chat(client, extra_body={"steering": [fear, 4.0, joy, -2.0]})[0] == want_text
+    # The same steering spelt with names, repeated ids, and the top-level field (first 3 tokens: same greedy path).
+    prefix = reference[1].decode(want_ids[:3], skip_special_tokens=True)
+    assert chat(client, ["fear", 4, "JOY", -2.0], max_tokens=3)[0] == prefix
+    assert chat(client, [fear, 2.0, joy, -2.0, fear, 2.0], max_tokens=3)[0] == prefix
+    assert chat(client, extra_body={"steering": [fear, 4.0, joy, -2.0]}, max_tokens=3)[0] == prefix
 
 
 def test_a_large_alpha_changes_the_output(client, reference):
-    baseline = chat(client)[0]
-    assert chat(client, ["sadness", 12.0])[0] != baseline
-    assert chat(client, [])[0] == baseline  # an empty list is the plain model
+    baseline = chat(client, max_tokens=4)[0]
+    assert chat(client, ["sadness", 12.0], max_tokens=4)[0] != baseline
+    assert chat(client, [], max_tokens=4)[0] == baseline  # an empty list is the plain model
 
 
 def test_seeded_sampling_repeats(client):
-    args = dict(model="smollm2", messages=MESSAGES, max_tokens=N_TOKENS, temperature=1.0, seed=1234)
+    args = dict(model="smollm2", messages=MESSAGES, max_tokens=4, temperature=1.0, seed=1234)
     first, second = (client.chat.completions.create(**args).choices[0].message.content for _ in range(2))
     assert first == second
 
@@ -199,19 +196,14 @@ def test_stop_string_cuts_the_text(client, reference, stream):
     assert finish == "stop"
 
 
-def test_chat_template_kwargs_reach_the_template(client, reference):
-    # SmolLM2's template ignores enable_thinking: the request is accepted and the output is the plain one.
-    assert chat(client, extra_body={"chat_template_kwargs": {"enable_thinking": False}})[0] == chat(client)[0]
-
-
 def test_health_answers_during_a_generation_and_an_abandoned_stream_frees_the_worker(base_url, client):
     stream = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=200, temperature=0,
                                             stream=True)
     next(iter(stream))  # the generation has started
     assert httpx.get(base_url + "/health", timeout=30).status_code == 200
     stream.close()  # client goes away; the server cancels the generation at its next step
-    text, _, usage = chat(client)
-    assert usage.completion_tokens <= N_TOKENS and text
+    text, _, usage = chat(client, max_tokens=2)
+    assert usage.completion_tokens == 2 and text
 
 
 def malformed_corpus(vocab: int) -> list[tuple[str, bytes]]:
@@ -267,5 +259,5 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(base_url, clien
             error = response.json()["error"]
             assert error["message"] and error["type"], raw[:200]
             assert set(error) == {"message", "type", "param", "code"}
-    text, finish, usage = chat(client)
-    assert text and usage.completion_tokens >= 1 and finish in ("stop", "length")
+    text, finish, usage = chat(client, max_tokens=2)
+    assert text and usage.completion_tokens == 2 and finish == "length"

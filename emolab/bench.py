@@ -161,16 +161,19 @@ async def emotions_count(base_url: str, api_key: str) -> int:
         return len(reply.json()["emotions"])
 
 
-def bench_server(base_url: str, args: argparse.Namespace, label: str, scenarios: list[str]) -> list[RunResult]:
+def bench_server(base_url: str, args: argparse.Namespace, label: str, scenarios: list[str],
+                 agent_counts: list[int] | None = None) -> list[RunResult]:
+    agent_counts = agent_counts or args.agents
+
     async def main() -> list[RunResult]:
         n_emotions = await emotions_count(base_url, args.api_key) if any(s != "none" for s in scenarios) else 6
         words = await calibrate_prompt_words(base_url, args.api_key, args.model, args.prompt_tokens)
         results = []
         # Warm-up so the first measured run pays no one-off costs.
-        await run_scenario(base_url, args.api_key, args.model, "none", min(4, max(args.agents)), requests_per_agent=1,
+        await run_scenario(base_url, args.api_key, args.model, "none", min(4, max(agent_counts)), requests_per_agent=1,
                            prompt_words=words, max_tokens=8, alpha=args.alpha, n_emotions=n_emotions, seed=0, label="warmup")
         for repeat in range(args.repeats):
-            for agents in args.agents:
+            for agents in agent_counts:
                 for scenario in scenarios:  # interleaved, so drift hits every scenario alike
                     result = await run_scenario(
                         base_url, args.api_key, args.model, scenario, agents, requests_per_agent=args.requests_per_agent,
@@ -290,7 +293,8 @@ def run_bench(args: argparse.Namespace) -> int:
             startup[label] = round(seconds, 1)
             print(f"  {label} ready after {seconds:.1f} s", flush=True)
             try:
-                all_results += bench_server(f"http://127.0.0.1:{port}/v1", args, label, label_scenarios)
+                counts = args.agents if label == "emolab" else (args.compare_agents or args.agents)
+                all_results += bench_server(f"http://127.0.0.1:{port}/v1", args, label, label_scenarios, counts)
             finally:
                 stop_server(proc)
     rows = summarize(all_results)
@@ -350,6 +354,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-arg-plain", action="append", default=[], help="extra argument for the plain vLLM server")
     p.add_argument("--compare-plain", action="store_true", help="also run 'none' on vLLM with the plugin not loaded")
     p.add_argument("--compare-eager", action="store_true", help="also run on an --enforce-eager emolab server")
+    p.add_argument("--compare-agents", type=_int_list, default=None,
+                   help="agent counts for the plain/eager comparison servers (default: --agents)")
     p.add_argument("--startup-timeout", type=float, default=900)
     p.add_argument("--log-dir", default="runs/bench-logs")
     p.set_defaults(func=run_bench)

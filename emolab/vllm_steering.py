@@ -49,6 +49,7 @@ class BatchSteering:
         self.token_rows = torch.zeros(max_tokens, dtype=torch.int64, device=device)
         self._free_rows = list(range(max_rows, 0, -1))
         self._row_of_key: dict[bytes, int] = {}
+        self._key_of_row: dict[int, bytes] = {}
         self._refcount: dict[int, int] = {}
         self._row_of_req: dict[str, int] = {}
         self._dirty_tokens = 0  # token_rows[:_dirty_tokens] may be non-zero
@@ -93,6 +94,7 @@ class BatchSteering:
                 return
             row = self._free_rows.pop()
             self._row_of_key[key] = row
+            self._key_of_row[row] = key
             self._refcount[row] = 0
             source = torch.from_numpy(coeffs).to(self.rows.dtype)
             self.rows[row].copy_(source.pin_memory() if self.rows.is_cuda else source, non_blocking=True)
@@ -106,7 +108,7 @@ class BatchSteering:
         self._refcount[row] -= 1
         if self._refcount[row] == 0:
             del self._refcount[row]
-            self._row_of_key = {k: r for k, r in self._row_of_key.items() if r != row}
+            del self._row_of_key[self._key_of_row.pop(row)]
             self._free_rows.append(row)
 
     def update(self, new_requests: Iterable[tuple[str, dict | None]], finished: Iterable[str]) -> None:

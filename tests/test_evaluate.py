@@ -62,7 +62,7 @@ def test_perplexity_matches_a_hand_computation(tiny_llama_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval()
     prompts, conts = [[5, 17, 230], [9, 8]], [[41, 42, 43, 44], [7]]
     got = continuation_perplexity(model, prompts + [[3]], conts + [[]], batch_size=3)
-    for prompt, cont, value in zip(prompts, conts, got, strict=True):
+    for prompt, cont, value in zip(prompts, conts, got[:2], strict=True):
         with torch.no_grad():
             logits = model(torch.tensor([prompt + cont])).logits[0].double()
         nll = 0.0

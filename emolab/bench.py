@@ -7,7 +7,8 @@ output lengths) through the ``openai`` async client. Scenarios pick each request
 * ``same``  every request the same emotion and alpha
 * ``mixed`` every request a random mix of one or two emotions with random alphas (seeded)
 * ``churn`` mixed steering, and agents start late and stop early at random (requests join and
-  leave the running batch all the time)
+  leave the running batch all the time); its baseline is ``churn-none``, the same arrivals unsteered,
+  which the bench adds by itself
 
 With ``--serve`` the bench starts the server itself (timing its start-up), and can also start a
 plain vLLM server with the plugin not loaded (``--compare-plain``) and an ``--enforce-eager`` one
@@ -28,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-SCENARIOS = ("none", "same", "mixed", "churn")
+SCENARIOS = ("none", "same", "mixed", "churn", "churn-none")
+# Each scenario's ratio is taken against the unsteered run with the same arrival pattern.
+BASELINE = {"none": "none", "same": "none", "mixed": "none", "churn": "churn-none", "churn-none": "churn-none"}
 WORDS = ("river stone market window garden letter evening table morning station coffee paper "
          "mountain bridge lantern harbour orchard meadow village kitchen").split()
 
@@ -62,7 +65,7 @@ def make_prompt(rng: random.Random, n_words: int) -> str:
 
 
 def pick_steering(scenario: str, rng: random.Random, n_emotions: int, alpha: float) -> list[float] | None:
-    if scenario == "none":
+    if scenario in ("none", "churn-none"):
         return None
     if scenario == "same":
         return [0, alpha]
@@ -109,7 +112,7 @@ async def run_scenario(base_url: str, api_key: str, model: str, scenario: str, a
         nonlocal n_requests
         rng = random.Random(rng_master.random() + index)
         count = requests_per_agent
-        if scenario == "churn":  # join late, leave early: the batch composition keeps changing
+        if scenario.startswith("churn"):  # join late, leave early: the batch composition keeps changing
             await asyncio.sleep(rng.uniform(0, 0.5 * requests_per_agent))
             count = rng.randint(1, 2 * requests_per_agent)
         before = stats["completion_tokens"]
@@ -156,7 +159,8 @@ async def emotions_count(base_url: str, api_key: str) -> int:
     import httpx
 
     async with httpx.AsyncClient(timeout=30) as http:
-        reply = await http.get(base_url.rstrip("/") + "/emotions", headers={"Authorization": f"Bearer {api_key}"})
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        reply = await http.get(base_url.rstrip("/") + "/emotions", headers=headers)
         reply.raise_for_status()
         return len(reply.json()["emotions"])
 
@@ -204,11 +208,12 @@ def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
                "errors": sum(r.errors for r in runs),
                "prompt_tokens_mean": float(np.mean([r.prompt_tokens_mean for r in runs]))}
         rows.append(row)
-    base = {(r["label"], r["agents"]): r["tok_per_s"] for r in rows if r["scenario"] == "none"}
-    steered = {r["agents"]: r["tok_per_s"] for r in rows if r["scenario"] == "none" and r["label"] == "emolab"}
+    base = {(r["label"], r["scenario"], r["agents"]): r["tok_per_s"] for r in rows}
     for row in rows:
-        row["ratio_vs_unsteered"] = row["tok_per_s"] / base[(row["label"], row["agents"])] if (row["label"], row["agents"]) in base else None
-        row["ratio_vs_emolab_unsteered"] = row["tok_per_s"] / steered[row["agents"]] if row["agents"] in steered else None
+        own = base.get((row["label"], BASELINE[row["scenario"]], row["agents"]))
+        plain = base.get(("plain-vllm", "none", row["agents"]))
+        row["ratio_vs_unsteered"] = row["tok_per_s"] / own if own else None
+        row["ratio_vs_plain_vllm"] = row["tok_per_s"] / plain if plain and row["scenario"] in ("none", "same", "mixed") else None
     return rows
 
 
@@ -217,12 +222,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="emolab bench (median over repeats)")
-    for col in ("server", "scenario", "N", "tok/s", "ratio", "per agent", "TTFT p50/p99 ms", "ITL p50/p99 ms", "err"):
+    for col in ("server", "scenario", "N", "tok/s", "ratio", "vs plain", "per agent", "TTFT p50/p99 ms",
+                "ITL p50/p99 ms", "err"):
         table.add_column(col, justify="right")
     for r in sorted(rows, key=lambda r: (r["label"], r["agents"], SCENARIOS.index(r["scenario"]))):
-        ratio = r["ratio_vs_unsteered"]
+        ratio, plain = r["ratio_vs_unsteered"], r["ratio_vs_plain_vllm"]
         table.add_row(r["label"], r["scenario"], str(r["agents"]), f"{r['tok_per_s']:.1f}",
-                      "" if ratio is None else f"{ratio:.3f}", f"{r['per_agent_tok_per_s']:.1f}",
+                      "" if ratio is None else f"{ratio:.3f}", "" if plain is None else f"{plain:.3f}",
+                      f"{r['per_agent_tok_per_s']:.1f}",
                       f"{r['ttft_p50_ms']:.0f}/{r['ttft_p99_ms']:.0f}", f"{r['itl_p50_ms']:.1f}/{r['itl_p99_ms']:.1f}",
                       str(r["errors"]))
     Console().print(table)
@@ -263,7 +270,9 @@ def start_server(args: argparse.Namespace, label: str, port: int, log_dir: Path)
 def run_bench(args: argparse.Namespace) -> int:
     from emolab.server import stop_server
 
-    scenarios = args.scenarios
+    scenarios = list(args.scenarios)
+    if "churn" in scenarios and "churn-none" not in scenarios:
+        scenarios.insert(scenarios.index("churn"), "churn-none")
     bad = [s for s in scenarios if s not in SCENARIOS]
     if bad:
         from emolab.cli import UsageError

@@ -37,11 +37,11 @@ def papermill(stem: str, out_dir: Path, **parameters) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--max-per-class", type=int, default=100, help="GoEmotions examples per emotion (bundled data)")
+    parser.add_argument("--max-per-class", type=int, default=80, help="GoEmotions examples per emotion (bundled data)")
     parser.add_argument("--layers", default="mid")
     parser.add_argument("--backend", default="hf", help="serve backend: hf, vllm or auto")
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
-    parser.add_argument("--max-tokens", type=int, default=40)
+    parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
     args = parser.parse_args(argv)
 

@@ -104,7 +104,13 @@ def smollm2_runs(tmp_path_factory, smollm2_path, smollm2_bundle_path) -> dict:
     off = run_job(tmp, "off", {"engine": engine_args(smollm2_path, False), "scenarios": {
         "mixed": {"kind": "batch", "requests": strip(MIXED)},
     }}, {**on, "VLLM_PLUGINS": ""})
-    return {"on": main, "cached": cached, "off": off}
+    # vLLM's default mode: torch.compile traces the steering hooks; the buffers become graph inputs.
+    compiled_args = {**engine_args(smollm2_path, False), "enforce_eager": False}
+    compiled = run_job(tmp, "compiled", {"engine": compiled_args, "scenarios": {
+        "mixed": {"kind": "batch", "requests": MIXED},
+        "mixed_solo": {"kind": "sequence", "requests": MIXED},
+    }}, on)
+    return {"on": main, "cached": cached, "off": off, "compiled": compiled}
 
 
 def test_unsteered_neighbours_are_bit_identical_to_no_plugin(smollm2_runs):
@@ -113,6 +119,14 @@ def test_unsteered_neighbours_are_bit_identical_to_no_plugin(smollm2_runs):
         if request["steering"] is None:
             assert on[i]["token_ids"] == off[i]["token_ids"]
             assert on[i]["logprobs"] == off[i]["logprobs"]  # exact floats, top-5 at every step
+
+
+def test_compiled_engine_batch_equals_solo(smollm2_runs):
+    batch, alone = smollm2_runs["compiled"]["mixed"], smollm2_runs["compiled"]["mixed_solo"]
+    for i, request in enumerate(MIXED):
+        assert batch[i]["token_ids"] == alone[i]["token_ids"], f"request {i}: compiled batch != solo"
+        if request["steering"] is not None:
+            assert batch[i]["token_ids"] != smollm2_runs["off"]["mixed"][i]["token_ids"]
 
 
 def test_steering_changes_the_output(smollm2_runs):

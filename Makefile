@@ -50,6 +50,13 @@ serve: setup
 test-http: setup
 	$(BIN)/emolab test-http --base-url http://127.0.0.1:$(PORT)/v1 $(ARGS)
 
+# N simulated agents, steered vs unsteered, against servers the bench starts itself (CPU: tiny scale).
+BENCH_ARGS ?= --agents 1,4 --scenarios none,mixed,churn --prompt-tokens 64 --max-tokens 16 --repeats 1 \
+	--dtype float32 --max-model-len 1024 --server-arg=--enforce-eager --server-arg-plain=--enforce-eager --compare-plain
+bench: setup
+	$(BIN)/emolab bench --serve-model $(MODEL) --serve-vectors $(BUNDLE) --model $(MODEL) \
+		--output runs/bench-$(MODEL).json $(BENCH_ARGS)
+
 # All notebooks, headless, with their default parameters (executed copies in executed/, git-ignored).
 notebooks: setup
 	@mkdir -p executed

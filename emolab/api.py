@@ -215,7 +215,8 @@ def emotions_payload(
         "limits": {"max_alpha": limits.max_alpha, "max_pairs": limits.max_pairs},
         "vector_norms": {e: [round(x, 6) for x in norms] for e, norms in bundle.norms().items()},
     }
-    for key in ("alpha_recommendations", "validated_alpha_range", "normalization", "convention_inject"):
+    for key in ("alpha_recommendations", "alpha_recommendations_scale", "validated_alpha_range", "normalization",
+                "convention_inject"):
         if meta.get(key) is not None:
             payload[key] = meta[key]
     return payload

@@ -65,6 +65,8 @@ async def probe(
     try:
         model = model or info.get("model") or (await client.models.list()).data[0].id
         recommended = info.get("alpha_recommendations") or {}
+        if info.get("alpha_recommendations_scale", "raw") != info.get("alpha_scale", "raw"):
+            recommended = {}  # recommendations in other units than the server's alphas would mislead
         jobs = [ProbeResult("baseline", 0.0)] + [
             ProbeResult(e, float(alpha if alpha is not None else recommended.get(e, 1.0))) for e in info["emotions"]
         ]

@@ -27,6 +27,9 @@ def summary(bundle: EmotionBundle) -> dict[str, Any]:
         "chosen_mean_auc": meta.get("chosen_mean_auc"),
         "norms": bundle.norms(),
         "alpha_recommendations": meta.get("alpha_recommendations"),
+        # Recommendations are alphas on some scale; without a recorded scale they are raw (reference tool).
+        "alpha_recommendations_scale": meta.get("alpha_recommendations_scale", "raw") if meta.get("alpha_recommendations") else None,
+        "alpha_scale": meta.get("alpha_scale", "raw"),
         "validated_alpha_range": meta.get("validated_alpha_range"),
         "convention_inject": meta.get("convention_inject"),
         "has_full_sweep": bundle.full_sweep is not None,
@@ -61,7 +64,7 @@ def print_report(bundle: EmotionBundle, console=None) -> None:
     if info.get("families"):
         head.add_row("families", "contrasted within: " + "; ".join(info["families"]))
     if info.get("alpha_recommendations"):
-        head.add_row("alpha_recommendations", str(info["alpha_recommendations"]))
+        head.add_row(f"alpha_recommendations ({info['alpha_recommendations_scale']} scale)", str(info["alpha_recommendations"]))
     console.print(head)
 
     if "auc_matrix" in info:

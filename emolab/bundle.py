@@ -138,6 +138,11 @@ class EmotionBundle:
     def save(self, path: str | Path, *, save_full_sweep: bool = True) -> Path:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
+        from emolab.emotions import EKMAN_GROUPS
+
+        for stale in sorted(set(EKMAN_GROUPS) - set(self.emotions)):  # an earlier bundle in this folder
+            for suffix in ("_chosen.npy", "_full_sweep.npy"):
+                (folder / f"{stale}{suffix}").unlink(missing_ok=True)
         for emotion in self.emotions:
             np.save(folder / f"{emotion}_chosen.npy", self.vectors[emotion].astype(np.float32))
             sweep_path = folder / f"{emotion}_full_sweep.npy"

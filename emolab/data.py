@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,11 +99,13 @@ def load_records(source: str = "auto", splits: tuple[str, ...] = ("train",)) -> 
         return _load_folder(Path(source), splits), f"folder:{Path(source).resolve()}"
     if source == "auto":
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        reason = "offline (HF_HUB_OFFLINE=1)"
         if not offline:
             try:
                 return _load_hub(HUB_ID, splits), f"hub:{HUB_ID}"
-            except Exception:  # no `datasets`, no network, ... -> the identical bundled copy
-                pass
+            except Exception as exc:  # no `datasets`, no network, ... -> the identical bundled copy
+                reason = f"hub unavailable: {type(exc).__name__}: {exc}"[:200]
+        print(f"GoEmotions: using the bundled copy of the original TSVs ({reason})", file=sys.stderr)
         return _load_folder(BUNDLED_DIR, splits), f"bundled:{BUNDLED_DIR}"
     if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", source) and not Path(source).exists():  # owner/name, not a path
         return _load_hub(source, splits), f"hub:{source}"

@@ -199,3 +199,17 @@ def test_auc_matrix_shape_is_checked(saved, tmp_path):
 def test_no_such_folder(tmp_path):
     with pytest.raises(BundleError, match="no such bundle folder"):
         EmotionBundle.load(tmp_path / "nope")
+
+
+def test_saving_into_an_old_bundle_folder_removes_its_other_emotions(tmp_path):
+    import numpy as np
+
+    from emolab.bundle import EmotionBundle
+
+    rng = np.random.default_rng(0)
+    six = ["anger", "joy", "sadness", "disgust", "fear", "surprise"]
+    EmotionBundle(six, [1], {e: rng.standard_normal((1, 4)).astype(np.float32) for e in six}).save(tmp_path)
+    two = EmotionBundle(["anger", "joy"], [1], {e: rng.standard_normal((1, 4)).astype(np.float32) for e in ["anger", "joy"]})
+    two.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["anger_chosen.npy", "joy_chosen.npy"]
+    assert EmotionBundle.load(tmp_path).emotions == ["anger", "joy"]

@@ -516,7 +516,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="smollm2", help="model to steer (and to score perplexity with)")
     p.add_argument("--bundle", default="vectors/smollm2", help="bundle folder")
     p.add_argument("--emotions", default=None, help="comma-separated subset (default: all of the bundle's)")
-    p.add_argument("--alphas", type=_float_list("--alphas"), default=[2.0, 4.0, 6.0, 8.0],
+    p.add_argument("--alphas", type=_float_list("--alphas"), default=[0.5, 1.0, 1.5, 2.0],
                    help="comma-separated sweep; 0 (unsteered) is always added as the baseline")
     p.add_argument("--alpha-scale", choices=["raw", "normalized"], default=None,
                    help="alpha scale for in-process steering (default: the bundle's alpha_scale, else raw)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(**launch_kwargs) -> Iterator[str]:
+    """`emolab serve` as a real process on a free loopback port; yields its base URL, always stops it."""
+    from emolab.server import launch_server, stop_server, wait_for_health
+
+    port = free_port()
+    proc = launch_server(port=port, **launch_kwargs)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", timeout=600, process=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(proc)

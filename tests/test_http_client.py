@@ -9,10 +9,9 @@ import sys
 
 import openai
 import pytest
-from conftest import free_port
+from conftest import running_server
 
 from emolab.http_client import probe, v1_url
-from emolab.server import launch_server, stop_server, wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -21,14 +20,9 @@ KEY = "http-client-key"
 
 @pytest.fixture(scope="module")
 def base_url(smollm2_path, smollm2_bundle_path):
-    port = free_port()
-    proc = launch_server(vectors=smollm2_bundle_path, model="smollm2", port=port, api_key=KEY,
-                         extra_args=["--log-level", "warning"])
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", timeout=600, process=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(proc)
+    with running_server(vectors=smollm2_bundle_path, model="smollm2", api_key=KEY,
+                        extra_args=["--log-level", "warning"]) as url:
+        yield url
 
 
 def run_cli(*args: str, key_env: str | None = None) -> subprocess.CompletedProcess:

@@ -9,11 +9,10 @@ import numpy as np
 import openai
 import pytest
 import torch
-from conftest import free_port
+from conftest import running_server
 
 from emolab.bundle import EmotionBundle
 from emolab.models import decoder_layers, load_model
-from emolab.server import launch_server, stop_server, wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +24,9 @@ PROMPT = "My favourite place in the city is"
 
 @pytest.fixture(scope="module")
 def base_url(smollm2_path, smollm2_bundle_path):
-    port = free_port()
-    proc = launch_server(vectors=smollm2_bundle_path, model="smollm2", port=port, api_key=KEY,
-                         extra_args=["--max-alpha", "20", "--max-pairs", "8", "--log-level", "warning"])
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", timeout=600, process=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(proc)
+    with running_server(vectors=smollm2_bundle_path, model="smollm2", api_key=KEY,
+                        extra_args=["--max-alpha", "20", "--max-pairs", "8", "--log-level", "warning"]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

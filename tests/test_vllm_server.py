@@ -12,6 +12,7 @@ import asyncio
 import httpx
 import pytest
 import torch
+from conftest import running_server
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -23,21 +24,13 @@ N_TOKENS = 16
 
 @pytest.fixture(scope="module")
 def server(smollm2_path, smollm2_bundle_path, tmp_path_factory):
-    from emolab.server import launch_server, stop_server, wait_for_health
-    from tests.conftest import free_port
-
-    port = free_port()
-    proc = launch_server(
-        vectors=smollm2_bundle_path, model=str(smollm2_path), port=port, backend="vllm", api_key=KEY,
+    with running_server(
+        vectors=smollm2_bundle_path, model=str(smollm2_path), backend="vllm", api_key=KEY,
         extra_args=["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--max-num-seqs", "8",
                     "--served-model-name", "smollm2"],
         log_path=tmp_path_factory.mktemp("vllm-server") / "server.log",
-    )
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", timeout=600, process=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(proc)
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

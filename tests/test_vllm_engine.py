@@ -51,6 +51,7 @@ STAGGERED = [
     {"prompt": LONG[2], "steering": None, "start": 3},
     {"prompt": SHORT[2], "steering": [FEAR, 2.0], "start": 6},
 ]
+PREEMPTED = [{**r, "max_tokens": 60} for r in MIXED[:4]]
 PREFIX = LONG[0]
 PREFIX_ORDER = [
     {"prompt": PREFIX, "steering": None},
@@ -110,7 +111,15 @@ def smollm2_runs(tmp_path_factory, smollm2_path, smollm2_bundle_path) -> dict:
         "mixed": {"kind": "batch", "requests": MIXED},
         "mixed_solo": {"kind": "sequence", "requests": MIXED},
     }}, on)
-    return {"on": main, "cached": cached, "off": off, "compiled": compiled}
+    # A KV cache of 6 blocks x 32 tokens for 4 requests of ~70 tokens: the scheduler must preempt
+    # (and later resume) requests; each must still get its own steering.
+    preempt_args = {**engine_args(smollm2_path, False), "max_model_len": 128, "block_size": 32,
+                    "num_gpu_blocks_override": 6}
+    preempted = run_job(tmp, "preempt", {"engine": preempt_args, "scenarios": {
+        "batch": {"kind": "batch", "requests": PREEMPTED},
+        "solo": {"kind": "sequence", "requests": PREEMPTED},
+    }}, on)
+    return {"on": main, "cached": cached, "off": off, "compiled": compiled, "preempt": preempted}
 
 
 def test_unsteered_neighbours_are_bit_identical_to_no_plugin(smollm2_runs):
@@ -127,6 +136,13 @@ def test_compiled_engine_batch_equals_solo(smollm2_runs):
         assert batch[i]["token_ids"] == alone[i]["token_ids"], f"request {i}: compiled batch != solo"
         if request["steering"] is not None:
             assert batch[i]["token_ids"] != smollm2_runs["off"]["mixed"][i]["token_ids"]
+
+
+def test_preempted_requests_keep_their_steering(smollm2_runs):
+    runs = smollm2_runs["preempt"]
+    assert runs["stats"]["preempted"] > 0, "the scenario did not preempt; shrink the KV cache"
+    for i in range(len(PREEMPTED)):
+        assert runs["batch"][i]["token_ids"] == runs["solo"][i]["token_ids"], f"request {i}: preempted != solo"
 
 
 def test_steering_changes_the_output(smollm2_runs):

@@ -6,6 +6,7 @@ its own process with its own environment. Usage: ``python tests/vllm_job.py JOB.
 A job: {"engine": {LLM kwargs}, "scenarios": {name: {"kind": ..., ...}}} where kind is
 ``batch`` (all requests submitted together), ``sequence`` (one after another: prefix-cache order),
 or ``staggered`` (request i joins at engine step ``start``; long prompts exercise chunked prefill).
+The output also holds ``stats.preempted``: how many times the scheduler preempted a request.
 A request: {"prompt": str or token ids, "steering": [...] or null, "max_tokens": int}.
 """
 
@@ -54,12 +55,29 @@ def run_staggered(llm, requests: list[dict]) -> list[dict]:
     return [done[f"req-{i}"] for i in range(len(requests))]
 
 
+def count_preemptions() -> dict[str, int]:
+    """Count the scheduler's preemptions, so a test can show its scenario really preempted."""
+    from vllm.v1.core.sched import scheduler
+
+    counter = {"preempted": 0}
+    original = scheduler.Scheduler.schedule
+
+    def schedule(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        counter["preempted"] += len(getattr(output, "preempted_req_ids", None) or ())
+        return output
+
+    scheduler.Scheduler.schedule = schedule
+    return counter
+
+
 def main(job_path: str, out_path: str) -> None:
     from vllm import LLM
 
     job = json.loads(open(job_path).read())
+    counter = count_preemptions()
     llm = LLM(**job["engine"])
-    out: dict[str, list] = {}
+    out: dict = {}
     for name, scenario in job["scenarios"].items():
         requests = scenario["requests"]
         if scenario["kind"] == "batch":
@@ -71,6 +89,7 @@ def main(job_path: str, out_path: str) -> None:
             out[name] = run_staggered(llm, requests)
         else:
             raise ValueError(f"unknown scenario kind {scenario['kind']!r}")
+    out["stats"] = counter
     with open(out_path, "w") as handle:
         json.dump(out, handle)
 

@@ -22,14 +22,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emolab.api import (
     APIError,
+    BearerAuthMiddleware,
     emotions_payload,
     error_response,
-    is_authorized,
-    needs_auth,
     parse_json_body,
     resolve_api_key,
     steering_error,
-    unauthorized_response,
     validate_steering,
 )
 from emolab.steering import SteeringError, canonical
@@ -138,20 +136,20 @@ class SteeringMiddleware:
         self.bundle = EmotionBundle.load(settings["vectors"], load_full_sweep=False)
         self.limits = settings["limits"]
         self.alpha_scale = settings["alpha_scale"]
-        self.key = resolve_api_key(None)
+        # The same key check as the HF backend, in front of everything below (and of vLLM's app).
+        self.guarded = BearerAuthMiddleware(self.handle, resolve_api_key(None))
         self.served_name = os.environ.get("EMOLAB_SERVED_MODEL_NAME") or str(self.bundle.model)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/healthz":  # alias of vLLM's own /health, as in HF
+            scope = {**scope, "path": "/health", "raw_path": b"/health"}
+        await self.guarded(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path, method = scope["path"], scope["method"]
-        if path == "/healthz":  # alias of vLLM's own /health, as the HF backend has both
-            scope = {**scope, "path": "/health", "raw_path": b"/health"}
-            path = "/health"
-        if self.key and needs_auth(path) and not is_authorized(_header(scope, b"authorization"), self.key):
-            await unauthorized_response()(scope, receive, send)
-            return
         if path == "/v1/emotions":
             if method != "GET":
                 await error_response(405, f"{method} is not allowed on /v1/emotions; use GET")(scope, receive, send)
@@ -193,13 +191,6 @@ class SteeringMiddleware:
         else:
             body.pop("vllm_xargs", None)
         return json.dumps(body).encode()
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or []:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:

@@ -200,3 +200,14 @@ def test_bad_json_and_unknown_model_then_service_continues(server, client):
                          json={"model": "nope", "messages": MESSAGES, "max_tokens": 4})
     assert unknown.status_code == 404 and unknown.json()["error"]["message"]
     assert chat(client, [1, 3.0])  # still serving
+
+
+def test_a_bundle_that_does_not_fit_is_refused_before_vllm_starts(smollm2_bundle_path, tiny_qwen3_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "emolab.cli", "serve", "--vectors", str(smollm2_bundle_path),
+                           "--model", str(tiny_qwen3_path), "--backend", "vllm", "--port", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "hidden size 576 does not fit the model's hidden size 128" in done.stderr

@@ -122,7 +122,7 @@ class HFBackend:
         """Load the model and cast the bundle once; refuses a bundle that does not fit the model."""
         model, tokenizer = load_model(model_name, dtype=dtype, device=device)
         bundle.check_model(len(decoder_layers(model)), int(model.config.hidden_size))
-        steerer = HFSteerer(model, bundle, basis=steering_basis(bundle, alpha_scale))
+        steerer = HFSteerer(model, bundle, basis=bundle.steering_basis(alpha_scale))
         return cls(model, tokenizer, steerer, max_model_len=max_model_len, max_queue=max_queue)
 
     # ------------------------------------------------------------------------------- prompts
@@ -247,13 +247,3 @@ class HFBackend:
         for event in list(self.cancel_events):
             event.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def steering_basis(bundle: EmotionBundle, alpha_scale: str | None) -> np.ndarray:
-    """``[n_layers, n_emotions, hidden]`` on the chosen alpha scale (None: the bundle's default)."""
-    scaled = getattr(bundle, "steering_basis", None)
-    if scaled is None:  # an EmotionBundle from before alpha scales existed
-        if alpha_scale not in (None, "raw"):
-            raise ValueError(f"--alpha-scale {alpha_scale}: this EmotionBundle has no steering_basis(); use raw")
-        return bundle.basis()
-    return np.asarray(scaled(alpha_scale), dtype=np.float32)

@@ -113,19 +113,8 @@ def settings_from_env() -> dict[str, Any]:
     }
 
 
-def steering_basis(bundle, scale: str):
-    """The bundle's basis on the requested alpha scale."""
-    if hasattr(bundle, "steering_basis"):
-        return bundle.steering_basis(scale)
-    if scale != "raw":
-        raise ValueError(f"alpha scale {scale!r} is not supported by this emolab")
-    return bundle.basis()
-
-
 def install(runner: Any) -> None:
     """Attach per-request steering to a loaded model runner."""
-
-
     from emolab.bundle import EmotionBundle
     from emolab.vllm_adapters import attach_to_runner
     from emolab.vllm_steering import BatchSteering
@@ -146,7 +135,7 @@ def install(runner: Any) -> None:
     local = [
         (i, layers[layer]) for i, layer in enumerate(bundle.chosen_layers) if type(layers[layer]).__name__ != "PPMissingLayer"
     ]
-    basis = steering_basis(bundle, settings["alpha_scale"])[[i for i, _ in local]]
+    basis = bundle.steering_basis(settings["alpha_scale"])[[i for i, _ in local]]
     config = runner.vllm_config
     capture = getattr(config.compilation_config, "max_cudagraph_capture_size", None) or 0
     max_tokens = max(int(runner.max_num_tokens), int(capture))

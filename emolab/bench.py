@@ -327,24 +327,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--agents takes comma-separated whole numbers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"--agents needs numbers >= 1, got {text!r}")
-    return values
-
-
 def add_bench(sub: argparse._SubParsersAction) -> None:
-    from emolab.cli import positive_int
+    from emolab.cli import number_list, positive_int
 
     p = sub.add_parser("bench", help="throughput of N simulated agents, steered vs unsteered")
     p.add_argument("--base-url", default=None, help="running server, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-key", default="", help="bearer key of the server")
     p.add_argument("--model", default="emolab", help="served model name to request")
-    p.add_argument("--agents", type=_int_list, default=[1, 20, 64], help="comma-separated agent counts")
+    p.add_argument("--agents", type=number_list("--agents", int, minimum=1), default=[1, 20, 64], help="comma-separated agent counts")
     p.add_argument("--scenarios", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                    default=["none", "mixed", "churn"], help=f"comma-separated, from {','.join(SCENARIOS)}")
     p.add_argument("--prompt-tokens", type=positive_int("--prompt-tokens"), default=200)
@@ -363,7 +353,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-arg-plain", action="append", default=[], help="extra argument for the plain vLLM server")
     p.add_argument("--compare-plain", action="store_true", help="also run 'none' on vLLM with the plugin not loaded")
     p.add_argument("--compare-eager", action="store_true", help="also run on an --enforce-eager emolab server")
-    p.add_argument("--compare-agents", type=_int_list, default=None,
+    p.add_argument("--compare-agents", type=number_list("--compare-agents", int, minimum=1), default=None,
                    help="agent counts for the plain/eager comparison servers (default: --agents)")
     p.add_argument("--startup-timeout", type=float, default=900)
     p.add_argument("--log-dir", default="runs/bench-logs")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 
@@ -39,6 +40,24 @@ def fraction(flag: str) -> Callable[[str], float]:
     return parse
 
 
+def number_list(flag: str, kind: type = float, minimum: float | None = None) -> Callable[[str], list]:
+    """``1,20,64``-style flag values: at least one finite number of ``kind``, each >= ``minimum``."""
+    noun = "whole numbers" if kind is int else "numbers"
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes comma-separated {noun}, got {text!r}") from None
+        if not values or not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"{flag} needs finite {noun}, got {text!r}")
+        if minimum is not None and min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} needs numbers >= {minimum:g}, got {text!r}")
+        return values
+
+    return parse
+
+
 def add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="extract contrastive emotion vectors into a bundle folder")
     p.add_argument("--model", default="Qwen/Qwen3-8B", help="hub id, local folder, or smollm2 / tiny-qwen3")
@@ -63,7 +82,7 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
 def run_extract(args: argparse.Namespace) -> int:
     from emolab.emotions import parse_emotions
     from emolab.extract import ExtractConfig, extract
-    from emolab.layers import check_layer_spec
+    from emolab.layers import layer_items
     from emolab.report import print_report
 
     try:
@@ -74,7 +93,7 @@ def run_extract(args: argparse.Namespace) -> int:
     if args.layer is not None:
         layers, window = str(args.layer), 1
     try:  # fail on a typo before loading data and model; the layer range needs the model's depth
-        check_layer_spec(layers)
+        layer_items(layers)
     except ValueError as exc:
         raise UsageError(str(exc).replace("--layers", "--layer" if args.layer is not None else "--layers")) from None
     output = args.output or f"vectors/{args.model.rstrip('/').split('/')[-1].lower()}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -177,13 +176,11 @@ class EvalConfig:
     device: str = "cpu"
 
 
-def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
-    ids = []
-    for prompt in prompts:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return ids
+def user_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Each prompt as a one-message chat, tokenized the way the servers do."""
+    from emolab.models import chat_prompt_ids
+
+    return [chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}]) for prompt in prompts]
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -290,7 +287,7 @@ def run_eval(config: EvalConfig, model=None, tokenizer=None, judge=None, progres
             JudgeConfig(max_train_per_class=config.judge_train_per_class, max_test_per_class=config.judge_test_per_class),
             list(bundle.emotions) if len(bundle.emotions) >= 2 else None,
         )
-    prompt_ids = chat_prompt_ids(tokenizer, config.prompts)
+    prompt_ids = user_prompt_ids(tokenizer, config.prompts)
     rows_prompt_ids = [ids for ids in prompt_ids for _ in range(config.samples)]
 
     conditions: list[tuple[str | None, float]] = [(None, 0.0)] + [(e, a) for e in emotions for a in alphas]
@@ -496,27 +493,14 @@ def save_report(report: dict[str, Any], output: str | Path, plots: bool = True) 
 
 
 # ---------------------------------------------------------------------------------------- CLI
-def _float_list(flag: str):
-    def parse(text: str) -> list[float]:
-        try:
-            values = [float(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-        if not values or not all(math.isfinite(v) for v in values):
-            raise argparse.ArgumentTypeError(f"{flag} needs finite numbers, got {text!r}")
-        return values
-
-    return parse
-
-
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    from emolab.cli import positive_int
+    from emolab.cli import number_list, positive_int
 
     p = sub.add_parser("eval", help="measure what steering does: independent judge, fluency, recommended alphas")
     p.add_argument("--model", default="smollm2", help="model to steer (and to score perplexity with)")
     p.add_argument("--bundle", default="vectors/smollm2", help="bundle folder")
     p.add_argument("--emotions", default=None, help="comma-separated subset (default: all of the bundle's)")
-    p.add_argument("--alphas", type=_float_list("--alphas"), default=[0.5, 1.0, 1.5, 2.0],
+    p.add_argument("--alphas", type=number_list("--alphas"), default=[0.5, 1.0, 1.5, 2.0],
                    help="comma-separated sweep; 0 (unsteered) is always added as the baseline")
     p.add_argument("--alpha-scale", choices=["raw", "normalized"], default=None,
                    help="alpha scale for in-process steering (default: the bundle's alpha_scale, else raw)")

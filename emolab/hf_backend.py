@@ -24,7 +24,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from emolab.api import APIError
 from emolab.bundle import EmotionBundle
 from emolab.hf_steer import HFSteerer
-from emolab.models import decoder_layers, load_model
+from emolab.models import chat_prompt_ids, decoder_layers, load_model
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none (CPU-friendly; vLLM would use the whole context)
 DEFAULT_MAX_QUEUE = 64
@@ -133,12 +133,10 @@ class HFBackend:
         bad = sorted(RESERVED_TEMPLATE_KWARGS & kwargs.keys())
         if bad:
             raise APIError(400, f"chat_template_kwargs may not set {bad}", param="chat_template_kwargs")
-        kwargs.setdefault("add_generation_prompt", True)
         try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+            return chat_prompt_ids(self.tokenizer, messages, **kwargs)
         except Exception as exc:  # jinja errors from the template (raise_exception, bad roles) are the client's
             raise APIError(400, f"the chat template rejected these messages: {exc}", param="messages") from None
-        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def text_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, list):

@@ -34,35 +34,40 @@ def band(name: str, num_layers: int) -> list[int]:
     return list(range(lo, hi))
 
 
-def parse_layers(spec: str, num_layers: int) -> list[int]:
-    """Parse ``mid``, ``16,17``, ``mid,30`` or ``all`` into a sorted list of distinct layer ids."""
-    layers: set[int] = set()
+def layer_items(spec: str) -> list[str | int]:
+    """The bands and layer ids of a ``--layers`` value, syntax-checked (ranges need the model's depth)."""
+    items: list[str | int] = []
     for item in (part.strip().lower() for part in str(spec).split(",")):
         if not item:
             continue
         if item in BANDS:
-            layers.update(band(item, num_layers))
+            items.append(item)
             continue
         try:
             layer = int(item)
         except ValueError:
             raise ValueError(f"--layers: {item!r} is neither a band {BANDS} nor a layer id") from None
-        if not 0 <= layer < num_layers:
-            raise ValueError(f"--layers: layer {layer} outside 0..{num_layers - 1}")
-        layers.add(layer)
-    if not layers:
-        raise ValueError("--layers: no layers selected")
-    return sorted(layers)
-
-
-def check_layer_spec(spec: str) -> None:
-    """Syntax-check ``--layers`` before any model is loaded; ``parse_layers`` checks the range later."""
-    items = [part.strip().lower() for part in str(spec).split(",") if part.strip()]
+        if layer < 0:
+            raise ValueError(f"--layers: layer {layer} outside 0..(number of layers - 1)")
+        items.append(layer)
     if not items:
         raise ValueError("--layers: no layers selected")
-    for item in items:
-        if item not in BANDS and not item.isdigit():
-            raise ValueError(f"--layers: {item!r} is neither a band {BANDS} nor a layer id")
+    return items
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """Parse ``mid``, ``16,17``, ``mid,30`` or ``all`` into a sorted list of distinct layer ids."""
+    layers: set[int] = set()
+    for item in layer_items(spec):
+        if isinstance(item, str):
+            layers.update(band(item, num_layers))
+        elif not 0 <= item < num_layers:
+            raise ValueError(f"--layers: layer {item} outside 0..{num_layers - 1}")
+        else:
+            layers.add(item)
+    if not layers:  # a band can be empty in a very shallow model
+        raise ValueError("--layers: no layers selected")
+    return sorted(layers)
 
 
 def choose_window(layers: list[int], layer_scores: np.ndarray, window: int) -> tuple[list[int], float]:

@@ -190,6 +190,14 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto"):
     return model, tokenizer
 
 
+def chat_prompt_ids(tokenizer, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
+    """Token ids of a chat prompt as the servers build it: the template's text (with the generation
+    prompt), then tokenized without adding special tokens a second time."""
+    template_kwargs.setdefault("add_generation_prompt", True)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder blocks of a causal LM (``model.model.layers`` for Llama/Qwen/Mistral and kin)."""
     for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers"):

@@ -80,10 +80,12 @@ def _wrap_input_processor() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _bundle_emotions(path: str) -> tuple[str, ...]:
+def _request_contract() -> tuple[list[str], Any]:
+    """The bundle's emotions and the steering limits, read once per process (requests' hot path)."""
     from emolab.bundle import EmotionBundle
 
-    return tuple(EmotionBundle.load(path, load_full_sweep=False).emotions)
+    settings = settings_from_env()
+    return list(EmotionBundle.load(settings["vectors"], load_full_sweep=False).emotions), settings["limits"]
 
 
 def _steering_salt(extra_args: dict | None) -> str | None:
@@ -93,10 +95,9 @@ def _steering_salt(extra_args: dict | None) -> str | None:
     found = steering_field(extra_args or {})
     if found is None:
         return None
-    settings = settings_from_env()
-    emotions = list(_bundle_emotions(settings["vectors"]))
+    emotions, limits = _request_contract()
     raw, param = found
-    pairs = parse_steering(raw, emotions, settings["limits"], param=f"vllm_xargs.{param}")  # SteeringError is a ValueError
+    pairs = parse_steering(raw, emotions, limits, param=f"vllm_xargs.{param}")  # SteeringError is a ValueError
     return cache_salt(coefficients(pairs, len(emotions)))
 
 

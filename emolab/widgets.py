@@ -80,12 +80,11 @@ class HFGenerator:
         return cls(hf_model, tokenizer, bundle, **kwargs)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        # Same formatting as the server's chat endpoint: template text, then tokens without extra specials.
+        # Same formatting as the server's chat endpoint (plain text for a model without a template).
+        from emolab.models import chat_prompt_ids
+
         if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-            return self.tokenizer(text, add_special_tokens=False).input_ids
+            return chat_prompt_ids(self.tokenizer, [{"role": "user", "content": prompt}])
         return self.tokenizer(prompt).input_ids
 
     def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str:

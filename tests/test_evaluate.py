@@ -117,7 +117,7 @@ def test_eval_cli_smoke_on_smollm2(smollm2_bundle_path, tmp_path, capsys):
     import torch
 
     from emolab.cli import main
-    from emolab.evaluate import chat_prompt_ids
+    from emolab.evaluate import user_prompt_ids
     from emolab.models import load_model
 
     bundle_dir = tmp_path / "bundle"
@@ -141,7 +141,7 @@ def test_eval_cli_smoke_on_smollm2(smollm2_bundle_path, tmp_path, capsys):
 
     # The baseline is plain greedy decoding of the chat-templated prompt, token for token.
     model, tokenizer = load_model("smollm2")
-    ids = chat_prompt_ids(tokenizer, list(DEFAULT_PROMPTS[:1]))[0]
+    ids = user_prompt_ids(tokenizer, list(DEFAULT_PROMPTS[:1]))[0]
     with torch.no_grad():
         plain = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
                                pad_token_id=tokenizer.pad_token_id)[0, len(ids):]

@@ -21,8 +21,9 @@ from emolab.bundle import ALPHA_SCALES, EmotionBundle  # noqa: F401  (ALPHA_SCAL
 from emolab.steering import SteeringError, SteeringLimits, parse_steering, steering_field
 
 API_KEY_ENV_VARS = ("EMOLAB_API_KEY", "EMOTION_STEERING_API_KEY")  # the second for users of the reference tool
-OPEN_PATHS = ("/health", "/healthz")  # never behind the key: load balancers and `wait_for_health` poll them
-PROTECTED_PREFIX = "/v1"
+# The only routes open without the key (load balancers and `wait_for_health` poll them). Everything
+# else, including routes a future vLLM adds and paths that do not exist, answers 401 without it.
+OPEN_PATHS = ("/health", "/healthz")
 
 # OpenAI's error ``type`` for each status we answer with.
 ERROR_TYPES = {
@@ -54,16 +55,33 @@ class APIError(Exception):
         return error_response(self.status, self.message, type=self.type, param=self.param, code=self.code)
 
 
+class APIKeyError(ValueError):
+    """A server key that no client could ever send (refused at start-up)."""
+
+
 # ----------------------------------------------------------------------------------------- auth
 def resolve_api_key(cli_value: str | None) -> str | None:
-    """The server key: ``--api-key``, else ``$EMOLAB_API_KEY``, else ``$EMOTION_STEERING_API_KEY``; None = open."""
+    """The server key: ``--api-key``, else ``$EMOLAB_API_KEY``, else ``$EMOTION_STEERING_API_KEY``; None = open.
+
+    A key that could never match a header (surrounding whitespace, non-ASCII or control characters)
+    raises ``APIKeyError``: otherwise every request would be refused with no hint why.
+    """
     if cli_value:
-        return cli_value
+        return check_api_key(cli_value, "the API key")
     for name in API_KEY_ENV_VARS:
         value = os.environ.get(name)
         if value:
-            return value
+            return check_api_key(value, f"${name}")
     return None
+
+
+def check_api_key(key: str, source: str) -> str:
+    """The key itself, or ``APIKeyError`` saying why clients could not send it in a header."""
+    if key != key.strip():
+        raise APIKeyError(f"{source} has leading or trailing whitespace, which an Authorization header cannot carry")
+    if not key.isascii() or not key.isprintable():
+        raise APIKeyError(f"{source} holds non-ASCII or control characters; HTTP clients send headers as ASCII")
+    return key
 
 
 def is_authorized(authorization_header: str | None, key: str | None) -> bool:
@@ -79,23 +97,27 @@ def is_authorized(authorization_header: str | None, key: str | None) -> bool:
 
 
 def needs_auth(path: str) -> bool:
-    """Every ``/v1`` route is behind the key; ``/health`` and ``/healthz`` are open."""
-    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+    """Deny by default: every path but ``/health`` and ``/healthz`` is behind the key."""
+    return path not in OPEN_PATHS
 
 
 class BearerAuthMiddleware:
-    """Pure-ASGI key check (streaming-safe): ``/v1/*`` without the right bearer token gets a 401."""
+    """Pure-ASGI key check (streaming-safe) in front of a whole app: without the right bearer token,
+    every HTTP request but the open health paths gets a 401 and every websocket is closed (1008)."""
 
     def __init__(self, app: ASGIApp, key: str | None) -> None:
         self.app = app
         self.key = key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.key and needs_auth(scope["path"]):
+        if self.key and scope["type"] in ("http", "websocket") and needs_auth(scope["path"]):
             headers = dict(scope.get("headers") or [])
             header = headers.get(b"authorization")
             if not is_authorized(header.decode("latin-1") if header is not None else None, self.key):
-                await unauthorized_response()(scope, receive, send)
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008, "reason": "missing or wrong API key"})
+                else:
+                    await unauthorized_response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -135,6 +157,7 @@ async def read_json_body(request: Request, *, max_bytes: int = 4 << 20) -> dict[
 
 
 def parse_json_body(raw: bytes, *, max_bytes: int = 4 << 20) -> dict[str, Any]:
+    """The body as a JSON object, or an ``APIError`` (400/413) saying what is wrong with it."""
     if len(raw) > max_bytes:
         raise APIError(413, f"request body is {len(raw)} bytes; at most {max_bytes} are accepted")
     if not raw.strip():
@@ -149,6 +172,8 @@ def parse_json_body(raw: bytes, *, max_bytes: int = 4 << 20) -> dict[str, Any]:
         raise APIError(400, f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     except RecursionError:
         raise APIError(400, "request body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal beyond Python's int-string conversion limit
+        raise APIError(400, f"request body holds a value JSON parsing refused: {str(exc)[:120]}") from None
     if not isinstance(body, dict):
         raise APIError(400, f"request body must be a JSON object, got a JSON {json_type(body)}")
     return body

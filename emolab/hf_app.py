@@ -8,92 +8,72 @@ Every refusal is an OpenAI-shaped 4xx; only a fault of the server itself is a 50
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emolab.api import (
     APIError,
     BearerAuthMiddleware,
-    check_model_name,
     emotions_payload,
     error_body,
     error_response,
     health_payload,
     models_payload,
     read_json_body,
-    steering_error,
-    validate_steering,
 )
 from emolab.bundle import EmotionBundle
-from emolab.steering import SteeringError, SteeringLimits, coefficients
+from emolab.schema import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    GENERATION_SCHEMAS,
+    ChatMessage,
+    ChatRequest,
+    RequestContract,
+    ValidatedRequest,
+    validate_generation,
+)
+from emolab.steering import SteeringLimits, coefficients
 
-# Fields a client might send that this backend cannot honour: refused rather than silently ignored.
-UNSUPPORTED_FIELDS = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs",
-                      "top_logprobs", "logit_bias", "echo", "best_of", "suffix")
+logger = logging.getLogger("emolab.hf")
 
-
-# --------------------------------------------------------------------------------- request schema
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
-
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
+# Fields accepted when they ask for nothing but the default: an openai client may send them as such.
+DEFAULT_ONLY_FIELDS: dict[str, tuple[Any, ...]] = {
+    "n": (None, 1), "logprobs": (None, False), "echo": (None, False), "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "store": (None, False),
+    "parallel_tool_calls": (None,), "metadata": (None, {}),
+}
+MESSAGE_FIELDS = ("role", "content", "name")
 
 
-class _Sampling(_Strict):
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    vllm_xargs: dict[str, Any] | None = None
-    steering: Any = None
-    user: str | None = None
-
-
-class ChatRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    chat_template_kwargs: dict[str, Any] | None = None
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[int] | list[str]
-
-
-def validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
-    """``"max_tokens: Input should be a valid integer"`` and the offending field, from pydantic errors."""
-    parts, param = [], None
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        param = param or loc or None
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    return "invalid request: " + "; ".join(parts), param
+def check_hf_support(validated: ValidatedRequest) -> None:
+    """Refuse every field the HF backend cannot honour, instead of silently ignoring it."""
+    body = validated.body
+    honoured = GENERATION_SCHEMAS[CHAT_PATH if isinstance(validated.request, ChatRequest) else COMPLETIONS_PATH]
+    for name, value in body.items():
+        if name in honoured.model_fields:
+            continue
+        # Compared with the type too: True == 1, yet "n": true is a malformed request, not a default.
+        if any(value == ok and type(value) is type(ok) for ok in DEFAULT_ONLY_FIELDS.get(name, ())):
+            continue
+        raise APIError(400, f"{name} is not supported by the HF backend (use --backend vllm)", param=name,
+                       code="unsupported_field")
+    if validated.request.n not in (None, 1):
+        raise APIError(400, "n > 1 is not supported by the HF backend", param="n", code="unsupported_field")
+    if isinstance(validated.request, ChatRequest):
+        for i, message in enumerate(body["messages"]):
+            extra = sorted(set(message) - set(MESSAGE_FIELDS))
+            if extra:
+                raise APIError(400, f"messages[{i}].{extra[0]} is not supported by the HF backend",
+                               param=f"messages.{i}.{extra[0]}", code="unsupported_field")
 
 
 # ------------------------------------------------------------------------------------------ app
@@ -118,8 +98,7 @@ def create_app(backend, bundle: EmotionBundle, *, served_model_name: str, api_ke
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError):
-        message, param = validation_message(exc)
-        return error_response(400, message, param=param)
+        return error_response(400, "invalid request")  # bodies are read by hand; kept as a safety net
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -128,7 +107,10 @@ def create_app(backend, bundle: EmotionBundle, *, served_model_name: str, api_ke
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+        # The details go to the server log, never to the client (they can reveal paths and internals).
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("internal error %s on %s %s", incident, request.method, request.url.path)
+        return error_response(500, f"internal error (incident {incident}; see the server log)", type="server_error")
 
     @app.get("/health")
     @app.get("/healthz")
@@ -143,29 +125,14 @@ def create_app(backend, bundle: EmotionBundle, *, served_model_name: str, api_ke
     async def emotions() -> dict[str, Any]:
         return emotions_info
 
-    async def parse(request: Request, schema: type[_Sampling]) -> tuple[_Sampling, list[tuple[int, float]]]:
-        body = await read_json_body(request)
-        try:
-            pairs = validate_steering(body, bundle.emotions, limits)
-        except SteeringError as exc:
-            raise steering_error(exc) from None
-        check_model_name(body, served)
-        try:
-            req = schema.model_validate(body)
-        except ValidationError as exc:
-            message, param = validation_message(exc)
-            raise APIError(400, message, param=param) from None
-        for name in UNSUPPORTED_FIELDS:
-            if body.get(name) not in (None, False, [], {}):
-                raise APIError(400, f"{name} is not supported by the HF backend", param=name)
-        if req.stream_options is not None and not req.stream:
-            raise APIError(400, "stream_options needs stream: true", param="stream_options")
-        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stops) > 16 or any(not s for s in stops):
-            raise APIError(400, "stop takes up to 16 non-empty strings", param="stop")
-        return req, pairs
+    contract = RequestContract(tuple(bundle.emotions), limits, tuple(served), xargs_keys=frozenset())
 
-    def params_for(req: _Sampling, prompt_ids: list[int], pairs) -> Any:
+    async def parse(request: Request, path: str) -> ValidatedRequest:
+        validated = validate_generation(await read_json_body(request), path, contract)
+        check_hf_support(validated)
+        return validated
+
+    def params_for(req: Any, prompt_ids: list[int], pairs) -> Any:
         from emolab.hf_backend import GenerationParams
 
         max_tokens = backend.check_lengths(prompt_ids, req.max_completion_tokens or req.max_tokens)
@@ -178,9 +145,10 @@ def create_app(backend, bundle: EmotionBundle, *, served_model_name: str, api_ke
             stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []), coeffs=coeffs,
         )
 
-    @app.post("/v1/chat/completions")
+    @app.post(CHAT_PATH)
     async def chat_completions(request: Request):
-        req, pairs = await parse(request, ChatRequest)
+        validated = await parse(request, CHAT_PATH)
+        req, pairs = validated.request, validated.pairs
         messages = [message_dict(m) for m in req.messages]
         prompt_ids = backend.chat_prompt(messages, req.chat_template_kwargs)
         params = params_for(req, prompt_ids, pairs)
@@ -188,7 +156,7 @@ def create_app(backend, bundle: EmotionBundle, *, served_model_name: str, api_ke
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return sse(chat_chunks(backend.stream(params), rid, model, created, include_usage))
-        result = await backend.complete(params)
+        result = await backend.complete(params, disconnected=request.is_disconnected)
         return {
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
@@ -196,9 +164,10 @@ def create_app(backend, bundle: EmotionBundle, *, served_model_name: str, api_ke
             "usage": usage(result),
         }
 
-    @app.post("/v1/completions")
+    @app.post(COMPLETIONS_PATH)
     async def completions(request: Request):
-        req, pairs = await parse(request, CompletionRequest)
+        validated = await parse(request, COMPLETIONS_PATH)
+        req, pairs = validated.request, validated.pairs
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
@@ -209,7 +178,7 @@ def create_app(backend, bundle: EmotionBundle, *, served_model_name: str, api_ke
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return sse(completion_chunks(backend.stream(params), rid, model, created, include_usage))
-        result = await backend.complete(params)
+        result = await backend.complete(params, disconnected=request.is_disconnected)
         return {
             "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}],

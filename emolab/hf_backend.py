@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +28,7 @@ from emolab.models import chat_prompt_ids, decoder_layers, load_model
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none (CPU-friendly; vLLM would use the whole context)
 DEFAULT_MAX_QUEUE = 64
+DISCONNECT_POLL_S = 0.25  # how often a waiting non-streaming request checks that its client is still there
 # apply_chat_template arguments a request may not override through chat_template_kwargs.
 RESERVED_TEMPLATE_KWARGS = {"conversation", "tokenize", "return_tensors", "return_dict", "chat_template", "tokenizer_kwargs"}
 
@@ -168,6 +169,8 @@ class HFBackend:
 
     # ---------------------------------------------------------------------------- generation
     def _generate(self, params: GenerationParams, emit: Callable[[str], None], cancel: threading.Event) -> GenerationResult:
+        if cancel.is_set():  # the client left while this request waited in the queue
+            return GenerationResult("", "abort", len(params.prompt_ids), 0, [])
         if params.seed is not None:
             torch.manual_seed(params.seed)  # one generation at a time, so the global RNG is ours
         input_ids = torch.tensor([params.prompt_ids], dtype=torch.long, device=self.device)
@@ -197,14 +200,29 @@ class HFBackend:
                            code="queue_full")
         self.pending += 1
 
-    async def complete(self, params: GenerationParams) -> GenerationResult:
-        """Run one generation on the worker thread and return its result."""
+    async def complete(
+        self, params: GenerationParams, disconnected: Callable[[], Awaitable[bool]] | None = None
+    ) -> GenerationResult:
+        """Run one generation on the worker thread and return its result.
+
+        ``disconnected`` (e.g. starlette's ``Request.is_disconnected``) is polled while the request
+        waits or runs; once the client is gone the generation stops at its next step, and a request
+        still queued is skipped, so an abandoned request never holds up the ones behind it.
+        """
         self._admit()
         cancel = threading.Event()
         self.cancel_events.add(cancel)
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, self._generate, params, lambda _: None, cancel)
+            future = loop.run_in_executor(self.executor, self._generate, params, lambda _: None, cancel)
+            while disconnected is not None:
+                done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    break
+                if await disconnected():
+                    cancel.set()
+                    break
+            return await future
         finally:
             self.cancel_events.discard(cancel)
             self.pending -= 1

@@ -11,7 +11,10 @@ Everything here is pure Python/numpy so the API process validates before anythin
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
+import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,8 @@ import numpy as np
 
 DEFAULT_MAX_ALPHA = 10.0
 DEFAULT_MAX_PAIRS = 16
+SALT_SECRET_ENV = "EMOLAB_SALT_SECRET"  # hex; shared by every front-end process of one server
+_INTEGER_ID = re.compile(r"[+-]?[0-9]{1,9}")  # ASCII digits only: "²" and "--1" are not ids
 
 
 class SteeringError(ValueError):
@@ -74,7 +79,7 @@ def parse_steering(
             key = ident.strip().lower()
             if key in names:
                 emotion_id = names[key]
-            elif key.lstrip("-").isdigit():
+            elif _INTEGER_ID.fullmatch(key):
                 emotion_id = int(key)
             else:
                 raise SteeringError(f"{where}: unknown emotion {ident!r}; known: {emotions}", param)
@@ -92,7 +97,10 @@ def parse_steering(
         try:
             value = float(alpha)
         except ValueError:
-            raise SteeringError(f"{where}: alpha must be a number, got {alpha!r}", param) from None
+            raise SteeringError(f"{where}: alpha must be a number, got {alpha!r:.80}", param) from None
+        except OverflowError:  # an integer too large for a float
+            raise SteeringError(f"{where}: alpha must be finite; got an integer of {alpha.bit_length()} bits",
+                                param) from None
         if not math.isfinite(value):
             raise SteeringError(f"{where}: alpha must be finite, got {alpha!r}", param)
         if abs(value) > limits.max_alpha:
@@ -114,13 +122,58 @@ def canonical(pairs: list[tuple[int, float]]) -> list[float]:
     return [x for emotion_id, alpha in pairs for x in (float(emotion_id), float(alpha))]
 
 
-def cache_salt(coeffs: np.ndarray) -> str | None:
-    """A prefix-cache salt that differs between different steerings and is None when unsteered.
+_SECRET: bytes | None = None
 
-    Steered KV differs from plain KV for the same tokens, so requests with different coefficients
-    must not share cached blocks; unsteered requests keep sharing as before.
+
+def salt_secret() -> bytes:
+    """This process's key for steering salts: ``$EMOLAB_SALT_SECRET`` (hex), else a random one.
+
+    ``emolab serve`` draws one secret per server and hands it to every front-end process through the
+    environment; without it (plain ``vllm serve`` or an offline ``LLM``) each process draws its own,
+    which only means that two such processes do not share steered prefix-cache blocks.
+    """
+    global _SECRET
+    if _SECRET is None:  # read once per process: every request of this process uses the same key
+        value = os.environ.get(SALT_SECRET_ENV)
+        try:
+            _SECRET = bytes.fromhex(value) if value else os.urandom(32)
+        except ValueError:
+            raise SteeringError(f"${SALT_SECRET_ENV} must be hex, got {len(value or '')} other characters", None) from None
+        if value and len(_SECRET) < 16:
+            raise SteeringError(f"${SALT_SECRET_ENV} must hold at least 16 bytes (32 hex digits)", None)
+    return _SECRET
+
+
+def new_salt_secret() -> str:
+    """A fresh secret for ``$EMOLAB_SALT_SECRET`` (64 hex digits)."""
+    return os.urandom(32).hex()
+
+
+def steering_salt(coeffs: np.ndarray, secret: bytes | None = None) -> str | None:
+    """The steering part of a prefix-cache salt: ``s:`` + HMAC-SHA256(secret, coefficients); None unsteered.
+
+    Steered KV differs from plain KV for the same tokens, so requests with different coefficients must
+    not share cached blocks. The salt is keyed with a server secret so that no client can compute the
+    salt of someone else's steering and fill the cache under it (a public hash of the coefficients
+    could be sent as a plain ``cache_salt`` by an unsteered request: cache poisoning).
     """
     if not np.any(coeffs):
         return None
-    digest = hashlib.sha256(np.ascontiguousarray(coeffs, dtype=np.float32).tobytes()).hexdigest()[:16]
-    return f"emolab-{digest}"
+    key = salt_secret() if secret is None else secret
+    data = np.ascontiguousarray(coeffs, dtype=np.float32).tobytes()
+    return "s:" + hmac.new(key, data, hashlib.sha256).hexdigest()[:32]
+
+
+def combine_cache_salt(client_salt: str | None, steering: str | None) -> str | None:
+    """One prefix-cache salt from a client's own ``cache_salt`` and the steering salt.
+
+    Client salts live in their own namespace (``u<length>:<salt>``) so no client salt can equal a
+    steering salt or a combination of the two; the encoding is injective. Both absent: None, so
+    unsteered requests without a salt share the cache as before.
+    """
+    parts = []
+    if client_salt is not None:
+        parts.append(f"u{len(client_salt)}:{client_salt}")
+    if steering is not None:
+        parts.append(steering)
+    return "|".join(parts) or None

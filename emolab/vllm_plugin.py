@@ -58,8 +58,9 @@ def _wrap_input_processor() -> None:
 
     ``InputProcessor.process_inputs`` runs in the front-end process for the HTTP server and for the
     offline ``LLM`` class alike, so invalid steering is refused (a ValueError, HTTP 400) before it is
-    scheduled, and a steered request's KV blocks are hashed with a steering-derived ``cache_salt``:
-    different steerings never share cached KV, unsteered requests share as before.
+    scheduled, and every request's KV blocks are hashed with a ``cache_salt`` that combines the client's
+    own salt (in its own namespace) with a keyed steering salt: different steerings never share cached
+    KV, no client can forge another steering's salt, unsteered requests share as before.
     """
     from vllm.v1.engine import input_processor
 
@@ -70,9 +71,10 @@ def _wrap_input_processor() -> None:
     @functools.wraps(original)
     def process_inputs(self, request_id, prompt, params, *args: Any, **kwargs: Any):
         request = original(self, request_id, prompt, params, *args, **kwargs)
+        from emolab.steering import combine_cache_salt
+
         salt = _steering_salt(getattr(params, "extra_args", None))
-        if salt:
-            request.cache_salt = f"{request.cache_salt}:{salt}" if request.cache_salt else salt
+        request.cache_salt = combine_cache_salt(request.cache_salt, salt)
         return request
 
     process_inputs._emolab_wrapped = True  # type: ignore[attr-defined]
@@ -90,7 +92,7 @@ def _request_contract() -> tuple[list[str], Any]:
 
 def _steering_salt(extra_args: dict | None) -> str | None:
     """The cache salt of a request's steering; raises ValueError (HTTP 400) when it is malformed."""
-    from emolab.steering import cache_salt, coefficients, parse_steering, steering_field
+    from emolab.steering import coefficients, parse_steering, steering_field, steering_salt
 
     found = steering_field(extra_args or {})
     if found is None:
@@ -98,7 +100,7 @@ def _steering_salt(extra_args: dict | None) -> str | None:
     emotions, limits = _request_contract()
     raw, param = found
     pairs = parse_steering(raw, emotions, limits, param=f"vllm_xargs.{param}")  # SteeringError is a ValueError
-    return cache_salt(coefficients(pairs, len(emotions)))
+    return steering_salt(coefficients(pairs, len(emotions)))
 
 
 def settings_from_env() -> dict[str, Any]:

@@ -27,12 +27,9 @@ from emolab.api import (
     error_response,
     parse_json_body,
     resolve_api_key,
-    steering_error,
-    validate_steering,
 )
-from emolab.steering import SteeringError, canonical
-
-STEERED_PATHS = ("/v1/chat/completions", "/v1/completions")
+from emolab.schema import CHAT_PATH, COMPLETIONS_PATH, GENERATION_SCHEMAS, RequestContract, validate_generation
+from emolab.steering import SALT_SECRET_ENV, canonical, new_salt_secret
 
 
 def vllm_support(model_path: str) -> tuple[bool, str]:
@@ -91,6 +88,8 @@ def run_vllm_server(args: argparse.Namespace) -> int:
     )
     if args.api_key:
         env["EMOLAB_API_KEY"] = args.api_key  # read by the middleware; kept off the command line
+    # One key for the steering cache salts of every front-end process of this server (see steering_salt).
+    env.setdefault(SALT_SECRET_ENV, new_salt_secret())
     if env.get("VLLM_PLUGINS") is not None and "emolab_steering" not in env["VLLM_PLUGINS"].split(","):
         raise RuntimeError("VLLM_PLUGINS is set and excludes emolab_steering: steering would silently do nothing")
     command = [
@@ -125,7 +124,19 @@ def run_vllm_server(args: argparse.Namespace) -> int:
 
 
 class SteeringMiddleware:
-    """Pure ASGI (streaming-safe) layer in front of vLLM's app; configured from the environment."""
+    """Pure ASGI (streaming-safe) layer in front of vLLM's app; configured from the environment.
+
+    Deny by default, twice: with a key set, every path but ``/health`` and ``/healthz`` needs it
+    (``BearerAuthMiddleware``), and only ``SERVED_PATHS`` reach vLLM at all. vLLM mounts many more
+    routes (SageMaker ``/invocations``, Anthropic ``/v1/messages``, batch, scoring, admin and
+    tokenizer routes, ones a future vLLM adds); those do not pass through the steering contract, so
+    they answer 404 here rather than run "accepted and unsteered".
+    """
+
+    SERVED_PATHS = frozenset({
+        "/health", "/v1/models", "/v1/emotions", CHAT_PATH, COMPLETIONS_PATH, "/metrics", "/version",
+        "/tokenize", "/detokenize",
+    })
 
     def __init__(self, app: ASGIApp) -> None:
         from emolab.bundle import EmotionBundle
@@ -139,17 +150,27 @@ class SteeringMiddleware:
         # The same key check as the HF backend, in front of everything below (and of vLLM's app).
         self.guarded = BearerAuthMiddleware(self.handle, resolve_api_key(None))
         self.served_name = os.environ.get("EMOLAB_SERVED_MODEL_NAME") or str(self.bundle.model)
+        # vllm_xargs keys other than steering pass on (other vLLM plugins may read them).
+        self.contract = RequestContract(tuple(self.bundle.emotions), self.limits, (self.served_name,), xargs_keys=None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/healthz":  # alias of vLLM's own /health, as in HF
             scope = {**scope, "path": "/health", "raw_path": b"/health"}
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan
+            return
         await self.guarded(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        path = scope["path"]
+        if path not in self.SERVED_PATHS:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": f"{path} is not served by emolab"})
+                return
+            await error_response(404, f"{path} is not served by emolab; its routes: {sorted(self.SERVED_PATHS)}",
+                                 code="not_found")(scope, receive, send)
             return
-        path, method = scope["path"], scope["method"]
+        method = scope.get("method")
         if path == "/v1/emotions":
             if method != "GET":
                 await error_response(405, f"{method} is not allowed on /v1/emotions; use GET")(scope, receive, send)
@@ -159,24 +180,21 @@ class SteeringMiddleware:
             )
             await JSONResponse(payload)(scope, receive, send)
             return
-        if method == "POST" and path in STEERED_PATHS:
+        if method == "POST" and path in GENERATION_SCHEMAS:
             raw, more = await _read_body(receive)
             try:
-                new_raw = self.rewrite(raw)
+                new_raw = self.rewrite(raw, path)
             except APIError as exc:
                 await exc.response()(scope, receive, send)
-                return
-            except SteeringError as exc:
-                await steering_error(exc).response()(scope, receive, send)
                 return
             scope = _with_content_length(scope, len(new_raw))
             receive = _replay(new_raw, more, receive)
         await self.app(scope, receive, send)
 
-    def rewrite(self, raw: bytes) -> bytes:
-        """Validate the steering field; return the body vLLM should see."""
+    def rewrite(self, raw: bytes, path: str = CHAT_PATH) -> bytes:
+        """Validate the request (the contract both backends share); return the body vLLM should see."""
         body = parse_json_body(raw)
-        pairs = validate_steering(body, self.bundle.emotions, self.limits)
+        pairs = validate_generation(body, path, self.contract).pairs
         had_field = "steering" in body or "steering" in (body.get("vllm_xargs") or {})
         if not had_field:
             return raw

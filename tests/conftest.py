@@ -73,3 +73,30 @@ def running_server(**launch_kwargs) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_server(proc)
+
+
+VLLM_KEY = "test-key-vllm"
+
+
+@pytest.fixture(scope="session")
+def vllm_server(smollm2_path, smollm2_bundle_path, tmp_path_factory) -> Iterator[str]:
+    """One `emolab serve --backend vllm` (SmolLM2, fp32, eager, key VLLM_KEY) shared by the vLLM server tests."""
+    pytest.importorskip("vllm")
+    with running_server(
+        vectors=smollm2_bundle_path, model=str(smollm2_path), backend="vllm", api_key=VLLM_KEY,
+        extra_args=["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--max-num-seqs", "8",
+                    "--served-model-name", "smollm2"],
+        log_path=tmp_path_factory.mktemp("vllm-server") / "server.log",
+    ) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_path, smollm2_bundle_path):
+    """SmolLM2 in transformers (fp32) with an HFSteerer over the committed bundle: the reference semantics."""
+    from emolab.bundle import EmotionBundle
+    from emolab.hf_steer import HFSteerer
+    from emolab.models import load_model
+
+    model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
+    return model, tokenizer, HFSteerer(model, EmotionBundle.load(smollm2_bundle_path))

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from emolab.api import (
     APIError,
+    APIKeyError,
     BearerAuthMiddleware,
     check_model_name,
     emotions_payload,
@@ -71,20 +72,49 @@ def test_error_body_and_response_shape():
     assert json.loads(APIError(429, "busy").response().body)["error"]["type"] == "rate_limit_error"
 
 
-def test_auth_middleware_guards_only_v1():
+def test_auth_middleware_denies_by_default():
     async def ok(request):
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[Route("/health", ok), Route("/v1/models", ok), Route("/v1x", ok)])
+    app = Starlette(routes=[Route("/health", ok), Route("/healthz", ok), Route("/v1/models", ok), Route("/v1x", ok),
+                            Route("/invocations", ok, methods=["POST"])])
     client = TestClient(BearerAuthMiddleware(app, "secret"))
-    assert client.get("/health").text == "ok"
-    assert client.get("/v1x").text == "ok"  # not under /v1/
-    for headers in ({}, {"Authorization": "Bearer wrong"}):
-        response = client.get("/v1/models", headers=headers)
-        assert response.status_code == 401
-        assert response.json()["error"]["code"] == "invalid_api_key"
-        assert response.headers["www-authenticate"] == "Bearer"
+    assert client.get("/health").text == client.get("/healthz").text == "ok"
+    for method, path in (("GET", "/v1/models"), ("GET", "/v1x"), ("POST", "/invocations"), ("GET", "/no-such-path"),
+                         ("GET", "/health/"), ("GET", "/HEALTH")):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            response = client.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, path)
+            assert response.json()["error"]["code"] == "invalid_api_key"
+            assert response.headers["www-authenticate"] == "Bearer"
     assert client.get("/v1/models", headers={"Authorization": "Bearer secret"}).text == "ok"
+    assert client.post("/invocations", headers={"Authorization": "Bearer secret"}).text == "ok"
+
+
+def test_auth_middleware_closes_websockets_without_the_key():
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocketDisconnect
+
+    async def echo(websocket):
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    client = TestClient(BearerAuthMiddleware(Starlette(routes=[WebSocketRoute("/v1/realtime", echo)]), "secret"))
+    with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/v1/realtime"):
+        pass
+    assert info.value.code == 1008
+    with client.websocket_connect("/v1/realtime", headers={"Authorization": "Bearer secret"}) as ws:
+        assert ws.receive_text() == "hello"
+
+
+@pytest.mark.parametrize("key", [" key", "key ", "key\n", "k\u00e9y", "ключ", "a\tb"])
+def test_keys_no_client_could_send_are_refused(key, monkeypatch):
+    with pytest.raises(APIKeyError):
+        resolve_api_key(key)
+    monkeypatch.setenv("EMOLAB_API_KEY", key)
+    with pytest.raises(APIKeyError, match="EMOLAB_API_KEY"):
+        resolve_api_key(None)
 
 
 def test_parse_json_body_accepts_an_object():
@@ -95,6 +125,7 @@ def test_parse_json_body_accepts_an_object():
     (b"", 400, "empty"), (b"   ", 400, "empty"), (b"{bad", 400, "not valid JSON"), (b"[1]", 400, "JSON array"),
     (b'"text"', 400, "JSON string"), (b"null", 400, "JSON null"), (b"3", 400, "JSON number"),
     (b"\xff\xfe{}", 400, "UTF-8"), (b"[" * 100_000, 400, "nested"), (b"{}" + b" " * 5000, 413, "bytes"),
+    (b'{"seed": ' + b"9" * 5000 + b"}", 400, "JSON parsing refused"),
 ])
 def test_parse_json_body_refusals(raw, status, words):
     with pytest.raises(APIError) as info:

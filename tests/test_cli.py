@@ -140,3 +140,13 @@ def test_build_model_prints_the_folder(tiny_qwen3_path, capsys):
     assert code == 0 and out.strip() == str(tiny_qwen3_path)
     code, _, err = run_main(["build-model", "gpt5"], capsys)
     assert code == 2 and "name" in err
+
+
+@pytest.mark.parametrize("key", [" padded", "trailing ", "naïve"])
+def test_serve_refuses_a_key_no_client_could_send(key, smollm2_bundle_path, monkeypatch, capsys):
+    monkeypatch.delenv("EMOLAB_API_KEY", raising=False)
+    code, _, err = run_main(["serve", "--vectors", str(smollm2_bundle_path), "--model", "smollm2", "--backend", "hf",
+                             "--api-key", key], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "API key" in lines[0], err

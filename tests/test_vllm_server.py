@@ -12,25 +12,19 @@ import asyncio
 import httpx
 import pytest
 import torch
-from conftest import running_server
+from conftest import VLLM_KEY
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-KEY = "test-key-vllm"
+KEY = VLLM_KEY
 MESSAGES = [{"role": "user", "content": "Describe your morning in two sentences."}]
 N_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_path, smollm2_bundle_path, tmp_path_factory):
-    with running_server(
-        vectors=smollm2_bundle_path, model=str(smollm2_path), backend="vllm", api_key=KEY,
-        extra_args=["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--max-num-seqs", "8",
-                    "--served-model-name", "smollm2"],
-        log_path=tmp_path_factory.mktemp("vllm-server") / "server.log",
-    ) as url:
-        yield url
+def server(vllm_server):
+    return vllm_server
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +35,8 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def hf(smollm2_path, smollm2_bundle_path):
-    from emolab.bundle import EmotionBundle
-    from emolab.hf_steer import HFSteerer
-    from emolab.models import load_model
-
-    model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
-    return model, tokenizer, HFSteerer(model, EmotionBundle.load(smollm2_bundle_path))
+def hf(smollm2_hf):
+    return smollm2_hf
 
 
 def hf_chat(hf, steering, messages=MESSAGES, n_tokens=N_TOKENS) -> str:

@@ -7,7 +7,7 @@ padding, interleaved and repeated so that noise from other load hits all of them
 * ``bare_full``  -- the whole model, no hooks (``logits_to_keep=1``: logits only for the last position);
 * ``bare_trunc`` -- the decoder stack cut after the deepest searched layer, no hooks: the work
   extraction actually needs, so ``capture / bare_trunc`` is the overhead of the hooks themselves;
-* ``capture``    -- ``emolab.capture.collect_activations`` (hooks, last-token gather, copy to host).
+* ``capture``    -- ``emolab.extraction.capture.collect_activations`` (hooks, last-token gather, copy to host).
 
 Capture stops after the deepest searched layer, so ``capture / bare_full`` can exceed 1.
 Prints texts/s and tokens/s of each pass, both ratios, and a final one-line JSON summary.
@@ -27,11 +27,11 @@ import time
 import numpy as np
 import torch
 
-from emolab.capture import base_model, collect_activations
-from emolab.data import build_dataset, load_records
-from emolab.emotions import DEFAULT_EMOTIONS
-from emolab.layers import parse_layers
-from emolab.models import decoder_layers, load_model, pick_device, pick_dtype, resolve_model
+from emolab.core.emotions import DEFAULT_EMOTIONS
+from emolab.core.layers import parse_layers
+from emolab.core.models import decoder_layers, load_model, pick_device, pick_dtype, resolve_model
+from emolab.extraction.capture import base_model, collect_activations
+from emolab.extraction.data import build_dataset, load_records
 
 
 def balanced_texts(n_texts: int, seed: int) -> list[str]:

@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def papermill(stem: str, out_dir: Path, **parameters) -> Path:
@@ -45,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
     args = parser.parse_args(argv)
 
-    from emolab.bundle import EmotionBundle
-    from emolab.server import launch_server, stop_server, wait_for_health
+    from emolab.core.bundle import EmotionBundle
+    from emolab.serve.launch import free_port, launch_server, stop_server, wait_for_health
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

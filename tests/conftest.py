@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,21 +21,21 @@ REFERENCE_BUNDLE = ROOT.parent / "shared" / "reference-bundle" / "qwen3-8b-ekman
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    from emolab.models import ensure_smollm2
+    from emolab.core.offline import ensure_smollm2
 
     return ensure_smollm2()
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_path() -> Path:
-    from emolab.models import resolve_model
+    from emolab.core.models import resolve_model
 
     return Path(resolve_model("tiny-qwen3"))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_path() -> Path:
-    from emolab.models import resolve_model
+    from emolab.core.models import resolve_model
 
     return Path(resolve_model("tiny-llama"))
 
@@ -55,16 +54,13 @@ def reference_bundle_path() -> Path:
     return REFERENCE_BUNDLE
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from emolab.serve.launch import free_port  # noqa: E402  (after the environment defaults above)
 
 
 @contextmanager
 def running_server(**launch_kwargs) -> Iterator[str]:
     """`emolab serve` as a real process on a free loopback port; yields its base URL, always stops it."""
-    from emolab.server import launch_server, stop_server, wait_for_health
+    from emolab.serve.launch import launch_server, stop_server, wait_for_health
 
     port = free_port()
     proc = launch_server(port=port, **launch_kwargs)
@@ -94,9 +90,9 @@ def vllm_server(smollm2_path, smollm2_bundle_path, tmp_path_factory) -> Iterator
 @pytest.fixture(scope="session")
 def smollm2_hf(smollm2_path, smollm2_bundle_path):
     """SmolLM2 in transformers (fp32) with an HFSteerer over the committed bundle: the reference semantics."""
-    from emolab.bundle import EmotionBundle
-    from emolab.hf_steer import HFSteerer
-    from emolab.models import load_model
+    from emolab.core.bundle import EmotionBundle
+    from emolab.core.models import load_model
+    from emolab.steer.hf import HFSteerer
 
     model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
     return model, tokenizer, HFSteerer(model, EmotionBundle.load(smollm2_bundle_path))

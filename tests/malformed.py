@@ -13,7 +13,7 @@ import re
 
 from hypothesis import strategies as st
 
-from emolab.schema import ROLES
+from emolab.serve.schema import ROLES
 
 EMOTIONS = ("anger", "joy", "sadness", "disgust", "fear", "surprise")
 MAX_ALPHA = 10.0

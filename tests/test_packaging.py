@@ -71,7 +71,7 @@ def test_console_script_and_vllm_plugin_entry_point():
     project = _pyproject()["project"]
     assert project["scripts"] == {"emolab": "emolab.cli:main"}
     plugins = project["entry-points"]["vllm.general_plugins"]
-    assert plugins == {"emolab_steering": "emolab.vllm_plugin:register"}
+    assert plugins == {"emolab_steering": "emolab.fastpath.plugin:register"}
 
 
 def test_bundled_data_ships_with_the_package():

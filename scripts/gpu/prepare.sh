@@ -15,7 +15,7 @@ fi
 DIST=/tmp/site/emolab-0.1.0.dist-info
 mkdir -p "$DIST"
 printf 'Metadata-Version: 2.1\nName: emolab\nVersion: 0.1.0\n' > "$DIST/METADATA"
-printf '[vllm.general_plugins]\nemolab_steering = emolab.vllm_plugin:register\n\n[console_scripts]\nemolab = emolab.cli:main\n' \
+printf '[vllm.general_plugins]\nemolab_steering = emolab.fastpath.plugin:register\n\n[console_scripts]\nemolab = emolab.cli:main\n' \
     > "$DIST/entry_points.txt"
 export PYTHONPATH=/tmp/site:$REPO
 mkdir -p /tmp/qwen3-8b && cp "$REPO"/emolab/assets/qwen3_8b/* /tmp/qwen3-8b/

@@ -1,0 +1,143 @@
+"""The load generator of ``emolab bench``: N simulated agents against a steering server.
+
+Each agent sends chat requests one after another (streaming, ``ignore_eos``, fixed prompt and
+output lengths) through the ``openai`` async client. Scenarios pick each request's steering:
+
+* ``none``  no steering (the baseline every ratio is taken against, same server, same run)
+* ``same``  every request the same emotion and alpha
+* ``mixed`` every request a random mix of one or two emotions with random alphas (seeded)
+* ``churn`` mixed steering, and agents start late and stop early at random (requests join and
+  leave the running batch all the time); its baseline is ``churn-none``, the same arrivals unsteered,
+  which the bench adds by itself
+
+With ``--serve`` the bench starts the server itself (timing its start-up), and can also start a
+plain vLLM server with the plugin not loaded (``--compare-plain``) and an ``--enforce-eager`` one
+(``--compare-eager``) to put the figures in context. Results print as a table and go to JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emolab.client import AsyncSteeringClient
+
+__all__ = ["BASELINE", "SCENARIOS", "RunResult", "calibrate_prompt_words", "make_prompt", "one_request",
+           "pick_steering", "run_scenario"]
+
+SCENARIOS = ("none", "same", "mixed", "churn", "churn-none")
+# Each scenario's ratio is taken against the unsteered run with the same arrival pattern.
+BASELINE = {"none": "none", "same": "none", "mixed": "none", "churn": "churn-none", "churn-none": "churn-none"}
+WORDS = ("river stone market window garden letter evening table morning station coffee paper "
+         "mountain bridge lantern harbour orchard meadow village kitchen").split()
+
+
+@dataclass
+class RunResult:
+    label: str
+    scenario: str
+    agents: int
+    requests: int
+    errors: int
+    wall_s: float
+    completion_tokens: int
+    prompt_tokens_mean: float
+    tok_per_s: float
+    per_agent_tok_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    itl_p50_ms: float
+    itl_p99_ms: float
+    error_messages: list[str] = field(default_factory=list)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q) * 1000) if values else float("nan")
+
+
+def make_prompt(rng: random.Random, n_words: int) -> str:
+    body = " ".join(rng.choice(WORDS) for _ in range(max(1, n_words)))
+    return f"Continue this list of words with more of them: {body}"
+
+
+def pick_steering(scenario: str, rng: random.Random, n_emotions: int, alpha: float) -> list[float] | None:
+    if scenario in ("none", "churn-none"):
+        return None
+    if scenario == "same":
+        return [0, alpha]
+    picks = rng.sample(range(n_emotions), k=rng.choice((1, 2)))
+    return [x for e in picks for x in (e, round(rng.uniform(-alpha, alpha), 3))]
+
+
+async def one_request(client: AsyncSteeringClient, prompt: str, steering: list[float] | None, max_tokens: int,
+                      stats: dict[str, Any]) -> None:
+    """One streamed chat request of fixed length (``ignore_eos``); its timings go into ``stats``."""
+    start = time.perf_counter()
+    last = None
+    async for chunk in client.stream_chat(prompt, steering, max_tokens=max_tokens, temperature=0,
+                                          extra_body={"ignore_eos": True}):
+        now = time.perf_counter()
+        if chunk.choices and chunk.choices[0].delta.content:
+            if last is None:
+                stats["ttft"].append(now - start)
+            else:
+                stats["itl"].append(now - last)
+            last = now
+        if chunk.usage is not None:
+            stats["completion_tokens"] += chunk.usage.completion_tokens
+            stats["prompt_tokens"].append(chunk.usage.prompt_tokens)
+
+
+async def run_scenario(client: AsyncSteeringClient, scenario: str, agents: int, *, requests_per_agent: int,
+                       prompt_words: int, max_tokens: int, alpha: float, n_emotions: int, seed: int,
+                       label: str) -> RunResult:
+    """``agents`` concurrent agents, each sending its requests one after another; one ``RunResult``."""
+    stats: dict[str, Any] = {"ttft": [], "itl": [], "completion_tokens": 0, "prompt_tokens": []}
+    errors: list[str] = []
+    agent_rates: list[float] = []
+    n_requests = 0
+    rng_master = random.Random(seed)
+
+    async def agent(index: int) -> None:
+        nonlocal n_requests
+        rng = random.Random(rng_master.random() + index)
+        count = requests_per_agent
+        if scenario.startswith("churn"):  # join late, leave early: the batch composition keeps changing
+            await asyncio.sleep(rng.uniform(0, 0.5 * requests_per_agent))
+            count = rng.randint(1, 2 * requests_per_agent)
+        before = stats["completion_tokens"]
+        began = time.perf_counter()
+        for _ in range(count):
+            steering = pick_steering(scenario, rng, n_emotions, alpha)
+            try:
+                await one_request(client, make_prompt(rng, prompt_words), steering, max_tokens, stats)
+            except Exception as exc:  # counted and reported, the other agents go on
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            n_requests += 1
+        agent_rates.append((stats["completion_tokens"] - before) / max(time.perf_counter() - began, 1e-9))
+
+    began = time.perf_counter()
+    await asyncio.gather(*(agent(i) for i in range(agents)))
+    wall = time.perf_counter() - began
+    return RunResult(
+        label=label, scenario=scenario, agents=agents, requests=n_requests, errors=len(errors), wall_s=round(wall, 3),
+        completion_tokens=stats["completion_tokens"],
+        prompt_tokens_mean=float(np.mean(stats["prompt_tokens"])) if stats["prompt_tokens"] else float("nan"),
+        tok_per_s=stats["completion_tokens"] / wall, per_agent_tok_per_s=float(np.mean(agent_rates)),
+        ttft_p50_ms=pct(stats["ttft"], 50), ttft_p99_ms=pct(stats["ttft"], 99),
+        itl_p50_ms=pct(stats["itl"], 50), itl_p99_ms=pct(stats["itl"], 99), error_messages=errors[:5],
+    )
+
+
+async def calibrate_prompt_words(client: AsyncSteeringClient, prompt_tokens: int) -> int:
+    """Words per prompt so that the chat prompt is about ``prompt_tokens`` tokens for this tokenizer."""
+    probe = 100
+    reply = await client.chat_completion(make_prompt(random.Random(0), probe), max_tokens=1)
+    base = await client.chat_completion(make_prompt(random.Random(0), 1), max_tokens=1)
+    per_word = (reply.usage.prompt_tokens - base.usage.prompt_tokens) / (probe - 1)
+    return max(1, round((prompt_tokens - base.usage.prompt_tokens) / max(per_word, 1e-6)))

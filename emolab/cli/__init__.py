@@ -1,0 +1,48 @@
+"""The ``emolab`` command: argparse front end only. Each sub-command is a thin layer over a library call.
+
+Library errors (``EmolabError``) become one error line and exit status 2; when an error names the
+setting at fault, the line names its flag. Nothing in the library imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from emolab.cli.bench import add_bench
+from emolab.cli.common import UsageError, flag_for
+from emolab.cli.eval import add_eval
+from emolab.cli.extract import add_build_model, add_extract, add_test
+from emolab.cli.serve import add_serve
+from emolab.cli.test_http import add_test_http
+
+__all__ = ["main"]
+
+BUILDERS = (add_extract, add_test, add_build_model, add_serve, add_test_http, add_bench, add_eval)
+
+
+def build_parser(prog: str = "emolab") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="emolab: emotion vectors, inspection, steering servers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for builder in BUILDERS:
+        builder(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "emolab") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    from emolab.core.errors import EmolabError
+
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        parser.error(str(exc))
+    except EmolabError as exc:
+        where = f"{flag_for(exc.setting, getattr(args, 'flags', None))}: " if exc.setting else ""
+        print(f"{prog} {args.command}: error: {where}{exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError) as exc:  # from libraries below emolab (transformers, torch, ...)
+        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,61 @@
+"""``emolab bench``: throughput of N simulated agents, steered vs unsteered, measured side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+from emolab.cli.common import number_list, positive_int, word_list
+
+__all__ = ["add_bench"]
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="throughput of N simulated agents, steered vs unsteered")
+    p.add_argument("--base-url", default=None, help="running server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key", default="", help="bearer key of the server")
+    p.add_argument("--model", default="emolab", help="served model name to request")
+    p.add_argument("--agents", type=number_list("--agents", int, minimum=1), default=[1, 20, 64], help="comma-separated agent counts")
+    p.add_argument("--scenarios", type=word_list, default=["none", "mixed", "churn"],
+                   help="comma-separated, from none, same, mixed, churn, churn-none")
+    p.add_argument("--prompt-tokens", type=positive_int("--prompt-tokens"), default=200)
+    p.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=256)
+    p.add_argument("--requests-per-agent", type=positive_int("--requests-per-agent"), default=2)
+    p.add_argument("--repeats", type=positive_int("--repeats"), default=2)
+    p.add_argument("--alpha", type=float, default=1.0, help="alpha of 'same'; bound of the random alphas")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="JSON results file")
+    p.add_argument("--serve-model", default=None, help="start a server for this model (with --serve-vectors)")
+    p.add_argument("--serve-vectors", default=None)
+    p.add_argument("--serve-backend", default="vllm", choices=["vllm", "hf"])
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--server-arg", action="append", default=[], help="extra argument for emolab serve (repeatable)")
+    p.add_argument("--server-arg-plain", action="append", default=[], help="extra argument for the plain vLLM server")
+    p.add_argument("--compare-plain", action="store_true", help="also run 'none' on vLLM with the plugin not loaded")
+    p.add_argument("--compare-eager", action="store_true", help="also run on an --enforce-eager emolab server")
+    p.add_argument("--compare-agents", type=number_list("--compare-agents", int, minimum=1), default=None,
+                   help="agent counts for the plain/eager comparison servers (default: --agents)")
+    p.add_argument("--startup-timeout", type=float, default=900)
+    p.add_argument("--log-dir", default="runs/bench-logs")
+    p.set_defaults(func=run_bench_cli)
+
+
+def run_bench_cli(args: argparse.Namespace) -> int:
+    from emolab.bench import BenchConfig, print_table, run_bench
+
+    config = BenchConfig(
+        base_url=args.base_url, api_key=args.api_key, model=args.model, agents=args.agents, scenarios=args.scenarios,
+        prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, requests_per_agent=args.requests_per_agent,
+        repeats=args.repeats, alpha=args.alpha, seed=args.seed, output=args.output, serve_model=args.serve_model,
+        serve_vectors=args.serve_vectors, serve_backend=args.serve_backend, dtype=args.dtype,
+        max_model_len=args.max_model_len, server_args=args.server_arg, server_args_plain=args.server_arg_plain,
+        compare_plain=args.compare_plain, compare_eager=args.compare_eager, compare_agents=args.compare_agents,
+        startup_timeout=args.startup_timeout, log_dir=args.log_dir,
+    )
+    result = run_bench(config)
+    print_table(result["summary"])
+    if result["startup_s"]:
+        print("server start-up to /health (s): " + ", ".join(f"{k} {v}" for k, v in result["startup_s"].items()))
+    if config.output:
+        print(f"wrote {config.output}")
+    return 1 if any(run["errors"] for run in result["runs"]) else 0

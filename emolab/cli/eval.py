@@ -1,0 +1,83 @@
+"""``emolab eval``: measure what steering does (independent judge, fluency, recommended alphas)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from emolab.cli.common import UsageError, number_list, positive_int
+from emolab.evaluate.report import markdown_tables, save_report, write_recommendations
+from emolab.evaluate.sweep import DEFAULT_PROMPTS, EvalConfig, run_eval
+
+__all__ = ["add_eval"]
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="measure what steering does: independent judge, fluency, recommended alphas")
+    p.add_argument("--model", default="smollm2", help="model to steer (and to score perplexity with)")
+    p.add_argument("--bundle", default="vectors/smollm2", help="bundle folder")
+    p.add_argument("--emotions", default=None, help="comma-separated subset (default: all of the bundle's)")
+    p.add_argument("--alphas", type=number_list("--alphas"), default=[0.5, 1.0, 1.5, 2.0],
+                   help="comma-separated sweep; 0 (unsteered) is always added as the baseline")
+    p.add_argument("--alpha-scale", choices=["raw", "normalized"], default=None,
+                   help="alpha scale for in-process steering (default: the bundle's alpha_scale, else raw)")
+    p.add_argument("--prompts", type=positive_int("--prompts"), default=None,
+                   help=f"use the first N built-in neutral prompts (default all {len(DEFAULT_PROMPTS)})")
+    p.add_argument("--prompts-file", default=None, help="one prompt per line instead of the built-in ones")
+    p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=40)
+    p.add_argument("--samples", type=positive_int("--samples"), default=1, help="samples per prompt (>1 samples)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--server", default=None, help="base URL of a running emolab server (else in-process transformers)")
+    p.add_argument("--served-model", default=None, help="model name sent to the server")
+    p.add_argument("--ppl-factor", type=float, default=2.0, help="recommendation: max perplexity / baseline")
+    p.add_argument("--judge-train-per-class", type=positive_int("--judge-train-per-class"), default=500)
+    p.add_argument("--judge-test-per-class", type=positive_int("--judge-test-per-class"), default=200)
+    p.add_argument("--output", default=None, help="folder for report.json, tables.md and plots")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--write-recommendations", action="store_true",
+                   help="write alpha_recommendations into the bundle's metadata.json")
+    p.set_defaults(func=run_eval_cli)
+
+
+def run_eval_cli(args: argparse.Namespace) -> int:
+    if args.prompts_file:
+        try:
+            prompts = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise UsageError(f"--prompts-file: {exc}") from None
+        if not prompts:
+            raise UsageError(f"--prompts-file: {args.prompts_file} holds no prompt")
+    else:
+        prompts = list(DEFAULT_PROMPTS)
+    if args.prompts:
+        if args.prompts > len(prompts):
+            raise UsageError(f"--prompts: only {len(prompts)} prompts available, asked for {args.prompts}")
+        prompts = prompts[:args.prompts]
+    if args.temperature < 0:
+        raise UsageError("--temperature must be >= 0")
+    if args.ppl_factor <= 1:
+        raise UsageError("--ppl-factor must be > 1")
+    emotions = [e.strip() for e in args.emotions.split(",") if e.strip()] if args.emotions else None
+    config = EvalConfig(
+        model=args.model, bundle=args.bundle, emotions=emotions, alphas=args.alphas, scale=args.alpha_scale,
+        prompts=prompts, max_new_tokens=args.max_new_tokens, samples=args.samples, temperature=args.temperature,
+        batch_size=args.batch_size, seed=args.seed, server=args.server, served_model=args.served_model,
+        ppl_factor=args.ppl_factor, judge_train_per_class=args.judge_train_per_class,
+        judge_test_per_class=args.judge_test_per_class,
+    )
+    report = run_eval(config)
+    output = args.output or f"runs/eval-{Path(args.bundle).name}"
+    save_report(report, output)
+    if not args.no_plots:
+        from emolab.notebook.effect_plots import save_all
+
+        save_all(report, output)
+    print(markdown_tables(report))
+    print(f"judge test ROC-AUC (macro): {report['judge']['test_auc']['macro']}")
+    print(f"alpha_recommendations ({report['scale']} scale): {report['alpha_recommendations']}")
+    if args.write_recommendations:
+        print(f"wrote recommendations into {write_recommendations(args.bundle, report)}")
+    print(f"report in {output}")
+    return 0

@@ -1,0 +1,96 @@
+"""``emolab extract``, ``emolab test`` (inspect a bundle) and ``emolab build-model``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from emolab.cli.common import UsageError, fraction, positive_int
+from emolab.core.emotions import DEFAULT_EMOTIONS
+
+__all__ = ["add_build_model", "add_extract", "add_test"]
+
+
+def add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="extract contrastive emotion vectors into a bundle folder")
+    p.add_argument("--model", default="Qwen/Qwen3-8B", help="hub id, local folder, or smollm2 / tiny-qwen3")
+    p.add_argument("--emotions", default=",".join(DEFAULT_EMOTIONS), help="comma-separated Ekman emotions")
+    p.add_argument("--layers", default="mid", help="early|mid|late|all, layer ids, or mixes such as mid,30")
+    p.add_argument("--layer", type=int, default=None, help="search one layer only (implies --window 1)")
+    p.add_argument("--window", type=positive_int("--window"), default=3)
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16)
+    p.add_argument("--max-length", type=positive_int("--max-length"), default=128)
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--test-size", type=fraction("--test-size"), default=0.2)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--data", default="auto", help="auto (hub, else bundled), bundled, a TSV folder, or a hub id")
+    p.add_argument("--max-per-class", type=positive_int("--max-per-class"), default=None)
+    p.add_argument("--output", default=None, help="bundle folder (default: vectors/<model name>)")
+    p.add_argument("--save-full-sweep", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_extract)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from emolab.core.emotions import EmotionError, parse_emotions
+    from emolab.core.layers import LayerError, layer_items
+    from emolab.core.summary import print_report
+    from emolab.extraction import ExtractConfig, extract
+
+    try:
+        emotions = tuple(parse_emotions(args.emotions))
+    except EmotionError as exc:
+        raise UsageError(f"--emotions: {exc}") from None
+    layers, window = args.layers, args.window
+    layer_flag = "--layers"
+    if args.layer is not None:
+        layers, window, layer_flag = str(args.layer), 1, "--layer"
+    args.flags = {"layers": layer_flag, "window": "--window" if args.layer is None else "--layer"}
+    try:  # fail on a typo before loading data and model; the layer range needs the model's depth
+        layer_items(layers)
+    except LayerError as exc:
+        raise UsageError(f"{layer_flag}: {exc}") from None
+    output = args.output or f"vectors/{args.model.rstrip('/').split('/')[-1].lower()}"
+    config = ExtractConfig(
+        model=args.model, emotions=emotions, layers=layers, window=window, batch_size=args.batch_size,
+        max_length=args.max_length, dtype=args.dtype, device=args.device, test_size=args.test_size,
+        seed=args.seed, data=args.data, max_per_class=args.max_per_class, output=output,
+        save_full_sweep=args.save_full_sweep, progress=not args.no_progress,
+    )
+    bundle = extract(config)
+    print_report(bundle)
+    print(f"saved bundle to {output}")
+    return 0
+
+
+def add_test(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("test", help="inspect a bundle (no model needed)")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_test)
+
+
+def run_test(args: argparse.Namespace) -> int:
+    from emolab.core.bundle import EmotionBundle
+    from emolab.core.summary import print_report, summary
+
+    bundle = EmotionBundle.load(args.bundle)
+    if args.json:
+        print(json.dumps(summary(bundle), indent=2))
+    else:
+        print_report(bundle)
+    return 0
+
+
+def add_build_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-model", help="build an offline model (smollm2, tiny-qwen3, tiny-llama) and print its folder")
+    p.add_argument("name", choices=["smollm2", "tiny-qwen3", "tiny-llama"])
+    p.set_defaults(func=run_build_model)
+
+
+def run_build_model(args: argparse.Namespace) -> int:
+    from emolab.core.models import resolve_model
+
+    print(resolve_model(args.name))
+    return 0

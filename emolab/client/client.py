@@ -1,0 +1,203 @@
+"""``SteeringClient``: talk to a steering server the way an agent simulation does.
+
+One client for every consumer (``emolab bench``, ``emolab eval --server``, ``emolab test-http``,
+the notebook widgets, users' own simulations): the ``openai`` client for the OpenAI routes plus
+``GET /v1/emotions``, and steering given by emotion name or id::
+
+    client = SteeringClient("http://127.0.0.1:8000", api_key=KEY)
+    client.chat("How was your day?", steering={"fear": 1.0, "joy": -0.5}, max_tokens=40)
+
+Works against either emolab backend, and against the reference tool's server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from functools import cached_property
+from typing import Any
+
+from emolab.core.steering import Steering, SteeringLimits
+from emolab.serve.contract import resolve_api_key
+
+__all__ = ["DEFAULT_BASE_URL", "AsyncSteeringClient", "SteeringClient", "SteeringSpec", "v1_url"]
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+# A steering as callers give it: {"fear": 1.0}, a Steering, the flat request list, or None (unsteered).
+SteeringSpec = Mapping[str | int, float] | Steering | Sequence[Any] | None
+# The client checks names and shape; the bounds on alphas and pairs are the server's to enforce.
+_CLIENT_LIMITS = SteeringLimits(max_alpha=float("inf"), max_pairs=1 << 20)
+
+
+def v1_url(base_url: str) -> str:
+    """Accept ``http://host:port`` or ``http://host:port/v1``; return the ``/v1`` form."""
+    url = base_url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+class _Common:
+    """What the sync and async clients share: settings, the emotion list, request bodies."""
+
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, *, api_key: str | None = None, model: str | None = None,
+                 timeout: float = 600.0, max_retries: int = 0) -> None:
+        self.base_url = v1_url(base_url)
+        self.api_key = api_key if api_key is not None else resolve_api_key(None)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._model = model
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def steering_list(self, steering: SteeringSpec, emotions: Sequence[str]) -> list[Any] | None:
+        """The flat request list ``[id, alpha, ...]`` for ``steering``, checked against the server's emotions (None: unsteered)."""
+        if steering is None:
+            return None
+        if isinstance(steering, Steering):
+            value = steering
+        elif isinstance(steering, Mapping):
+            value = Steering.from_mapping(steering, emotions, _CLIENT_LIMITS)
+        else:
+            value = Steering.parse(list(steering), emotions, _CLIENT_LIMITS, param="steering")
+        return value.as_request() if value else None  # ids: what every server, the reference tool's too, takes
+
+    def _extra_body(self, steering: list[Any] | None, extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
+        body = dict(extra_body or {})
+        if steering is not None:
+            xargs = dict(body.get("vllm_xargs") or {})
+            xargs["steering"] = steering
+            body["vllm_xargs"] = xargs
+        return body
+
+    @staticmethod
+    def _messages(messages: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        if isinstance(messages, str):
+            return [{"role": "user", "content": messages}]
+        return [dict(m) for m in messages]
+
+    @staticmethod
+    def _recommended(info: Mapping[str, Any]) -> dict[str, float]:
+        recommended = dict(info.get("alpha_recommendations") or {})
+        if info.get("alpha_recommendations_scale", "raw") != info.get("alpha_scale", "raw"):
+            return {}  # recommendations in other units than the server's alphas would mislead
+        return {e: float(a) for e, a in recommended.items() if a is not None}
+
+
+class SteeringClient(_Common):
+    """Synchronous client. ``.openai`` is the underlying ``openai.OpenAI`` for anything else."""
+
+    @cached_property
+    def openai(self) -> Any:
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key=self.api_key or "EMPTY", timeout=self.timeout,
+                      max_retries=self.max_retries)
+
+    @cached_property
+    def info(self) -> dict[str, Any]:
+        """``GET /v1/emotions``: emotions, ids, layers, alpha scale, limits, recommendations."""
+        import httpx
+
+        response = httpx.get(self.base_url + "/emotions", headers=self._headers(), timeout=self.timeout)
+        if response.status_code != 200:
+            raise RuntimeError(f"GET /v1/emotions answered {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    @property
+    def emotions(self) -> list[str]:
+        return list(self.info["emotions"])
+
+    @property
+    def model(self) -> str:
+        if self._model is None:
+            self._model = self.info.get("model") or self.openai.models.list().data[0].id
+        return self._model
+
+    def recommended_alphas(self) -> dict[str, float]:
+        """The bundle's recommended alpha per emotion, when it is on the server's alpha scale."""
+        return self._recommended(self.info)
+
+    def _steering(self, steering: SteeringSpec) -> list[Any] | None:
+        # /v1/emotions is read only for a steered request: a plain vLLM server has no such route.
+        return None if steering is None else self.steering_list(steering, self.emotions)
+
+    def chat_completion(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, *,
+                        extra_body: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """The whole ``ChatCompletion`` (or the stream, with ``stream=True``)."""
+        body = self._extra_body(self._steering(steering), extra_body)
+        return self.openai.chat.completions.create(model=self.model, messages=self._messages(messages),
+                                                   extra_body=body or None, **kwargs)
+
+    def chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, **kwargs: Any) -> str:
+        """The reply's text."""
+        return self.chat_completion(messages, steering, **kwargs).choices[0].message.content or ""
+
+    def complete(self, prompt: str, steering: SteeringSpec = None, *,
+                 extra_body: Mapping[str, Any] | None = None, **kwargs: Any) -> str:
+        body = self._extra_body(self._steering(steering), extra_body)
+        reply = self.openai.completions.create(model=self.model, prompt=prompt, extra_body=body or None, **kwargs)
+        return reply.choices[0].text
+
+    def close(self) -> None:
+        if "openai" in self.__dict__:
+            self.openai.close()
+
+
+class AsyncSteeringClient(_Common):
+    """Asynchronous client for many concurrent agents (``emolab bench``, ``emolab test-http``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._info: dict[str, Any] | None = None
+
+    @cached_property
+    def openai(self) -> Any:
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "EMPTY", timeout=self.timeout,
+                           max_retries=self.max_retries)
+
+    async def info(self) -> dict[str, Any]:
+        if self._info is None:
+            import httpx
+
+            async with httpx.AsyncClient(timeout=self.timeout) as http:
+                response = await http.get(self.base_url + "/emotions", headers=self._headers())
+            if response.status_code != 200:
+                raise RuntimeError(f"GET /v1/emotions answered {response.status_code}: {response.text[:500]}")
+            self._info = response.json()
+        return self._info
+
+    async def emotions(self) -> list[str]:
+        return list((await self.info())["emotions"])
+
+    async def model(self) -> str:
+        if self._model is None:
+            self._model = (await self.info()).get("model") or (await self.openai.models.list()).data[0].id
+        return self._model
+
+    async def recommended_alphas(self) -> dict[str, float]:
+        return self._recommended(await self.info())
+
+    async def chat_completion(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, *,
+                              extra_body: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        steering_list = self.steering_list(steering, await self.emotions()) if steering is not None else None
+        body = self._extra_body(steering_list, extra_body)
+        return await self.openai.chat.completions.create(model=await self.model(), messages=self._messages(messages),
+                                                         extra_body=body or None, **kwargs)
+
+    async def chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None,
+                   **kwargs: Any) -> str:
+        reply = await self.chat_completion(messages, steering, **kwargs)
+        return reply.choices[0].message.content or ""
+
+    async def stream_chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None,
+                          **kwargs: Any) -> AsyncIterator[Any]:
+        """The chunks of a streamed chat completion (usage included in the last one)."""
+        stream = await self.chat_completion(messages, steering, stream=True,
+                                            stream_options={"include_usage": True}, **kwargs)
+        async for chunk in stream:
+            yield chunk
+
+    async def close(self) -> None:
+        if "openai" in self.__dict__:
+            await self.openai.close()

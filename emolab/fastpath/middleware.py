@@ -1,0 +1,149 @@
+"""``SteeringMiddleware``: emolab's layer in front of vLLM's own OpenAI app (vLLM's ``--middleware``).
+
+It adds the API key (deny by default), ``GET /v1/emotions``, the shared validation of every
+generation request (``emolab.serve.schema``) with a clear 4xx before anything is scheduled, and
+rewrites valid steering into the canonical numeric form (ids, not names) that the engine-side
+plugin reads. Pure ASGI, so streaming responses pass through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from emolab.core.bundle import EmotionBundle
+from emolab.core.steering import Steering
+from emolab.serve.contract import (
+    APIError,
+    BearerAuthMiddleware,
+    emotions_payload,
+    error_response,
+    parse_json_body,
+    resolve_api_key,
+)
+from emolab.serve.schema import CHAT_PATH, COMPLETIONS_PATH, GENERATION_SCHEMAS, RequestContract, validate_generation
+from emolab.serve.settings import ServeSettings
+
+__all__ = ["SteeringMiddleware"]
+
+
+class SteeringMiddleware:
+    """Pure ASGI (streaming-safe) layer in front of vLLM's app; configured from the environment.
+
+    Deny by default, twice: with a key set, every path but ``/health`` and ``/healthz`` needs it
+    (``BearerAuthMiddleware``), and only ``SERVED_PATHS`` reach vLLM at all. vLLM mounts many more
+    routes (SageMaker ``/invocations``, Anthropic ``/v1/messages``, batch, scoring, admin and
+    tokenizer routes, ones a future vLLM adds); those do not pass through the steering contract, so
+    they answer 404 here rather than run "accepted and unsteered".
+    """
+
+    SERVED_PATHS = frozenset({
+        "/health", "/v1/models", "/v1/emotions", CHAT_PATH, COMPLETIONS_PATH, "/metrics", "/version",
+        "/tokenize", "/detokenize",
+    })
+
+    def __init__(self, app: ASGIApp) -> None:
+        settings = ServeSettings.from_env()
+        if settings is None:
+            raise RuntimeError("emolab's SteeringMiddleware needs $EMOLAB_VECTORS (the bundle folder)")
+        self.app = app
+        self.bundle = EmotionBundle.load(settings.vectors, load_full_sweep=False)
+        self.limits = settings.limits
+        self.alpha_scale = self.bundle.resolve_alpha_scale(settings.alpha_scale)
+        # The same key check as the HF backend, in front of everything below (and of vLLM's app).
+        self.guarded = BearerAuthMiddleware(self.handle, resolve_api_key(None))
+        self.served_names = settings.served_model_names or (str(self.bundle.model),)
+        # vllm_xargs keys other than steering pass on (other vLLM plugins may read them).
+        self.contract = RequestContract(tuple(self.bundle.emotions), self.limits, self.served_names, xargs_keys=None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/healthz":  # alias of vLLM's own /health, as in HF
+            scope = {**scope, "path": "/health", "raw_path": b"/health"}
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan
+            return
+        await self.guarded(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if path not in self.SERVED_PATHS:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": f"{path} is not served by emolab"})
+                return
+            await error_response(404, f"{path} is not served by emolab; its routes: {sorted(self.SERVED_PATHS)}",
+                                 code="not_found")(scope, receive, send)
+            return
+        method = scope.get("method")
+        if path == "/v1/emotions":
+            if method != "GET":
+                await error_response(405, f"{method} is not allowed on /v1/emotions; use GET")(scope, receive, send)
+                return
+            payload = emotions_payload(
+                self.bundle, self.served_names[0], alpha_scale=self.alpha_scale, backend="vllm", limits=self.limits
+            )
+            await JSONResponse(payload)(scope, receive, send)
+            return
+        if method == "POST" and path in GENERATION_SCHEMAS:
+            raw, more = await _read_body(receive)
+            try:
+                new_raw = self.rewrite(raw, path)
+            except APIError as exc:
+                await exc.response()(scope, receive, send)
+                return
+            scope = _with_content_length(scope, len(new_raw))
+            receive = _replay(new_raw, more, receive)
+        await self.app(scope, receive, send)
+
+    def rewrite(self, raw: bytes, path: str = CHAT_PATH) -> bytes:
+        """Validate the request (the contract both backends share); return the body vLLM should see."""
+        body = parse_json_body(raw)
+        steering = Steering(tuple(validate_generation(body, path, self.contract).pairs))
+        had_field = "steering" in body or "steering" in (body.get("vllm_xargs") or {})
+        if not had_field:
+            return raw
+        body.pop("steering", None)
+        xargs = dict(body.get("vllm_xargs") or {})
+        xargs.pop("steering", None)
+        if steering:
+            # The engine-side plugin derives the prefix-cache salt from these (emolab.fastpath.plugin).
+            xargs["steering"] = steering.canonical()
+        if xargs:
+            body["vllm_xargs"] = xargs
+        else:
+            body.pop("vllm_xargs", None)
+        return json.dumps(body).encode()
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def _replay(body: bytes, connected: bool, original: Receive) -> Receive:
+    """A ``receive`` that yields the (rewritten) body once, then waits for the client to leave."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if not connected:
+            return {"type": "http.disconnect"}
+        return await original()  # later messages (a disconnect) come from the real client
+
+    return receive
+
+
+def _with_content_length(scope: Scope, length: int) -> Scope:
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(length).encode()))
+    return {**scope, "headers": headers}

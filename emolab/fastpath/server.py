@@ -1,0 +1,121 @@
+"""``emolab serve --backend vllm``: vLLM's own OpenAI server plus emolab's additions, as one process.
+
+vLLM serves what emolab lets through (chat and text completions, streaming, ``/v1/models``,
+metrics). emolab adds, through two public hooks: the ``vllm.general_plugins`` entry point
+(``emolab.fastpath.plugin``), which steers inside the workers, and vLLM's ``--middleware`` option,
+which puts ``emolab.fastpath.middleware.SteeringMiddleware`` in front of the app.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emolab.core.bundle import EmotionBundle
+from emolab.core.errors import EmolabError
+from emolab.core.models import FASTPATH_ARCHITECTURES, resolve_model
+from emolab.core.steering import SALT_SECRET_ENV, new_salt_secret
+from emolab.serve.settings import ServeSettings
+
+__all__ = ["VLLMOptions", "VLLMServerError", "run_vllm_server", "vllm_support"]
+
+
+class VLLMServerError(EmolabError, RuntimeError):
+    """The vLLM backend cannot serve this model or bundle here."""
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """vLLM's own server options that ``emolab serve`` passes through."""
+
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+    extra_args: tuple[str, ...] = field(default_factory=tuple)  # raw vLLM flags
+
+
+def vllm_support(model_path: str) -> tuple[bool, str]:
+    """Whether the vLLM backend can serve this model here, and why (for ``--backend auto``)."""
+    try:
+        import vllm
+    except ImportError:
+        return False, "vLLM is not installed"
+    from emolab.fastpath.adapters import UnsupportedVLLM, check_version
+
+    try:
+        check_version(vllm.__version__)
+    except UnsupportedVLLM as exc:
+        return False, str(exc)
+    try:
+        from transformers import AutoConfig
+
+        architectures = AutoConfig.from_pretrained(model_path).architectures or []
+    except Exception as exc:  # unreadable config: let the HF backend produce the real error
+        return False, f"cannot read the model config ({exc})"
+    supported = [a for a in architectures if a in FASTPATH_ARCHITECTURES]
+    if not supported:
+        return False, f"architecture {architectures} is not one the vLLM fast path supports {FASTPATH_ARCHITECTURES}"
+    return True, f"vLLM {vllm.__version__} with per-request steering supports {supported[0]}"
+
+
+def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int, api_key: str | None,
+                    options: VLLMOptions = VLLMOptions()) -> None:
+    """Replace this process with vLLM's OpenAI server, configured for emolab.
+
+    Everything that can be refused is refused here, before vLLM starts: an unsupported vLLM or
+    model, a bundle that does not fit the model, an alpha scale the bundle cannot provide.
+    """
+    from emolab.fastpath.adapters import check_version, installed_version, is_cpu_platform, server_command
+
+    check_version(installed_version())
+    bundle = EmotionBundle.load(settings.vectors, load_full_sweep=False)  # fail here, not in a worker
+    path = resolve_model(model)
+    ok, reason = vllm_support(path)
+    if not ok:
+        raise VLLMServerError(f"the vLLM backend cannot serve this model: {reason}", setting="backend")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    bundle.check_model(int(config.num_hidden_layers), int(config.hidden_size))  # refuse before vLLM starts
+    alpha_scale = bundle.resolve_alpha_scale(settings.alpha_scale)
+    bundle.steering_basis(alpha_scale)  # a scale the bundle cannot provide fails now
+    env = dict(os.environ)
+    env.update(ServeSettings(**{**settings.__dict__, "vectors": str(Path(settings.vectors).resolve()),
+                                "alpha_scale": alpha_scale, "backend": "vllm"}).to_env())
+    env.pop("EMOLAB_API_KEY", None)
+    if api_key:
+        env["EMOLAB_API_KEY"] = api_key  # read by the middleware; kept off the command line
+    # One key for the steering cache salts of every front-end process of this server (see steering_salt).
+    env.setdefault(SALT_SECRET_ENV, new_salt_secret())
+    if env.get("VLLM_PLUGINS") is not None and "emolab_steering" not in env["VLLM_PLUGINS"].split(","):
+        raise VLLMServerError("VLLM_PLUGINS is set and excludes emolab_steering: steering would silently do nothing")
+    command = [
+        *server_command(sys.executable),
+        "--model", path,
+        "--served-model-name", *settings.served_model_names,
+        "--host", host, "--port", str(port),
+        "--dtype", options.dtype,
+        "--middleware", "emolab.fastpath.middleware.SteeringMiddleware",
+        "--gpu-memory-utilization", str(options.gpu_memory_utilization),
+    ]
+    if options.max_model_len:
+        command += ["--max-model-len", str(options.max_model_len)]
+    if options.max_num_seqs:
+        command += ["--max-num-seqs", str(options.max_num_seqs)]
+    if options.enforce_eager:
+        command += ["--enforce-eager"]
+    for extra in options.extra_args:
+        command += extra.split()
+    if is_cpu_platform() and "VLLM_CPU_KVCACHE_SPACE" not in env:
+        env["VLLM_CPU_KVCACHE_SPACE"] = "2"  # GiB; vLLM-CPU otherwise claims most of the RAM
+    print(
+        f"emolab serve: vLLM backend ({reason}), bundle {settings.vectors} ({len(bundle.emotions)} emotions, "
+        f"layers {bundle.chosen_layers}), alpha scale {alpha_scale}, auth {'on' if api_key else 'off'}, "
+        f"http://{host}:{port}/v1",
+        flush=True,
+    )
+    os.execvpe(command[0], command, env)

@@ -1,0 +1,187 @@
+"""The steering demo of ``notebooks/03_steer.ipynb``: generators and an ipywidgets panel.
+
+A *generator* turns ``(prompt, {emotion: alpha})`` into a reply. Two exist: ``HFGenerator`` steers a
+transformers model in this process (``emolab.steer``), ``ServerGenerator`` asks a running
+``emolab serve`` through ``SteeringClient``. Both decode greedily and format the prompt with
+the model's chat template the same way the server does, so for the HF backend they give the
+same text. ``SteeringPanel`` is the UI: a prompt box, one alpha slider per emotion, a generate
+button, baseline and steered replies side by side.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from emolab.core.bundle import EmotionBundle
+from emolab.core.steering import Steering
+
+__all__ = ["DEFAULT_ALPHA_LIMIT", "DEFAULT_PROMPT", "Generator", "HFGenerator", "ServerGenerator", "SteeringPanel",
+           "alpha_range"]
+
+DEFAULT_ALPHA_LIMIT = 3.0  # slider bound when the bundle carries no validated_alpha_range
+DEFAULT_PROMPT = "Write one sentence about your morning."
+
+
+class Generator(Protocol):
+    emotions: list[str]
+    alpha_range: tuple[float, float]
+
+    def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str: ...
+
+
+def alpha_range(info: Mapping[str, Any], limit: float = DEFAULT_ALPHA_LIMIT) -> tuple[float, float]:
+    """Slider bounds from a bundle's metadata or a ``/v1/emotions`` payload.
+
+    ``validated_alpha_range`` when recorded (the reference tool's bundles carry one), else
+    ``[-limit, limit]`` clipped to the server's ``max_alpha`` when known.
+    """
+    validated = info.get("validated_alpha_range")
+    if validated is not None:
+        low, high = (float(x) for x in validated)
+        if not low < high:
+            raise ValueError(f"validated_alpha_range {validated} is not an increasing pair")
+        return low, high
+    max_alpha = (info.get("limits") or {}).get("max_alpha")
+    bound = min(limit, float(max_alpha)) if max_alpha else limit
+    return -bound, bound
+
+
+class HFGenerator:
+    """In-process steering of a transformers model by a bundle (greedy decoding)."""
+
+    def __init__(self, model: Any, tokenizer: Any, bundle: EmotionBundle, *, max_new_tokens: int = 40,
+                 alpha_scale: str | None = None) -> None:
+        from emolab.steer import HFSteerer
+
+        self.model, self.tokenizer, self.bundle = model, tokenizer, bundle
+        # The bundle's own alpha scale unless told otherwise: what `emolab serve` uses by default too.
+        self.steerer = HFSteerer(model, bundle, alpha_scale=alpha_scale)
+        self.alpha_scale = self.steerer.alpha_scale
+        self.emotions = list(bundle.emotions)
+        self.alpha_range = alpha_range(bundle.metadata)
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def load(cls, bundle: EmotionBundle, model: str | None = None, **kwargs: Any) -> HFGenerator:
+        from emolab.core.models import load_model
+
+        name = model or bundle.model
+        if not name:
+            raise ValueError("the bundle names no model; pass model=")
+        hf_model, tokenizer = load_model(name, dtype="float32", device="cpu")
+        return cls(hf_model, tokenizer, bundle, **kwargs)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        # Same formatting as the server's chat endpoint (plain text for a model without a template).
+        from emolab.core.models import chat_prompt_ids
+
+        if getattr(self.tokenizer, "chat_template", None):
+            return chat_prompt_ids(self.tokenizer, [{"role": "user", "content": prompt}])
+        return self.tokenizer(prompt).input_ids
+
+    def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str:
+        from emolab.steer import generate
+
+        steering = Steering.from_mapping(alphas, self.emotions)  # same unknown-emotion check as the server path
+        ids = generate(self.model, self.tokenizer, [self.prompt_ids(prompt)], steerer=self.steerer,
+                       coeffs=steering.coefficients(len(self.emotions)) if steering else None,
+                       max_new_tokens=self.max_new_tokens)[0]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class ServerGenerator:
+    """Steering through a running ``emolab serve`` (``SteeringClient``, greedy decoding)."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None, max_new_tokens: int = 40,
+                 timeout: float = 120.0) -> None:
+        from emolab.client import SteeringClient
+
+        self.client = SteeringClient(base_url, api_key=api_key, timeout=timeout)
+        self.info: dict[str, Any] = self.client.info
+        self.emotions = self.client.emotions
+        self.model = self.client.model
+        self.alpha_range = alpha_range(self.info)
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str:
+        return self.client.chat(prompt, dict(alphas), max_tokens=self.max_new_tokens, temperature=0.0)
+
+
+class SteeringPanel:
+    """Prompt box, one alpha slider per emotion, a generate button, baseline | steered replies.
+
+    ``generate()`` is what the button runs; notebooks call it directly when run headless. The
+    baseline (all alphas zero) is cached per prompt: greedy decoding makes it the same every time.
+    """
+
+    def __init__(self, generator: Generator, prompt: str = DEFAULT_PROMPT, step: float = 0.05) -> None:
+        import ipywidgets as w
+
+        self.generator = generator
+        low, high = generator.alpha_range
+        self.prompt = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="95%", height="4em"))
+        self.sliders = {
+            e: w.FloatSlider(value=0.0, min=low, max=high, step=step, description=e, continuous_update=False,
+                             readout_format=".2f")
+            for e in generator.emotions
+        }
+        for emotion, slider in self.sliders.items():
+            slider.add_class(f"emolab-alpha-{emotion}")
+        self.button = w.Button(description="generate", button_style="primary", icon="play")
+        self.button.add_class("emolab-generate")
+        self.status = w.HTML("")
+        self.status.add_class("emolab-status")
+        self.baseline = w.HTML(self._box("baseline (all alphas 0)", ""))
+        self.baseline.add_class("emolab-baseline")
+        self.steered = w.HTML(self._box("steered", ""))
+        self.steered.add_class("emolab-steered")
+        for pane in (self.baseline, self.steered):
+            pane.layout = w.Layout(width="48%")
+        self.button.on_click(lambda _button: self.generate())
+        self.widget = w.VBox([
+            self.prompt,
+            w.HBox([w.VBox(list(self.sliders.values())[i::2]) for i in range(2)]),
+            w.HBox([self.button, self.status]),
+            w.HBox([self.baseline, self.steered]),
+        ])
+        self._baselines: dict[str, str] = {}
+        self.last: tuple[str, str] | None = None
+
+    @staticmethod
+    def _box(title: str, text: str) -> str:
+        body = html.escape(text) if text else "&nbsp;"
+        return f"<b>{html.escape(title)}</b><pre style='white-space: pre-wrap'>{body}</pre>"
+
+    def alphas(self) -> dict[str, float]:
+        return {e: float(s.value) for e, s in self.sliders.items() if s.value}
+
+    def set_alphas(self, alphas: Mapping[str, float]) -> None:
+        unknown = sorted(set(alphas) - set(self.sliders))
+        if unknown:
+            raise ValueError(f"unknown emotions {unknown}; sliders exist for {list(self.sliders)}")
+        for emotion, slider in self.sliders.items():
+            slider.value = float(alphas.get(emotion, 0.0))
+
+    def generate(self) -> tuple[str, str]:
+        """Baseline and steered replies for the current prompt and sliders; also shown in the panel."""
+        prompt, alphas = self.prompt.value, self.alphas()
+        self.status.value = "generating&hellip;"
+        self.button.disabled = True
+        try:
+            if prompt not in self._baselines:
+                self._baselines[prompt] = self.generator(prompt, {})
+            baseline = self._baselines[prompt]
+            steered = self.generator(prompt, alphas) if alphas else baseline
+        except Exception as exc:  # shown in the panel: a button callback's traceback would vanish
+            self.status.value = f"<span style='color:red'>error: {html.escape(str(exc))}</span>"
+            raise
+        finally:
+            self.button.disabled = False
+        described = ", ".join(f"{e}={a:+.2f}" for e, a in alphas.items()) or "none"
+        self.baseline.value = self._box("baseline (all alphas 0)", baseline)
+        self.steered.value = self._box(f"steered ({described})", steered)
+        self.status.value = "done"
+        self.last = (baseline, steered)
+        return baseline, steered

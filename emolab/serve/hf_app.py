@@ -1,0 +1,259 @@
+"""The HF backend's FastAPI app: OpenAI-compatible routes over ``emolab.serve.hf_backend.HFBackend``.
+
+Validation of a generation request: JSON body -> the shared contract (``emolab.serve.schema``:
+field names, steering, model name, OpenAI fields) -> fields this backend cannot honour -> prompt
+length. Every refusal is an OpenAI-shaped 4xx; only a fault of the server itself is a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
+
+from emolab.core.bundle import EmotionBundle
+from emolab.core.steering import SteeringLimits, coefficients
+from emolab.serve.contract import (
+    APIError,
+    BearerAuthMiddleware,
+    emotions_payload,
+    error_body,
+    error_response,
+    health_payload,
+    models_payload,
+    read_json_body,
+)
+from emolab.serve.hf_backend import GenerationParams, HFBackend
+from emolab.serve.schema import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    GENERATION_SCHEMAS,
+    ChatMessage,
+    ChatRequest,
+    RequestContract,
+    ValidatedRequest,
+    validate_generation,
+)
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("emolab.hf")
+
+# Fields accepted when they ask for nothing but the default: an openai client may send them as such.
+DEFAULT_ONLY_FIELDS: dict[str, tuple[Any, ...]] = {
+    "n": (None, 1), "logprobs": (None, False), "echo": (None, False), "best_of": (None, 1),
+    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "store": (None, False),
+    "parallel_tool_calls": (None,), "metadata": (None, {}),
+}
+MESSAGE_FIELDS = ("role", "content", "name")
+
+
+def check_hf_support(validated: ValidatedRequest) -> None:
+    """Refuse every field the HF backend cannot honour, instead of silently ignoring it."""
+    body = validated.body
+    honoured = GENERATION_SCHEMAS[CHAT_PATH if isinstance(validated.request, ChatRequest) else COMPLETIONS_PATH]
+    for name, value in body.items():
+        if name in honoured.model_fields:
+            continue
+        # Compared with the type too: True == 1, yet "n": true is a malformed request, not a default.
+        if any(value == ok and type(value) is type(ok) for ok in DEFAULT_ONLY_FIELDS.get(name, ())):
+            continue
+        raise APIError(400, f"{name} is not supported by the HF backend (use --backend vllm)", param=name,
+                       code="unsupported_field")
+    if validated.request.n not in (None, 1):
+        raise APIError(400, "n > 1 is not supported by the HF backend", param="n", code="unsupported_field")
+    if isinstance(validated.request, ChatRequest):
+        for i, message in enumerate(body["messages"]):
+            extra = sorted(set(message) - set(MESSAGE_FIELDS))
+            if extra:
+                raise APIError(400, f"messages[{i}].{extra[0]} is not supported by the HF backend",
+                               param=f"messages.{i}.{extra[0]}", code="unsupported_field")
+
+
+# ------------------------------------------------------------------------------------------ app
+def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names: Sequence[str],
+               api_key: str | None = None, limits: SteeringLimits | None = None, alpha_scale: str = "raw") -> ASGIApp:
+    """The HF-backend app (behind the key when one is set); ``served_model_names[0]`` is the primary name."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        backend.shutdown()
+
+    limits = limits or SteeringLimits()
+    app = FastAPI(title="emolab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    served = list(served_model_names)
+    if not served:
+        raise ValueError("a server needs at least one model name")
+    served_model_name = served[0]
+    created = int(time.time())
+    emotions_info = emotions_payload(bundle, served_model_name, alpha_scale=alpha_scale, backend="hf", limits=limits)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(request: Request, exc: RequestValidationError):
+        return error_response(400, "invalid request")  # bodies are read by hand; kept as a safety net
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return error_response(exc.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        # The details go to the server log, never to the client (they can reveal paths and internals).
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("internal error %s on %s %s", incident, request.method, request.url.path)
+        return error_response(500, f"internal error (incident {incident}; see the server log)", type="server_error")
+
+    @app.get("/health")
+    @app.get("/healthz")
+    async def health() -> dict[str, Any]:
+        return health_payload(served_model_name, "hf")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return models_payload(served, created=created)
+
+    @app.get("/v1/emotions")
+    async def emotions() -> dict[str, Any]:
+        return emotions_info
+
+    contract = RequestContract(tuple(bundle.emotions), limits, tuple(served), xargs_keys=frozenset())
+
+    async def parse(request: Request, path: str) -> ValidatedRequest:
+        validated = validate_generation(await read_json_body(request), path, contract)
+        check_hf_support(validated)
+        return validated
+
+    def params_for(req: Any, prompt_ids: list[int], pairs) -> GenerationParams:
+        max_tokens = backend.check_lengths(prompt_ids, req.max_completion_tokens or req.max_tokens)
+        temperature, top_p = backend.sampling_defaults()
+        coeffs = coefficients(pairs, len(bundle.emotions))
+        return GenerationParams(
+            prompt_ids=prompt_ids, max_tokens=max_tokens,
+            temperature=temperature if req.temperature is None else req.temperature,
+            top_p=top_p if req.top_p is None else req.top_p, seed=req.seed,
+            stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []), coeffs=coeffs,
+        )
+
+    @app.post(CHAT_PATH)
+    async def chat_completions(request: Request):
+        validated = await parse(request, CHAT_PATH)
+        req, pairs = validated.request, validated.pairs
+        messages = [message_dict(m) for m in req.messages]
+        prompt_ids = backend.chat_prompt(messages, req.chat_template_kwargs)
+        params = params_for(req, prompt_ids, pairs)
+        rid, model = f"chatcmpl-{uuid.uuid4().hex}", req.model or served_model_name
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return sse(chat_chunks(backend.stream(params), rid, model, created, include_usage))
+        result = await backend.complete(params, disconnected=request.is_disconnected)
+        return {
+            "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                         "finish_reason": result.finish_reason, "logprobs": None}],
+            "usage": usage(result),
+        }
+
+    @app.post(COMPLETIONS_PATH)
+    async def completions(request: Request):
+        validated = await parse(request, COMPLETIONS_PATH)
+        req, pairs = validated.request, validated.pairs
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise APIError(400, "prompt: one prompt per request (batches are not supported)", param="prompt")
+            prompt = prompt[0]
+        params = params_for(req, backend.text_prompt(prompt), pairs)
+        rid, model = f"cmpl-{uuid.uuid4().hex}", req.model or served_model_name
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return sse(completion_chunks(backend.stream(params), rid, model, created, include_usage))
+        result = await backend.complete(params, disconnected=request.is_disconnected)
+        return {
+            "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}],
+            "usage": usage(result),
+        }
+
+    return BearerAuthMiddleware(app, api_key) if api_key else app
+
+
+def message_dict(message: ChatMessage) -> dict[str, Any]:
+    content = message.content
+    if isinstance(content, list):  # text parts -> one string, as text-only chat templates expect
+        content = "".join(part.text for part in content)
+    out: dict[str, Any] = {"role": message.role, "content": content or ""}
+    if message.name:
+        out["name"] = message.name
+    return out
+
+
+def usage(result) -> dict[str, int]:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+def sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event)}\n\n"
+        except APIError as exc:
+            yield f"data: {json.dumps(error_body(exc.message, type=exc.type, param=exc.param, code=exc.code))}\n\n"
+        except Exception as exc:  # headers are gone; the error travels as an event
+            yield f"data: {json.dumps(error_body(f'{type(exc).__name__}: {exc}', type='server_error'))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def chat_chunks(stream, rid: str, model: str, created: int, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        if include_usage:
+            event["usage"] = None
+        return event
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    async for item in stream:
+        if isinstance(item, str):
+            yield chunk({"content": item}, None)
+            continue
+        yield chunk({}, item.finish_reason)
+        if include_usage:
+            yield {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [], "usage": usage(item)}
+
+
+async def completion_chunks(stream, rid: str, model: str, created: int, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    def chunk(text: str, finish: str | None) -> dict[str, Any]:
+        event = {"id": rid, "object": "text_completion", "created": created, "model": model,
+                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+        if include_usage:
+            event["usage"] = None
+        return event
+
+    async for item in stream:
+        if isinstance(item, str):
+            yield chunk(item, None)
+            continue
+        yield chunk("", item.finish_reason)
+        if include_usage:
+            yield {"id": rid, "object": "text_completion", "created": created, "model": model,
+                   "choices": [], "usage": usage(item)}

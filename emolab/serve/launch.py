@@ -1,0 +1,92 @@
+"""Start, await and stop ``emolab serve`` processes (tests, notebooks, the demo, ``emolab bench``).
+
+A server runs as its own process (``python -m emolab.cli serve ...``): the model, and for the vLLM
+backend the engine and its workers, live there, and stopping it frees everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LOOPBACK_HOSTS", "free_port", "launch_server", "log_tail", "stop_server", "wait_for_health"]
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_server(*, vectors: str | Path, model: str, port: int, host: str = "127.0.0.1", backend: str = "hf",
+                  api_key: str | None = None, extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
+                  log_path: str | Path | None = None) -> subprocess.Popen:
+    """Start ``python -m emolab.cli serve ...`` in the background; its output goes to ``proc.log_path``.
+
+    The key travels in ``$EMOLAB_API_KEY`` (not argv, which other users can read in ``ps``).
+    """
+    child_env = dict(os.environ if env is None else env)
+    child_env.pop("EMOLAB_API_KEY", None)
+    child_env.pop("EMOTION_STEERING_API_KEY", None)
+    if api_key:
+        child_env["EMOLAB_API_KEY"] = api_key
+    if log_path is None:
+        handle, log_path = tempfile.mkstemp(prefix=f"emolab-serve-{port}-", suffix=".log")
+        os.close(handle)
+    log_path = Path(log_path)
+    cmd = [sys.executable, "-m", "emolab.cli", "serve", "--vectors", str(vectors), "--model", model,
+           "--host", host, "--port", str(port), "--backend", backend, *extra_args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    return proc
+
+
+def wait_for_health(base_url: str, timeout: float = 300.0, process: subprocess.Popen | None = None) -> dict[str, Any]:
+    """Poll ``/health`` until it answers 200; raise with the log's tail if the process dies or time runs out."""
+    url = base_url.rstrip("/").removesuffix("/v1") + "/health"
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before {url} answered\n{log_tail(process)}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    body = response.read()  # vLLM's /health answers 200 with an empty body
+                    return json.loads(body) if body.strip() else {"status": "ok"}
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f}s\n{log_tail(process)}")
+        time.sleep(0.5)
+
+
+def log_tail(process: subprocess.Popen | None, lines: int = 40) -> str:
+    path = getattr(process, "log_path", None)
+    if path is None or not Path(path).is_file():
+        return "(no log)"
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_server(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Terminate a server started by ``launch_server`` (kill if it does not exit in time)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)

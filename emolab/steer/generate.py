@@ -1,0 +1,89 @@
+"""The one steered generate loop: transformers ``generate`` with steering hooks, batched with left padding.
+
+The HF backend (one request at a time, with stop-string watching), ``emolab eval`` (many conditions
+per batch, one steering per row) and the notebook widgets all generate through ``generate``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from emolab.steer.hf import HFSteerer
+
+__all__ = ["generate", "stop_token_ids"]
+
+
+def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
+    """The tokens that end a generation: the tokenizer's EOS and the generation config's."""
+    stops = {tokenizer.eos_token_id}
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    stops.update(eos if isinstance(eos, list) else [eos])
+    return {int(t) for t in stops if t is not None}
+
+
+def generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    steerer: HFSteerer | None = None,
+    coeffs: np.ndarray | None = None,
+    max_new_tokens: int = 40,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    batch_size: int = 64,
+    stopping_criteria: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[list[int]]:
+    """Continuation token ids for each prompt, cut before its first stop token.
+
+    ``coeffs``: ``None`` (unsteered), ``[n_emotions]`` for every row, or ``[rows, n_emotions]``: one
+    steering per row, so many conditions share one batch (far faster on CPU than a batch each).
+    ``temperature`` 0 is greedy; otherwise sampling with ``top_p`` (and ``top_k`` when given; None
+    keeps the model's generation config). ``seed`` seeds torch's global RNG once, before the first batch.
+    """
+    if coeffs is not None and steerer is None:
+        raise ValueError("coefficients need a steerer")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(model, tokenizer)
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad)
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        if top_k is not None:
+            kwargs["top_k"] = top_k
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if stopping_criteria is not None:
+        kwargs["stopping_criteria"] = stopping_criteria
+    per_row = coeffs is not None and np.asarray(coeffs).ndim == 2
+    if seed is not None:
+        torch.manual_seed(seed)
+    out: list[list[int]] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        began = time.perf_counter()
+        batch = prompt_ids[start:start + batch_size]
+        width = max(len(row) for row in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):  # left padding: every row's last prompt token is at the end
+            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+        chunk = np.asarray(coeffs)[start:start + len(batch)] if per_row else coeffs
+        steering = steerer.steer(chunk) if steerer is not None else nullcontext()
+        with torch.inference_mode(), steering:
+            generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        for row in generated[:, width:].tolist():
+            cut = next((k for k, token in enumerate(row) if token in stops), len(row))
+            out.append(row[:cut])
+        if progress is not None:
+            progress(f"generated {start + len(batch)}/{len(prompt_ids)} rows ({time.perf_counter() - began:.1f}s)")
+    return out

@@ -1,0 +1,60 @@
+"""`emolab bench` smoke run on the CPU vLLM backend: it starts the servers itself, runs every
+scenario at tiny scale and reports. No timing is asserted; token counts and error counts are exact."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from emolab.bench import SCENARIOS, summarize_runs
+from emolab.bench.load import make_prompt, pick_steering
+
+pytest.importorskip("vllm")
+
+
+def test_pick_steering_is_seeded_and_well_formed():
+    from emolab.core.steering import parse_steering
+
+    emotions = ["anger", "joy", "sadness", "disgust", "fear", "surprise"]
+    assert pick_steering("none", random.Random(0), 6, 1.0) is None
+    assert pick_steering("churn-none", random.Random(0), 6, 1.0) is None
+    assert pick_steering("same", random.Random(0), 6, 1.5) == [0, 1.5]
+    for scenario in ("mixed", "churn"):
+        first = [pick_steering(scenario, random.Random(7), 6, 2.0) for _ in range(3)]
+        assert first == [pick_steering(scenario, random.Random(7), 6, 2.0) for _ in range(3)]
+        for steering in first:
+            pairs = parse_steering(steering, emotions)  # valid against the server contract
+            assert 1 <= len(pairs) <= 2 and all(abs(a) <= 2.0 for _, a in pairs)
+    assert make_prompt(random.Random(1), 5) == make_prompt(random.Random(1), 5)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_bench_smoke_against_cpu_vllm(tmp_path, smollm2_path, smollm2_bundle_path):
+    from emolab.cli import main
+
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", "--serve-model", str(smollm2_path), "--serve-vectors", str(smollm2_bundle_path),
+        "--model", "smollm2", "--dtype", "float32", "--max-model-len", "512",
+        "--server-arg=--enforce-eager", "--server-arg-plain=--enforce-eager", "--compare-plain",
+        "--agents", "4", "--scenarios", "none,same,mixed,churn", "--prompt-tokens", "32", "--max-tokens", "4",
+        "--requests-per-agent", "1", "--repeats", "1", "--output", str(out), "--log-dir", str(tmp_path / "logs"),
+    ])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["startup_s"]) == {"emolab", "plain-vllm"}
+    rows = {(r["label"], r["scenario"]): r for r in report["summary"]}
+    assert set(rows) == {("emolab", s) for s in SCENARIOS} | {("plain-vllm", "none")}
+    for run in report["runs"]:
+        assert run["errors"] == 0, run["error_messages"]
+        assert run["completion_tokens"] == 4 * run["requests"]  # ignore_eos: every request yields max_tokens
+        if not run["scenario"].startswith("churn"):
+            assert run["requests"] == 4
+    assert rows[("emolab", "none")]["ratio_vs_unsteered"] == 1.0
+    assert rows[("emolab", "churn-none")]["ratio_vs_unsteered"] == 1.0  # churn is judged against churn-none
+    assert rows[("emolab", "mixed")]["ratio_vs_plain_vllm"] is not None
+    assert all(r["prompt_tokens_mean"] > 20 for r in report["summary"])
+    assert summarize_runs([]) == []

@@ -1,0 +1,161 @@
+"""GoEmotions mapping, filtering, balancing and splitting, checked on hand-written fixture rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emolab.core.emotions import DEFAULT_EMOTIONS, EKMAN_GROUPS, FINE_TO_EKMAN, GOEMOTIONS_LABELS, parse_emotions
+from emolab.extraction.data import BUNDLED_DIR, Record, build_dataset, ekman_targets, load_records, read_tsv
+
+FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "goemotions"
+
+# The grouping exactly as the issue states it.
+ISSUE_GROUPS = {
+    "anger": {"anger", "annoyance", "disapproval"},
+    "disgust": {"disgust"},
+    "fear": {"fear", "nervousness"},
+    "joy": {
+        "admiration", "amusement", "approval", "caring", "desire", "excitement", "gratitude", "joy", "love",
+        "optimism", "pride", "relief",
+    },
+    "sadness": {"disappointment", "embarrassment", "grief", "remorse", "sadness"},
+    "surprise": {"confusion", "curiosity", "realization", "surprise"},
+}
+
+
+def test_ekman_groups_match_the_issue_and_the_bundled_mapping():
+    assert {e: set(fines) for e, fines in EKMAN_GROUPS.items()} == ISSUE_GROUPS
+    bundled = json.loads((BUNDLED_DIR / "ekman_mapping.json").read_text())
+    assert {e: set(fines) for e, fines in bundled.items()} == ISSUE_GROUPS
+    # Every fine label but neutral belongs to exactly one group.
+    assert sorted(FINE_TO_EKMAN) == sorted(set(GOEMOTIONS_LABELS) - {"neutral"})
+    assert DEFAULT_EMOTIONS == ("anger", "joy", "sadness", "disgust", "fear", "surprise")
+
+
+def test_label_ids_follow_emotions_txt():
+    names = (BUNDLED_DIR / "emotions.txt").read_text().split()
+    assert tuple(names) == GOEMOTIONS_LABELS
+
+
+def test_parse_emotions():
+    assert parse_emotions(" Anger, joy ,") == ["anger", "joy"]
+    assert parse_emotions(["fear", "joy"]) == ["fear", "joy"]
+    with pytest.raises(ValueError, match="unknown emotion"):
+        parse_emotions("anger,happiness")
+    with pytest.raises(ValueError, match="twice"):
+        parse_emotions("anger,anger")
+    with pytest.raises(ValueError, match="at least two"):
+        parse_emotions("anger")
+
+
+def test_read_tsv_maps_label_ids_to_names():
+    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    assert len(records) == 27
+    assert records[0] == Record("This is outrageous, I am furious.", ("anger",))
+    assert records[6] == Record("Thank you so much, you are amazing.", ("admiration", "gratitude"))
+    assert records[21].labels == ("neutral",)
+
+
+def test_ekman_targets_only_counts_selected_emotions():
+    mixed = Record("x", ("anger", "joy"))
+    assert ekman_targets(mixed, ["anger", "joy"]) == {"anger", "joy"}
+    assert ekman_targets(mixed, ["anger", "sadness"]) == {"anger"}
+    assert ekman_targets(Record("x", ("annoyance", "disapproval")), ["anger", "joy"]) == {"anger"}
+    assert ekman_targets(Record("x", ("neutral",)), list(DEFAULT_EMOTIONS)) == set()
+
+
+def test_filter_counts_on_fixture_rows():
+    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    ds = build_dataset(records, list(DEFAULT_EMOTIONS), test_size=0.5, seed=0)
+    # Two neutral rows; "angry and happy" and "sad and surprised" mix targets; one repeated text.
+    assert ds.dropped == {"no_target_emotion": 2, "several_target_emotions": 2, "duplicate_text": 1}
+    # anger+annoyance stays anger; nervousness+neutral counts as fear.
+    assert ds.counts_available == {"anger": 5, "joy": 5, "sadness": 5, "disgust": 2, "fear": 3, "surprise": 2}
+    # Balanced down to the smallest class (2), half of it held out per class.
+    assert ds.counts_train == dict.fromkeys(DEFAULT_EMOTIONS, 1)
+    assert ds.counts_val == dict.fromkeys(DEFAULT_EMOTIONS, 1)
+
+
+def test_selected_emotions_change_what_counts_as_mixed():
+    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    ds = build_dataset(records, ["anger", "joy"], test_size=0.2, seed=0)
+    # Only "angry and happy" mixes anger and joy now; sadness/surprise rows have no target.
+    assert ds.dropped["several_target_emotions"] == 1
+    assert ds.dropped["no_target_emotion"] == 27 - 1 - 1 - 10
+    assert ds.counts_available == {"anger": 5, "joy": 5}
+    assert ds.counts_train == {"anger": 4, "joy": 4}
+    assert ds.counts_val == {"anger": 1, "joy": 1}
+    truth = {r.text: ekman_targets(r, ["anger", "joy"]) for r in records}
+    for text, label in zip(ds.train_texts + ds.val_texts, np.concatenate([ds.train_labels, ds.val_labels]), strict=True):
+        assert truth[text] == {ds.emotions[label]}
+
+
+def test_balance_is_seeded_capped_and_disjoint():
+    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    emotions = ["anger", "joy", "sadness"]
+    a = build_dataset(records, emotions, max_per_class=4, test_size=0.25, seed=7)
+    b = build_dataset(records, emotions, max_per_class=4, test_size=0.25, seed=7)
+    assert (a.train_texts, a.val_texts) == (b.train_texts, b.val_texts)
+    assert a.counts_train == dict.fromkeys(emotions, 3)
+    assert a.counts_val == dict.fromkeys(emotions, 1)
+    assert not set(a.train_texts) & set(a.val_texts)
+    assert a.train_labels.dtype == np.int64
+    picks = {tuple(build_dataset(records, emotions, max_per_class=4, test_size=0.25, seed=s).train_texts) for s in range(6)}
+    assert len(picks) > 1  # the seed matters
+
+
+def test_balance_on_the_bundled_data():
+    records, source = load_records("bundled")
+    assert source.startswith("bundled:")
+    assert len(records) == 43410
+    ds = build_dataset(records, list(DEFAULT_EMOTIONS), seed=42)
+    smallest = min(ds.counts_available.values())
+    assert ds.counts_available["disgust"] == smallest  # disgust is the rarest single-emotion class
+    n_val = round(smallest * 0.2)
+    assert ds.counts_train == dict.fromkeys(DEFAULT_EMOTIONS, smallest - n_val)
+    assert ds.counts_val == dict.fromkeys(DEFAULT_EMOTIONS, n_val)
+
+
+def test_bad_split_sizes_are_refused():
+    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    with pytest.raises(ValueError, match="--test-size"):
+        build_dataset(records, ["anger", "joy"], test_size=1.0)
+    with pytest.raises(ValueError, match="--max-per-class"):
+        build_dataset(records, ["anger", "joy"], max_per_class=1)
+    with pytest.raises(ValueError, match="too few examples"):
+        build_dataset(records, ["disgust", "surprise"], test_size=0.2)  # 2 per class: round(0.4) = 0 held out
+
+
+def test_load_records_sources(monkeypatch):
+    records, source = load_records(str(FIXTURE_DIR))
+    assert source == f"folder:{FIXTURE_DIR.resolve()}"
+    assert records == read_tsv(FIXTURE_DIR / "train.tsv")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, source = load_records("auto")
+    assert source.startswith("bundled:")
+    with pytest.raises(FileNotFoundError, match="dev.tsv"):
+        load_records(str(FIXTURE_DIR), splits=("train", "dev"))
+    with pytest.raises(ValueError, match="unknown split"):
+        load_records("bundled", splits=("validation",))
+    for missing in ("no-such-folder", "./no/such", "/no/such/folder"):
+        with pytest.raises(ValueError, match="not 'auto', 'bundled', an existing folder"):
+            load_records(missing)
+
+
+def test_malformed_tsv_names_the_file(tmp_path):
+    bad = tmp_path / "train.tsv"
+    bad.write_text("a line without labels\n")
+    with pytest.raises(ValueError, match="train.tsv"):
+        read_tsv(bad)
+
+
+def test_hub_ids_fail_cleanly_offline(monkeypatch):
+    """Without `datasets` (or without network) a hub id is a clear --data error, not a traceback."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ValueError, match="--data google-research-datasets/go_emotions"):
+        load_records("google-research-datasets/go_emotions")

@@ -23,7 +23,10 @@ __all__ = ["BANDS", "LayerError", "band", "choose_window", "layer_items", "parse
 
 
 class LayerError(EmolabError, ValueError):
-    """A layer selection that does not parse or does not fit the model."""
+    """A layer selection that does not parse or does not fit the model (the ``layers`` setting by default)."""
+
+    def __init__(self, message: str, *, setting: str | None = "layers") -> None:
+        super().__init__(message, setting=setting)
 
 BANDS = ("early", "mid", "late", "all")
 
@@ -85,7 +88,7 @@ def choose_window(layers: list[int], layer_scores: np.ndarray, window: int) -> t
     layer ids and their mean score.
     """
     if window < 1:
-        raise LayerError(f"the window must be at least 1 layer, got {window}")
+        raise LayerError(f"the window must be at least 1 layer, got {window}", setting="window")
     position = {layer: i for i, layer in enumerate(layers)}
     best: tuple[float, int] | None = None
     for start in layers:
@@ -96,5 +99,5 @@ def choose_window(layers: list[int], layer_scores: np.ndarray, window: int) -> t
         if best is None or score > best[0]:
             best = (score, start)
     if best is None:
-        raise LayerError(f"the searched layers {layers} hold no {window} consecutive layers for a window of {window}")
+        raise LayerError(f"the searched layers {layers} hold no {window} consecutive layers", setting="window")
     return list(range(best[1], best[1] + window)), best[0]

@@ -21,7 +21,7 @@ from emolab.extraction.errors import ExtractError
 
 __all__ = ["BUNDLED_DIR", "HUB_ID", "SPLITS", "EmotionDataset", "Record", "build_dataset", "ekman_targets", "load_records", "read_tsv"]
 
-BUNDLED_DIR = Path(__file__).parent / "data" / "goemotions"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "goemotions"
 HUB_ID = "google-research-datasets/go_emotions"
 SPLITS = ("train", "dev", "test")
 

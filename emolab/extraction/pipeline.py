@@ -77,12 +77,13 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
         try:
             model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
         except OSError as exc:  # not a folder, not in the hub cache while offline, unreachable hub, ...
-            raise ExtractError(f"cannot load the model {config.model!r} ({exc})") from None
+            raise ExtractError(f"cannot load the model {config.model!r} ({exc})", setting="model") from None
     timings["load_model_s"] = time.perf_counter() - t0
     num_layers = len(decoder_layers(model))
     search = parse_layers(config.layers, num_layers)
     if config.window > len(search):
-        raise ExtractError(f"a window of {config.window} layers is wider than the {len(search)} searched layers")
+        raise ExtractError(f"a window of {config.window} layers is wider than the {len(search)} searched layers",
+                           setting="window")
 
     t0 = time.perf_counter()
     kwargs = dict(batch_size=config.batch_size, max_length=config.max_length, progress=config.progress)

@@ -58,7 +58,7 @@ def test_layers_out_of_range_and_unknown_model_are_clear_errors(tmp_path, capsys
     code, _, err = run_main([*argv, "--layers", "4", "--output", str(tmp_path / "a")], capsys)
     assert code == 2 and "--layers: layer 4 outside 0..3" in err
     code, _, err = run_main([*argv, "--layers", "1,2", "--window", "3", "--output", str(tmp_path / "b")], capsys)
-    assert code == 2 and "--window 3" in err
+    assert code == 2 and "--window: a window of 3 layers is wider than the 2 searched layers" in err
     code, _, err = run_main(["extract", "--model", str(tmp_path / "no-model"), "--data", str(FIXTURE_DIR),
                              "--emotions", "anger,joy", "--output", str(tmp_path / "c")], capsys)
     assert code == 2 and "--model" in err and "no-model" in err

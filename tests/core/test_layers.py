@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emolab.core.layers import BANDS, band, choose_window, parse_layers
+from emolab.core.layers import BANDS, LayerError, band, choose_window, parse_layers
 
 
 def test_default_band_for_qwen3_8b_is_16_to_27():
@@ -44,10 +44,11 @@ def test_parse_layers():
     ("spec", "message"),
     [("middle", "neither a band"), ("36", "outside 0..35"), ("-1", "outside"), ("", "no layers"), (",", "no layers")],
 )
-def test_parse_layers_errors_name_the_flag(spec, message):
-    with pytest.raises(ValueError, match="--layers") as info:
+def test_parse_layers_errors_name_the_setting_not_a_flag(spec, message):
+    with pytest.raises(LayerError) as info:
         parse_layers(spec, 36)
-    assert message in str(info.value)
+    assert message in str(info.value) and "--" not in str(info.value)
+    assert info.value.setting == "layers"  # the CLI turns it into --layers
     assert set(BANDS) == {"early", "mid", "late", "all"}
 
 
@@ -72,7 +73,9 @@ def test_choose_window_never_spans_a_gap():
     scores = np.array([0.6, 0.6, 0.6, 0.99, 0.99, 0.99])
     assert choose_window(layers, scores, 3)[0] == [16, 17, 18]
     assert choose_window(layers, scores, 2)[0] == [30, 31]
-    with pytest.raises(ValueError, match="--window 4"):
+    with pytest.raises(LayerError, match="no 4 consecutive layers") as info:
         choose_window(layers, scores, 4)
-    with pytest.raises(ValueError, match="--window"):
+    assert info.value.setting == "window"
+    with pytest.raises(LayerError, match="at least 1") as info:
         choose_window(layers, scores, 0)
+    assert info.value.setting == "window"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from emolab.core.models import decoder_layers, load_model, pick_device, pick_dtype, resolve_model
+from emolab.core.models import ModelError, decoder_layers, load_model, pick_device, pick_dtype, resolve_model
 from emolab.core.offline import QWEN3_8B_DIR, tiny_qwen3_config
 
 
@@ -65,15 +65,15 @@ def test_build_is_idempotent(tiny_qwen3_path):
 def test_device_and_dtype_choice():
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="--device"):
+    with pytest.raises(ModelError, match="not a torch device"):
         pick_device("gpu0")
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
     assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert pick_dtype("float16", torch.device("cpu")) == torch.float16
-    with pytest.raises(ValueError, match="--dtype"):
+    with pytest.raises(ModelError, match="unknown dtype"):
         pick_dtype("fp8", torch.device("cpu"))
 
 
 def test_decoder_layers_refuses_unknown_models():
-    with pytest.raises(ValueError, match="decoder blocks"):
+    with pytest.raises(ModelError, match="decoder blocks"):
         decoder_layers(torch.nn.Linear(2, 2))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from emolab.core.emotions import DEFAULT_EMOTIONS, EKMAN_GROUPS, FINE_TO_EKMAN, GOEMOTIONS_LABELS, parse_emotions
+from emolab.extraction import ExtractError
 from emolab.extraction.data import BUNDLED_DIR, Record, build_dataset, ekman_targets, load_records, read_tsv
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "goemotions"
@@ -122,9 +123,9 @@ def test_balance_on_the_bundled_data():
 
 def test_bad_split_sizes_are_refused():
     records = read_tsv(FIXTURE_DIR / "train.tsv")
-    with pytest.raises(ValueError, match="--test-size"):
+    with pytest.raises(ExtractError, match="validation share"):
         build_dataset(records, ["anger", "joy"], test_size=1.0)
-    with pytest.raises(ValueError, match="--max-per-class"):
+    with pytest.raises(ExtractError, match="at least 2 examples per class"):
         build_dataset(records, ["anger", "joy"], max_per_class=1)
     with pytest.raises(ValueError, match="too few examples"):
         build_dataset(records, ["disgust", "surprise"], test_size=0.2)  # 2 per class: round(0.4) = 0 held out
@@ -137,7 +138,7 @@ def test_load_records_sources(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _, source = load_records("auto")
     assert source.startswith("bundled:")
-    with pytest.raises(FileNotFoundError, match="dev.tsv"):
+    with pytest.raises(ExtractError, match="dev.tsv"):
         load_records(str(FIXTURE_DIR), splits=("train", "dev"))
     with pytest.raises(ValueError, match="unknown split"):
         load_records("bundled", splits=("validation",))
@@ -157,5 +158,5 @@ def test_hub_ids_fail_cleanly_offline(monkeypatch):
     """Without `datasets` (or without network) a hub id is a clear --data error, not a traceback."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(ValueError, match="--data google-research-datasets/go_emotions"):
+    with pytest.raises(ExtractError, match="google-research-datasets/go_emotions"):
         load_records("google-research-datasets/go_emotions")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from emolab.core.bundle import CAPTURE_CONVENTION, INJECT_CONVENTION, EmotionBundle
-from emolab.extraction import ExtractConfig, extract
+from emolab.extraction import ExtractConfig, ExtractError, extract
 from emolab.extraction.capture import collect_activations
 from emolab.extraction.data import build_dataset, load_records
 from emolab.extraction.methods import contrastive_vectors
@@ -133,7 +133,7 @@ def test_extract_metadata_and_saved_folder(tiny_run):
 def test_extract_refuses_a_window_wider_than_the_search(tiny_run):
     _, config, model, tokenizer = tiny_run
     bad = ExtractConfig(**{**config.__dict__, "layers": "1,2", "window": 3, "output": None})
-    with pytest.raises(ValueError, match="--window 3"):
+    with pytest.raises(ExtractError, match="window of 3 layers"):
         extract(bad, model=model, tokenizer=tokenizer)
     gap = ExtractConfig(**{**config.__dict__, "layers": "0,2,4", "window": 2, "output": None})
     with pytest.raises(ValueError, match="consecutive"):

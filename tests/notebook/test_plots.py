@@ -138,7 +138,7 @@ def test_committed_bundle_plots(smollm2_bundle_path, tmp_path):
 def test_plots_never_import_pyplot(tmp_path):
     code = (
         "import sys; from emolab.notebook import plots; from emolab.core.bundle import EmotionBundle; "
-        "sys.path.insert(0, 'tests'); from test_plots import hand_bundle; "
+        "sys.path.insert(0, 'tests/notebook'); from test_plots import hand_bundle; "
         f"plots.save_inspection_plots(hand_bundle(), {str(tmp_path)!r}); "
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'; print('clean')"
     )

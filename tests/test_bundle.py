@@ -213,3 +213,199 @@ def test_saving_into_an_old_bundle_folder_removes_its_other_emotions(tmp_path):
     two.save(tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["anger_chosen.npy", "joy_chosen.npy"]
     assert EmotionBundle.load(tmp_path).emotions == ["anger", "joy"]
+
+
+# ------------------------------------------------------------- hostile bundles (outside probe)
+def _write_meta(folder: Path, **changes) -> None:
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta.update(changes)
+    (folder / "metadata.json").write_text(json.dumps(meta))
+
+
+def _one_line_error(folder: Path, *needles: str) -> str:
+    """Load must fail with exactly one BundleError line that mentions every needle."""
+    with pytest.raises(BundleError) as info:
+        EmotionBundle.load(folder)
+    message = str(info.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+@pytest.fixture()
+def opened(monkeypatch) -> list[Path]:
+    """Every path opened through open()/io.open() while the test runs, resolved."""
+    import builtins
+    import io
+
+    paths: list[Path] = []
+    real_open = builtins.open
+
+    def recording_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)):
+            paths.append(Path(file).resolve())
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    monkeypatch.setattr(io, "open", recording_open)
+    return paths
+
+
+def _outside(paths: list[Path], folder: Path) -> list[Path]:
+    root = folder.resolve()
+    return [p for p in paths if not p.is_relative_to(root)]
+
+
+@pytest.mark.parametrize("name", ["../../x/evil", "../evil", "sub/evil", "ev.il", "", " anger", "anger\n", "-x", "1st"])
+def test_emotion_names_that_are_not_plain_identifiers_are_refused(saved, tmp_path, opened, name):
+    folder = _copy(saved, tmp_path)
+    (tmp_path / "x").mkdir()
+    np.save(tmp_path / "x" / "evil_chosen.npy", np.ones((2, 4), np.float32))  # the traversal target exists
+    np.save(tmp_path / "evil_chosen.npy", np.ones((2, 4), np.float32))
+    _write_meta(folder, emotions=["anger", name], auc_matrix=None)
+    _one_line_error(folder, "metadata.json", "emotions")
+    assert _outside(opened, folder) == []
+
+
+def test_absolute_emotion_name_is_refused_before_anything_is_opened(saved, tmp_path, opened):
+    folder = _copy(saved, tmp_path)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    np.save(target / "evil_chosen.npy", np.ones((2, 4), np.float32))
+    _write_meta(folder, emotions=[str(target / "evil")], auc_matrix=None)
+    _one_line_error(folder, "metadata.json", "emotions")
+    assert _outside(opened, folder) == []
+
+
+def test_symlinked_array_leaving_the_folder_is_refused_unopened(saved, tmp_path, opened):
+    folder = _copy(saved, tmp_path)
+    (folder / "joy_chosen.npy").unlink()
+    (folder / "joy_chosen.npy").symlink_to("/etc/passwd")
+    _one_line_error(folder, "joy_chosen.npy", "outside")
+    assert Path("/etc/passwd").resolve() not in opened
+
+
+def test_symlinked_array_to_a_valid_npy_outside_is_refused(saved, tmp_path, opened):
+    folder = _copy(saved, tmp_path)
+    np.save(tmp_path / "stolen.npy", np.ones((2, 4), np.float32))
+    (folder / "joy_chosen.npy").unlink()
+    (folder / "joy_chosen.npy").symlink_to(tmp_path / "stolen.npy")
+    _one_line_error(folder, "joy_chosen.npy", "outside")
+    assert _outside(opened, folder) == []
+
+
+def test_symlinked_metadata_leaving_the_folder_is_refused_unopened(saved, tmp_path, opened):
+    folder = _copy(saved, tmp_path)
+    (tmp_path / "meta.json").write_text((folder / "metadata.json").read_text())
+    (folder / "metadata.json").unlink()
+    (folder / "metadata.json").symlink_to(tmp_path / "meta.json")
+    _one_line_error(folder, "metadata.json", "outside")
+    assert _outside(opened, folder) == []
+
+
+def test_symlink_staying_inside_the_folder_is_allowed(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    (folder / "store").mkdir()
+    (folder / "joy_chosen.npy").rename(folder / "store" / "joy.npy")
+    (folder / "joy_chosen.npy").symlink_to(Path("store") / "joy.npy")
+    np.testing.assert_array_equal(EmotionBundle.load(folder).vectors["joy"], make_bundle().vectors["joy"])
+
+
+def test_bundle_folder_reached_through_a_symlink_loads(saved, tmp_path):
+    (tmp_path / "link").symlink_to(saved)
+    assert EmotionBundle.load(tmp_path / "link").emotions == EMOTIONS
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        ('"a string"', ["JSON object", "str"]),
+        ("42", ["JSON object", "int"]),
+        ("null", ["JSON object", "null"]),
+        ('["anger"]', ["JSON object", "list"]),
+        ('{"emotions": null, "chosen_layers": [3, 4]}', ["'emotions'", "null"]),
+        ('{"emotions": ["anger", "joy", "sadness"], "chosen_layers": null}', ["'chosen_layers'", "null"]),
+    ],
+)
+def test_malformed_metadata_shapes_give_one_clear_line(saved, tmp_path, content, needles):
+    folder = _copy(saved, tmp_path)
+    (folder / "metadata.json").write_text(content)
+    _one_line_error(folder, "metadata.json", *needles)
+
+
+def test_npz_named_npy_gives_one_clear_line(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    np.savez(folder / "joy.npz", a=np.ones((2, 4), np.float32))
+    (folder / "joy.npz").replace(folder / "joy_chosen.npy")
+    _one_line_error(folder, "joy_chosen.npy")
+
+
+def _smollm2_copy(smollm2_bundle_path: Path, tmp_path: Path) -> Path:
+    return _copy(smollm2_bundle_path, tmp_path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), 1e38, 0.0, -5.0, float("inf"), 1e7])
+def test_absurd_residual_norm_is_refused(smollm2_bundle_path, tmp_path, value):
+    folder = _smollm2_copy(smollm2_bundle_path, tmp_path)
+    norms = json.loads((folder / "metadata.json").read_text())["residual_norm"]
+    norms[2] = value
+    _write_meta(folder, residual_norm=norms)
+    _one_line_error(folder, "metadata.json", "residual_norm")
+
+
+def test_residual_norm_of_the_wrong_length_is_refused(smollm2_bundle_path, tmp_path):
+    folder = _smollm2_copy(smollm2_bundle_path, tmp_path)
+    _write_meta(folder, residual_norm=[100.0, 200.0])
+    _one_line_error(folder, "metadata.json", "residual_norm")
+
+
+def test_huge_vectors_are_refused(smollm2_bundle_path, tmp_path):
+    folder = _smollm2_copy(smollm2_bundle_path, tmp_path)
+    np.save(folder / "fear_chosen.npy", np.load(folder / "fear_chosen.npy") * np.float32(1e30))
+    _one_line_error(folder, "fear_chosen.npy")
+
+
+def test_huge_vectors_are_refused_without_residual_norm(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    np.save(folder / "joy_chosen.npy", np.full((2, 4), 1e30, np.float32))
+    _one_line_error(folder, "joy_chosen.npy")
+
+
+@pytest.mark.parametrize("layers", [[3, 4.7], [3.0, 4.0], [True, 4], [3, -4], [3, 3], ["3", 4], []])
+def test_chosen_layers_must_be_distinct_non_negative_ints(saved, tmp_path, layers):
+    folder = _copy(saved, tmp_path)
+    _write_meta(folder, chosen_layers=layers)
+    _one_line_error(folder, "metadata.json", "chosen_layers")
+
+
+@pytest.mark.parametrize("names", [["anger", "joy", "joy"], ["anger", "joy", "Joy"]])
+def test_duplicate_emotion_names_are_refused(saved, tmp_path, names):
+    folder = _copy(saved, tmp_path)
+    (folder / "Joy_chosen.npy").write_bytes((folder / "joy_chosen.npy").read_bytes())
+    _write_meta(folder, emotions=names)
+    _one_line_error(folder, "metadata.json", "emotions", "duplicate")
+
+
+def test_mixed_case_emotion_names_load_lower_cased_and_are_addressable(saved, tmp_path):
+    from emolab.steering import parse_steering
+
+    folder = _copy(saved, tmp_path)
+    (folder / "joy_chosen.npy").rename(folder / "Joy_chosen.npy")
+    _write_meta(folder, emotions=["anger", "Joy", "sadness"], alpha_recommendations={"Joy": 1.5})
+    bundle = EmotionBundle.load(folder)
+    assert bundle.emotions == ["anger", "joy", "sadness"]
+    assert bundle.metadata["emotions"] == ["anger", "joy", "sadness"]
+    assert bundle.metadata["alpha_recommendations"] == {"joy": 1.5}
+    np.testing.assert_array_equal(bundle.vectors["joy"], make_bundle().vectors["joy"])
+    assert parse_steering(["JOY", 1.0, "joy", 0.5], bundle.emotions) == [(1, 1.0), (1, 0.5)]
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", "Joy.x", "joy", "JOY"])
+def test_save_refuses_names_that_would_not_load(tmp_path, name):
+    rng = np.random.default_rng(1)
+    names = ["joy", name]
+    bundle = EmotionBundle(names, [1], {e: rng.standard_normal((1, 4)).astype(np.float32) for e in names})
+    with pytest.raises(BundleError, match="emotion"):
+        bundle.save(tmp_path / "b")
+    assert not (tmp_path / "evil_chosen.npy").exists()

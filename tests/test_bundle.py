@@ -233,22 +233,32 @@ def _one_line_error(folder: Path, *needles: str) -> str:
     return message
 
 
-@pytest.fixture()
-def opened(monkeypatch) -> list[Path]:
-    """Every path opened through open()/io.open() while the test runs, resolved."""
+def _refused_opening(monkeypatch, folder: Path, *needles: str) -> list[Path]:
+    """Load ``folder`` expecting a one-line refusal; return every path opened meanwhile, resolved.
+
+    Records open(), io.open() (pathlib) and os.open(), the ways a file can be opened for reading.
+    """
     import builtins
     import io
+    import os
 
     paths: list[Path] = []
-    real_open = builtins.open
+    real_open, real_os_open = builtins.open, os.open
 
     def recording_open(file, *args, **kwargs):
         if isinstance(file, (str, Path)):
             paths.append(Path(file).resolve())
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", recording_open)
-    monkeypatch.setattr(io, "open", recording_open)
+    def recording_os_open(file, *args, **kwargs):
+        paths.append(Path(file).resolve())
+        return real_os_open(file, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", recording_open)
+        patch.setattr(io, "open", recording_open)
+        patch.setattr(os, "open", recording_os_open)
+        _one_line_error(folder, *needles)
     return paths
 
 
@@ -258,50 +268,46 @@ def _outside(paths: list[Path], folder: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("name", ["../../x/evil", "../evil", "sub/evil", "ev.il", "", " anger", "anger\n", "-x", "1st"])
-def test_emotion_names_that_are_not_plain_identifiers_are_refused(saved, tmp_path, opened, name):
+def test_emotion_names_that_are_not_plain_identifiers_are_refused(saved, tmp_path, monkeypatch, name):
     folder = _copy(saved, tmp_path)
     (tmp_path / "x").mkdir()
     np.save(tmp_path / "x" / "evil_chosen.npy", np.ones((2, 4), np.float32))  # the traversal target exists
     np.save(tmp_path / "evil_chosen.npy", np.ones((2, 4), np.float32))
     _write_meta(folder, emotions=["anger", name], auc_matrix=None)
-    _one_line_error(folder, "metadata.json", "emotions")
-    assert _outside(opened, folder) == []
+    assert _outside(_refused_opening(monkeypatch, folder, "metadata.json", "emotions"), folder) == []
 
 
-def test_absolute_emotion_name_is_refused_before_anything_is_opened(saved, tmp_path, opened):
+def test_absolute_emotion_name_is_refused_before_anything_is_opened(saved, tmp_path, monkeypatch):
     folder = _copy(saved, tmp_path)
     target = tmp_path / "elsewhere"
     target.mkdir()
     np.save(target / "evil_chosen.npy", np.ones((2, 4), np.float32))
     _write_meta(folder, emotions=[str(target / "evil")], auc_matrix=None)
-    _one_line_error(folder, "metadata.json", "emotions")
-    assert _outside(opened, folder) == []
+    assert _outside(_refused_opening(monkeypatch, folder, "metadata.json", "emotions"), folder) == []
 
 
-def test_symlinked_array_leaving_the_folder_is_refused_unopened(saved, tmp_path, opened):
+def test_symlinked_array_leaving_the_folder_is_refused_unopened(saved, tmp_path, monkeypatch):
     folder = _copy(saved, tmp_path)
     (folder / "joy_chosen.npy").unlink()
     (folder / "joy_chosen.npy").symlink_to("/etc/passwd")
-    _one_line_error(folder, "joy_chosen.npy", "outside")
-    assert Path("/etc/passwd").resolve() not in opened
+    opened = _refused_opening(monkeypatch, folder, "joy_chosen.npy", "outside")
+    assert Path("/etc/passwd").resolve() not in opened and _outside(opened, folder) == []
 
 
-def test_symlinked_array_to_a_valid_npy_outside_is_refused(saved, tmp_path, opened):
+def test_symlinked_array_to_a_valid_npy_outside_is_refused(saved, tmp_path, monkeypatch):
     folder = _copy(saved, tmp_path)
     np.save(tmp_path / "stolen.npy", np.ones((2, 4), np.float32))
     (folder / "joy_chosen.npy").unlink()
     (folder / "joy_chosen.npy").symlink_to(tmp_path / "stolen.npy")
-    _one_line_error(folder, "joy_chosen.npy", "outside")
-    assert _outside(opened, folder) == []
+    assert _outside(_refused_opening(monkeypatch, folder, "joy_chosen.npy", "outside"), folder) == []
 
 
-def test_symlinked_metadata_leaving_the_folder_is_refused_unopened(saved, tmp_path, opened):
+def test_symlinked_metadata_leaving_the_folder_is_refused_unopened(saved, tmp_path, monkeypatch):
     folder = _copy(saved, tmp_path)
     (tmp_path / "meta.json").write_text((folder / "metadata.json").read_text())
     (folder / "metadata.json").unlink()
     (folder / "metadata.json").symlink_to(tmp_path / "meta.json")
-    _one_line_error(folder, "metadata.json", "outside")
-    assert _outside(opened, folder) == []
+    assert _outside(_refused_opening(monkeypatch, folder, "metadata.json", "outside"), folder) == []
 
 
 def test_symlink_staying_inside_the_folder_is_allowed(saved, tmp_path):

@@ -183,7 +183,7 @@ class EmotionBundle:
         meta_path = folder / "metadata.json"
         text = read_metadata_bytes(contained_file(root, "metadata.json"), meta_path)
         try:
-            raw = json.loads(text)
+            raw = json.loads(text.decode("utf-8"))
         except RecursionError:
             raise BundleError(f"{meta_path}: not valid JSON (nested too deeply)") from None
         except ValueError as exc:  # JSONDecodeError, bad UTF-8, integers past Python's digit limit

@@ -149,8 +149,10 @@ def contained_file(root: Path, name: str) -> Path:
         resolved = candidate.resolve(strict=True)
     except FileNotFoundError:
         raise BundleError(f"{candidate}: missing") from None
-    except (OSError, RuntimeError) as exc:  # symlink loops: RuntimeError before Python 3.13
-        raise BundleError(f"{candidate}: cannot be resolved ({type(exc).__name__})") from None
+    except RuntimeError:  # what Path.resolve raises for a symlink loop before Python 3.13
+        raise BundleError(f"{candidate}: a symlink loop") from None
+    except OSError as exc:
+        raise BundleError(f"{candidate}: cannot be resolved ({exc.strerror or type(exc).__name__})") from None
     if not resolved.is_relative_to(root):
         raise BundleError(f"{candidate}: resolves outside the bundle folder (a symlink leaving it); refused")
     try:
@@ -288,7 +290,7 @@ def _auc_matrix(value: Any, where: str, key: str) -> tuple[int, int]:
             raise BundleError(f"{where}: {key!r} row {i} has {len(row)} values, row 0 has {width}")
         bad = next((x for x in row if not _is_real(x) or not 0.0 <= x <= 1.0), "ok")
         if bad != "ok":
-            raise BundleError(f"{where}: {key}[{i}] must hold AUC values between 0 and 1, got {describe(bad)}")
+            raise BundleError(f"{where}: {key!r} row {i} must hold AUC values between 0 and 1, got {describe(bad)}")
     return len(value), width
 
 

@@ -177,8 +177,12 @@ class EmotionBundle:
         metadata types, array shapes and magnitudes are checked (``emolab.bundle_checks``).
         """
         folder = Path(path)
-        if not folder.is_dir():
-            raise BundleError(f"{folder}: no such bundle folder")
+        try:
+            is_folder = folder.is_dir()
+        except ValueError:  # a NUL byte in the path
+            is_folder = False
+        if not is_folder:
+            raise BundleError(f"{folder!s:.200}: no such bundle folder")
         root = folder.resolve()
         meta_path = folder / "metadata.json"
         text = read_metadata_bytes(contained_file(root, "metadata.json"), meta_path)

@@ -142,7 +142,9 @@ def contained_file(root: Path, name: str) -> Path:
     """``root/name`` resolved (symlinks followed), refused unless it is a regular file inside ``root``.
 
     ``root`` must already be resolved. Nothing is opened here: a link to ``/etc/passwd`` or to a
-    device is refused from its resolved path alone.
+    device is refused from its resolved path alone. The caller opens the resolved path with
+    ``O_NOFOLLOW``, which narrows (not closes) the window for a swap between check and open; a
+    hard link cannot be told from a file and needs write access to the folder's file system anyway.
     """
     candidate = root / name
     try:

@@ -199,6 +199,8 @@ def test_auc_matrix_shape_is_checked(saved, tmp_path):
 
 def test_no_such_folder(tmp_path):
     with pytest.raises(BundleError, match="no such bundle folder"):
+        EmotionBundle.load("bad\0path")
+    with pytest.raises(BundleError, match="no such bundle folder"):
         EmotionBundle.load(tmp_path / "nope")
 
 

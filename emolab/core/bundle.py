@@ -6,7 +6,9 @@ Layout (also written by the reference tool, whose bundles load here too)::
     <emotion>_chosen.npy       float32 [len(chosen_layers), hidden]
     <emotion>_full_sweep.npy   float32 [len(search_layers), hidden]   (optional)
 
-Loading never unpickles and checks every array against the metadata.
+Loading treats the folder as untrusted: it never unpickles, opens only files that resolve inside
+the folder, and checks the metadata's types and every array's shape and magnitudes
+(``emolab.core.bundle_checks``), so a bad bundle is one ``BundleError`` line naming the file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from emolab.core.errors import EmolabError
+from emolab.core.bundle_checks import (
+    ALPHA_SCALES,
+    BundleError,
+    check_auc_shape,
+    check_magnitudes,
+    check_metadata,
+    check_names_to_save,
+    contained_file,
+    read_metadata_bytes,
+    read_npy,
+)
 
 __all__ = ["ALPHA_SCALES", "BundleError", "EmotionBundle", "NORMALIZED_FRACTION", "normalize_metadata"]
 
@@ -31,14 +43,9 @@ CONVENTION_NOTE = (
 # Alpha scales (see EmotionBundle.steering_basis). On the normalized scale alpha 1 adds a vector
 # whose length is this fraction of the mean residual-stream norm at the layer (docs/steering-effect.md
 # gives the measurements behind the choice).
-ALPHA_SCALES = ("raw", "normalized")
 NORMALIZED_FRACTION = 0.1
 # Family-split keys written by the reference tool: auc_matrix_anger_joy_sadness and the like.
 _FAMILY_PREFIXES = ("auc_matrix_", "n_train_", "n_val_")
-
-
-class BundleError(EmolabError, ValueError):
-    """A bundle that cannot be used; the message names the file at fault."""
 
 
 @dataclass
@@ -87,6 +94,7 @@ class EmotionBundle:
         if scale == "raw":
             return basis
         norms = self.residual_norms()
+        basis = basis.astype(np.float64)  # tiny float32 vectors would underflow their own length
         lengths = np.linalg.norm(basis, axis=2, keepdims=True)  # [n_layers, n_emotions, 1]
         if np.any(lengths == 0):
             raise BundleError("a vector of zero length cannot be put on the normalized alpha scale")
@@ -145,6 +153,8 @@ class EmotionBundle:
 
     # ----------------------------------------------------------------------------------- I/O
     def save(self, path: str | Path, *, save_full_sweep: bool = True) -> Path:
+        """Write the bundle; names must be lower-case identifiers, so what is saved loads back unchanged."""
+        check_names_to_save(self.emotions)
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         from emolab.core.emotions import EKMAN_GROUPS
@@ -166,61 +176,60 @@ class EmotionBundle:
 
     @classmethod
     def load(cls, path: str | Path, *, load_full_sweep: bool = True) -> EmotionBundle:
+        """Load and check a bundle folder; anything wrong with it is one ``BundleError`` line.
+
+        The folder is untrusted input: emotion names must be plain identifiers (they become file
+        names) and are lower-cased here, the contract the steering parser relies on to match request
+        names case-insensitively; every file must resolve inside the folder before it is opened;
+        metadata types, array shapes and magnitudes are checked (``emolab.core.bundle_checks``).
+        """
         folder = Path(path)
-        meta_path = folder / "metadata.json"
-        if not folder.is_dir():
-            raise BundleError(f"{folder}: no such bundle folder")
-        if not meta_path.is_file():
-            raise BundleError(f"{meta_path}: missing (a bundle folder needs metadata.json)")
         try:
-            metadata = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{meta_path}: not valid JSON ({exc})") from None
-        for key in ("emotions", "chosen_layers"):
-            if key not in metadata:
-                raise BundleError(f"{meta_path}: missing key {key!r}")
-        emotions = [str(e) for e in metadata["emotions"]]
-        chosen = [int(x) for x in metadata["chosen_layers"]]
-        metadata = normalize_metadata(metadata)
-        hidden = metadata.get("hidden")
-        vectors = {e: _load_array(folder / f"{e}_chosen.npy", (len(chosen), hidden)) for e in emotions}
-        hidden = hidden or next(iter(vectors.values())).shape[1]
-        for e in emotions:  # the first file fixes hidden when metadata lacks it
-            _check_shape(folder / f"{e}_chosen.npy", vectors[e], (len(chosen), hidden))
+            is_folder = folder.is_dir()
+        except ValueError:  # a NUL byte in the path
+            is_folder = False
+        if not is_folder:
+            raise BundleError(f"{folder!s:.200}: no such bundle folder")
+        root = folder.resolve()
+        meta_path = folder / "metadata.json"
+        text = read_metadata_bytes(contained_file(root, "metadata.json"), meta_path)
+        try:
+            raw = json.loads(text.decode("utf-8"))
+        except RecursionError:
+            raise BundleError(f"{meta_path}: not valid JSON (nested too deeply)") from None
+        except ValueError as exc:  # JSONDecodeError, bad UTF-8, integers past Python's digit limit
+            raise BundleError(f"{meta_path}: not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+        checked = check_metadata(raw, str(meta_path))
+        metadata = normalize_metadata(checked.metadata)
+        emotions, chosen, search = checked.emotions, checked.chosen_layers, checked.search_layers
+        check_auc_shape(metadata, str(meta_path), len(search or chosen), len(emotions))
+        sweep_norms: list[float] | None = metadata.get("residual_norm")
+        chosen_norms = None
+        if sweep_norms is not None:
+            chosen_norms = [sweep_norms[(search or chosen).index(layer)] for layer in chosen]
+        hidden: int | None = metadata.get("hidden")
+        vectors: dict[str, np.ndarray] = {}
+        for emotion, stem in zip(emotions, checked.file_stems, strict=True):
+            vectors[emotion] = _load_array(root, folder, f"{stem}_chosen.npy", len(chosen), hidden, chosen_norms)
+            hidden = vectors[emotion].shape[1]  # without metadata 'hidden', the first file fixes it
         full_sweep = None
-        n_search = len(metadata.get("search_layers") or [])
-        if load_full_sweep and n_search and all((folder / f"{e}_full_sweep.npy").exists() for e in emotions):
-            full_sweep = {e: _load_array(folder / f"{e}_full_sweep.npy", (n_search, hidden)) for e in emotions}
-        auc = metadata.get("auc_matrix")
-        if auc is not None and np.asarray(auc).shape != (n_search or len(chosen), len(emotions)):
-            raise BundleError(
-                f"{meta_path}: auc_matrix has shape {np.asarray(auc).shape}, "
-                f"want [{n_search} search layers x {len(emotions)} emotions]"
-            )
+        sweep_names = [f"{stem}_full_sweep.npy" for stem in checked.file_stems]
+        if load_full_sweep and search and all((folder / name).exists() for name in sweep_names):
+            full_sweep = {
+                emotion: _load_array(root, folder, name, len(search), hidden, sweep_norms)
+                for emotion, name in zip(emotions, sweep_names, strict=True)
+            }
         return cls(emotions=emotions, chosen_layers=chosen, vectors=vectors, metadata=metadata, full_sweep=full_sweep)
 
 
-def _load_array(path: Path, shape: tuple[int | None, int | None]) -> np.ndarray:
-    if not path.is_file():
-        raise BundleError(f"{path}: missing")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # pickled object arrays and corrupt headers both land here
-        raise BundleError(f"{path}: not a plain numeric .npy array ({exc})") from None
-    except OSError as exc:
-        raise BundleError(f"{path}: unreadable ({exc})") from None
-    _check_shape(path, array, shape)
-    if not np.all(np.isfinite(array)):
-        raise BundleError(f"{path}: contains NaN or infinite values")
+def _load_array(
+    root: Path, folder: Path, name: str, rows: int, hidden: int | None, residual_norms: list[float] | None
+) -> np.ndarray:
+    """One checked array file of the bundle, as float32 (magnitudes checked before the cast)."""
+    shown = folder / name
+    array = read_npy(contained_file(root, name), shown, rows, hidden)
+    check_magnitudes(shown, array, residual_norms)
     return array.astype(np.float32, copy=False)
-
-
-def _check_shape(path: Path, array: np.ndarray, shape: tuple[int | None, int | None]) -> None:
-    if array.ndim != 2 or array.dtype.kind != "f" or any(
-        want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
-    ):
-        want = " x ".join("?" if s is None else str(s) for s in shape)
-        raise BundleError(f"{path}: array of shape {array.shape} ({array.dtype}), want float [{want}]")
 
 
 def normalize_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +247,7 @@ def normalize_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     columns: dict[str, list[float]] = {}
     n_train = n_val = 0
     for family in families:
-        members = family.split("_")
+        members = family.lower().split("_")
         matrix = meta.get(f"auc_matrix_{family}")
         if matrix is not None:
             array = np.asarray(matrix, dtype=np.float64)
@@ -246,9 +255,11 @@ def normalize_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
                 raise BundleError(f"metadata.json: auc_matrix_{family} has shape {array.shape}, want [layers x {len(members)}]")
             for j, member in enumerate(members):
                 columns[member] = array[:, j].tolist()
-        n_train += int(meta.get(f"n_train_{family}", 0))
-        n_val += int(meta.get(f"n_val_{family}", 0))
+        n_train += int(meta.get(f"n_train_{family}") or 0)
+        n_val += int(meta.get(f"n_val_{family}") or 0)
     if columns and all(e in columns for e in emotions):
+        if len({len(columns[e]) for e in emotions}) != 1:
+            raise BundleError("metadata.json: the auc_matrix_<family> matrices have different numbers of rows")
         meta["auc_matrix"] = np.stack([columns[e] for e in emotions], axis=1).tolist()
     meta.setdefault("n_train", n_train)
     meta.setdefault("n_val", n_val)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -198,6 +199,8 @@ def test_auc_matrix_shape_is_checked(saved, tmp_path):
 
 def test_no_such_folder(tmp_path):
     with pytest.raises(BundleError, match="no such bundle folder"):
+        EmotionBundle.load("bad\0path")
+    with pytest.raises(BundleError, match="no such bundle folder"):
         EmotionBundle.load(tmp_path / "nope")
 
 
@@ -213,3 +216,367 @@ def test_saving_into_an_old_bundle_folder_removes_its_other_emotions(tmp_path):
     two.save(tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["anger_chosen.npy", "joy_chosen.npy"]
     assert EmotionBundle.load(tmp_path).emotions == ["anger", "joy"]
+
+
+# ------------------------------------------------------------- hostile bundles (outside probe)
+def _write_meta(folder: Path, **changes) -> None:
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta.update(changes)
+    (folder / "metadata.json").write_text(json.dumps(meta))
+
+
+def _one_line_error(folder: Path, *needles: str) -> str:
+    """Load must fail with exactly one BundleError line that mentions every needle."""
+    with pytest.raises(BundleError) as info:
+        EmotionBundle.load(folder)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def _refused_opening(monkeypatch, folder: Path, *needles: str) -> list[Path]:
+    """Load ``folder`` expecting a one-line refusal; return every path opened meanwhile, resolved.
+
+    Records open(), io.open() (pathlib) and os.open(), the ways a file can be opened for reading.
+    """
+    import builtins
+    import io
+    import os
+
+    paths: list[Path] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def recording_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)):
+            paths.append(Path(file).resolve())
+        return real_open(file, *args, **kwargs)
+
+    def recording_os_open(file, *args, **kwargs):
+        paths.append(Path(file).resolve())
+        return real_os_open(file, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", recording_open)
+        patch.setattr(io, "open", recording_open)
+        patch.setattr(os, "open", recording_os_open)
+        _one_line_error(folder, *needles)
+    return paths
+
+
+def _outside(paths: list[Path], folder: Path) -> list[Path]:
+    root = folder.resolve()
+    return [p for p in paths if not p.is_relative_to(root)]
+
+
+@pytest.mark.parametrize("name", ["../../x/evil", "../evil", "sub/evil", "ev.il", "", " anger", "anger\n", "-x", "1st"])
+def test_emotion_names_that_are_not_plain_identifiers_are_refused(saved, tmp_path, monkeypatch, name):
+    folder = _copy(saved, tmp_path)
+    (tmp_path / "x").mkdir()
+    np.save(tmp_path / "x" / "evil_chosen.npy", np.ones((2, 4), np.float32))  # the traversal target exists
+    np.save(tmp_path / "evil_chosen.npy", np.ones((2, 4), np.float32))
+    _write_meta(folder, emotions=["anger", name], auc_matrix=None)
+    assert _outside(_refused_opening(monkeypatch, folder, "metadata.json", "emotions"), folder) == []
+
+
+def test_absolute_emotion_name_is_refused_before_anything_is_opened(saved, tmp_path, monkeypatch):
+    folder = _copy(saved, tmp_path)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    np.save(target / "evil_chosen.npy", np.ones((2, 4), np.float32))
+    _write_meta(folder, emotions=[str(target / "evil")], auc_matrix=None)
+    assert _outside(_refused_opening(monkeypatch, folder, "metadata.json", "emotions"), folder) == []
+
+
+def test_symlinked_array_leaving_the_folder_is_refused_unopened(saved, tmp_path, monkeypatch):
+    folder = _copy(saved, tmp_path)
+    (folder / "joy_chosen.npy").unlink()
+    (folder / "joy_chosen.npy").symlink_to("/etc/passwd")
+    opened = _refused_opening(monkeypatch, folder, "joy_chosen.npy", "outside")
+    assert Path("/etc/passwd").resolve() not in opened and _outside(opened, folder) == []
+
+
+def test_symlinked_array_to_a_valid_npy_outside_is_refused(saved, tmp_path, monkeypatch):
+    folder = _copy(saved, tmp_path)
+    np.save(tmp_path / "stolen.npy", np.ones((2, 4), np.float32))
+    (folder / "joy_chosen.npy").unlink()
+    (folder / "joy_chosen.npy").symlink_to(tmp_path / "stolen.npy")
+    assert _outside(_refused_opening(monkeypatch, folder, "joy_chosen.npy", "outside"), folder) == []
+
+
+def test_symlinked_metadata_leaving_the_folder_is_refused_unopened(saved, tmp_path, monkeypatch):
+    folder = _copy(saved, tmp_path)
+    (tmp_path / "meta.json").write_text((folder / "metadata.json").read_text())
+    (folder / "metadata.json").unlink()
+    (folder / "metadata.json").symlink_to(tmp_path / "meta.json")
+    assert _outside(_refused_opening(monkeypatch, folder, "metadata.json", "outside"), folder) == []
+
+
+def test_symlink_staying_inside_the_folder_is_allowed(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    (folder / "store").mkdir()
+    (folder / "joy_chosen.npy").rename(folder / "store" / "joy.npy")
+    (folder / "joy_chosen.npy").symlink_to(Path("store") / "joy.npy")
+    np.testing.assert_array_equal(EmotionBundle.load(folder).vectors["joy"], make_bundle().vectors["joy"])
+
+
+def test_bundle_folder_reached_through_a_symlink_loads(saved, tmp_path):
+    (tmp_path / "link").symlink_to(saved)
+    assert EmotionBundle.load(tmp_path / "link").emotions == EMOTIONS
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        ('"a string"', ["JSON object", "str"]),
+        ("42", ["JSON object", "int"]),
+        ("null", ["JSON object", "null"]),
+        ('["anger"]', ["JSON object", "list"]),
+        ('{"emotions": null, "chosen_layers": [3, 4]}', ["'emotions'", "null"]),
+        ('{"emotions": ["anger", "joy", "sadness"], "chosen_layers": null}', ["'chosen_layers'", "null"]),
+    ],
+)
+def test_malformed_metadata_shapes_give_one_clear_line(saved, tmp_path, content, needles):
+    folder = _copy(saved, tmp_path)
+    (folder / "metadata.json").write_text(content)
+    _one_line_error(folder, "metadata.json", *needles)
+
+
+def test_npz_named_npy_gives_one_clear_line(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    np.savez(folder / "joy.npz", a=np.ones((2, 4), np.float32))
+    (folder / "joy.npz").replace(folder / "joy_chosen.npy")
+    _one_line_error(folder, "joy_chosen.npy")
+
+
+def _smollm2_copy(smollm2_bundle_path: Path, tmp_path: Path) -> Path:
+    return _copy(smollm2_bundle_path, tmp_path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), 1e38, 0.0, -5.0, float("inf"), 1e7])
+def test_absurd_residual_norm_is_refused(smollm2_bundle_path, tmp_path, value):
+    folder = _smollm2_copy(smollm2_bundle_path, tmp_path)
+    norms = json.loads((folder / "metadata.json").read_text())["residual_norm"]
+    norms[2] = value
+    _write_meta(folder, residual_norm=norms)
+    _one_line_error(folder, "metadata.json", "residual_norm")
+
+
+def test_residual_norm_of_the_wrong_length_is_refused(smollm2_bundle_path, tmp_path):
+    folder = _smollm2_copy(smollm2_bundle_path, tmp_path)
+    _write_meta(folder, residual_norm=[100.0, 200.0])
+    _one_line_error(folder, "metadata.json", "residual_norm")
+
+
+def test_huge_vectors_are_refused(smollm2_bundle_path, tmp_path):
+    folder = _smollm2_copy(smollm2_bundle_path, tmp_path)
+    np.save(folder / "fear_chosen.npy", np.load(folder / "fear_chosen.npy") * np.float32(1e30))
+    _one_line_error(folder, "fear_chosen.npy")
+
+
+def test_huge_vectors_are_refused_without_residual_norm(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    np.save(folder / "joy_chosen.npy", np.full((2, 4), 1e30, np.float32))
+    _one_line_error(folder, "joy_chosen.npy")
+
+
+@pytest.mark.parametrize("layers", [[3, 4.7], [3.0, 4.0], [True, 4], [3, -4], [3, 3], ["3", 4], []])
+def test_chosen_layers_must_be_distinct_non_negative_ints(saved, tmp_path, layers):
+    folder = _copy(saved, tmp_path)
+    _write_meta(folder, chosen_layers=layers)
+    _one_line_error(folder, "metadata.json", "chosen_layers")
+
+
+@pytest.mark.parametrize("names", [["anger", "joy", "joy"], ["anger", "joy", "Joy"]])
+def test_duplicate_emotion_names_are_refused(saved, tmp_path, names):
+    folder = _copy(saved, tmp_path)
+    (folder / "Joy_chosen.npy").write_bytes((folder / "joy_chosen.npy").read_bytes())
+    _write_meta(folder, emotions=names)
+    _one_line_error(folder, "metadata.json", "emotions", "duplicate")
+
+
+def test_mixed_case_emotion_names_load_lower_cased_and_are_addressable(saved, tmp_path):
+    from emolab.core.steering import parse_steering
+
+    folder = _copy(saved, tmp_path)
+    (folder / "joy_chosen.npy").rename(folder / "Joy_chosen.npy")
+    _write_meta(folder, emotions=["anger", "Joy", "sadness"], alpha_recommendations={"Joy": 1.5})
+    bundle = EmotionBundle.load(folder)
+    assert bundle.emotions == ["anger", "joy", "sadness"]
+    assert bundle.metadata["emotions"] == ["anger", "joy", "sadness"]
+    assert bundle.metadata["alpha_recommendations"] == {"joy": 1.5}
+    np.testing.assert_array_equal(bundle.vectors["joy"], make_bundle().vectors["joy"])
+    assert parse_steering(["JOY", 1.0, "joy", 0.5], bundle.emotions) == [(1, 1.0), (1, 0.5)]
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", "Joy.x", "joy", "JOY"])
+def test_save_refuses_names_that_would_not_load(tmp_path, name):
+    rng = np.random.default_rng(1)
+    names = ["joy", name]
+    bundle = EmotionBundle(names, [1], {e: rng.standard_normal((1, 4)).astype(np.float32) for e in names})
+    with pytest.raises(BundleError, match="emotion"):
+        bundle.save(tmp_path / "b")
+    assert not (tmp_path / "evil_chosen.npy").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"num_layers": 0}, "num_layers"),
+        ({"num_layers": "8"}, "num_layers"),
+        ({"num_layers": 4}, "chosen_layers"),  # chosen layer 4 does not exist in a 4-layer model
+        ({"hidden": 4.0}, "hidden"),
+        ({"hidden": -4}, "hidden"),
+        ({"search_layers": [2, 3, "4", 5]}, "search_layers"),
+        ({"search_layers": {"a": 1}}, "search_layers"),
+        ({"search_layers": [2, 3, 5, 6]}, "search_layers"),  # chosen layer 4 was not searched
+        ({"auc_matrix": [[0.5, 0.5, "x"]] * 4}, "auc_matrix"),
+        ({"auc_matrix": [[0.5, 0.5, float("nan")]] * 4}, "auc_matrix"),
+        ({"auc_matrix": [[0.5, 0.5, 1.5]] * 4}, "auc_matrix"),
+        ({"auc_matrix": [[0.5, 0.5]] * 4}, "auc_matrix"),
+        ({"auc_matrix": [[0.5, 0.5, 0.5], [0.5]] * 2}, "auc_matrix"),
+        ({"auc_matrix": "0.5"}, "auc_matrix"),
+        ({"alpha_recommendations": [1.5]}, "alpha_recommendations"),
+        ({"alpha_recommendations": {"joy": "1.5"}}, "alpha_recommendations"),
+        ({"alpha_recommendations": {"joy": float("inf")}}, "alpha_recommendations"),
+        ({"alpha_recommendations": {"fear": 1.0}}, "alpha_recommendations"),
+        ({"alpha_recommendations": {"../joy": 1.0}}, "alpha_recommendations"),
+        ({"alpha_scale": "log"}, "alpha_scale"),
+        ({"alpha_scale": 1}, "alpha_scale"),
+        ({"alpha_recommendations_scale": "huge"}, "alpha_recommendations_scale"),
+        ({"validated_alpha_range": [2.0, -0.5]}, "validated_alpha_range"),
+        ({"validated_alpha_range": [-0.5, float("nan")]}, "validated_alpha_range"),
+        ({"model": ["toy"]}, "model"),
+        ({"n_train": -1}, "n_train"),
+        ({"n_train_anger_joy": 1.5}, "n_train_anger_joy"),
+        ({"auc_matrix_anger_joy": [[0.5, 0.5, 0.5]]}, "auc_matrix_anger_joy"),
+        ({"auc_matrix_x\u2028y": [[2.0]]}, "auc_matrix_x"),
+        ({"emotions": ["anger", "joy", "sadness"] * 100}, "emotions"),
+        ({"emotions": ["x" * 65, "joy", "sadness"]}, "emotions"),
+        ({"emotions": []}, "emotions"),
+        ({"emotions": "anger,joy,sadness"}, "emotions"),
+        ({"emotions": ["anger", 7, "sadness"]}, "emotions"),
+    ],
+)
+def test_metadata_types_are_checked_key_by_key(saved, tmp_path, changes, key):
+    folder = _copy(saved, tmp_path)
+    _write_meta(folder, **changes)
+    _one_line_error(folder, "metadata.json", key)
+
+
+@pytest.mark.parametrize("value", [None, {"joy": None}, {}])
+def test_optional_keys_may_be_null_or_empty(saved, tmp_path, value):
+    folder = _copy(saved, tmp_path)
+    _write_meta(folder, alpha_recommendations=value, alpha_scale=None, validated_alpha_range=None, residual_norm=None,
+                model=None, num_layers=None, auc_matrix=None)
+    assert EmotionBundle.load(folder).emotions == EMOTIONS
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        ('{"emotions": ["anger"], "chosen_layers": [' + "9" * 5000 + "]}", "not valid JSON"),
+        ("\xff\xfe{}", "not valid JSON"),
+    ],
+)
+def test_hostile_json_text_is_one_line(saved, tmp_path, text, needle):
+    folder = _copy(saved, tmp_path)
+    (folder / "metadata.json").write_bytes(text.encode("latin-1"))
+    _one_line_error(folder, "metadata.json", needle)
+
+
+def test_oversized_metadata_is_refused_unread(saved, tmp_path):
+    from emolab.core.bundle_checks import MAX_METADATA_BYTES
+
+    folder = _copy(saved, tmp_path)
+    with open(folder / "metadata.json", "wb") as fh:
+        fh.truncate(MAX_METADATA_BYTES + 10)
+    _one_line_error(folder, "metadata.json", "larger than")
+
+
+@pytest.mark.parametrize("name", ["metadata.json", "joy_chosen.npy"])
+def test_fifo_is_refused_without_blocking(saved, tmp_path, name):
+    import os
+
+    folder = _copy(saved, tmp_path)
+    (folder / name).unlink()
+    os.mkfifo(folder / name)  # opening it to read would block until a writer came
+    _one_line_error(folder, name, "not a regular file")
+
+
+def test_symlink_loop_is_refused(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    (folder / "joy_chosen.npy").unlink()
+    (folder / "joy_chosen.npy").symlink_to(folder / "joy_chosen.npy")
+    _one_line_error(folder, "joy_chosen.npy", "symlink loop")
+
+
+def _npy_with_header(shape: tuple[int, ...], data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + data
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "needle"),
+    [
+        ((2, 10**12), b"\0" * 32, "array of shape"),  # refused from the header: nothing is allocated
+        ((2, 4), b"\0" * 31, "data bytes"),
+        ((2, 4), b"\0" * 40, "data bytes"),  # trailing bytes: np.save never writes them
+        ((-2, 4), b"", "array of shape"),
+    ],
+)
+def test_npy_header_is_checked_before_the_data_is_read(saved, tmp_path, shape, data, needle):
+    folder = _copy(saved, tmp_path)
+    (folder / "joy_chosen.npy").write_bytes(_npy_with_header(shape, data))
+    _one_line_error(folder, "joy_chosen.npy", needle)
+
+
+def test_big_float64_values_are_refused_before_the_float32_cast(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    np.save(folder / "joy_chosen.npy", np.full((2, 4), 1e300))  # would become inf as float32
+    _one_line_error(folder, "joy_chosen.npy", "exceeds")
+
+
+def test_other_float_dtypes_load_as_float32(saved, tmp_path):
+    folder = _copy(saved, tmp_path)
+    np.save(folder / "joy_chosen.npy", make_bundle().vectors["joy"].astype(">f8"))
+    np.save(folder / "anger_chosen.npy", make_bundle().vectors["anger"].astype(np.float16))
+    bundle = EmotionBundle.load(folder)
+    assert {v.dtype for v in bundle.vectors.values()} == {np.dtype(np.float32)}
+    np.testing.assert_array_equal(bundle.vectors["joy"], make_bundle().vectors["joy"])
+
+
+def test_tiny_vectors_still_have_a_finite_normalized_basis(smollm2_bundle_path, tmp_path):
+    folder = _copy(smollm2_bundle_path, tmp_path)
+    np.save(folder / "joy_chosen.npy", np.load(folder / "joy_chosen.npy") * np.float32(1e-42))  # float32 denormals
+    basis = EmotionBundle.load(folder).steering_basis("normalized")
+    assert np.isfinite(basis).all()
+    np.testing.assert_allclose(np.linalg.norm(basis[:, 1], axis=1), 0.1 * np.array([166.7171, 183.7861, 189.143]), rtol=1e-3)
+
+
+def test_vector_bound_relative_to_residual_norm(smollm2_bundle_path, tmp_path):
+    from emolab.core.bundle_checks import MAX_VECTOR_TO_RESIDUAL
+
+    folder = _copy(smollm2_bundle_path, tmp_path)
+    residual = np.array(json.loads((folder / "metadata.json").read_text())["residual_norm"][2:5])
+    direction = np.zeros((3, 576), np.float32)
+    direction[:, 0] = 1.0
+    np.save(folder / "joy_chosen.npy", direction * (0.99 * MAX_VECTOR_TO_RESIDUAL * residual[:, None]).astype(np.float32))
+    EmotionBundle.load(folder)  # just inside the bound
+    np.save(folder / "joy_chosen.npy", direction * (1.01 * MAX_VECTOR_TO_RESIDUAL * residual[:, None]).astype(np.float32))
+    _one_line_error(folder, "joy_chosen.npy", "residual_norm")
+
+
+def test_real_bundles_sit_far_inside_the_magnitude_bounds(smollm2_bundle_path, reference_bundle_path):
+    """The bounds leave orders of magnitude of room for real extractions (numbers in bundle_checks)."""
+    from emolab.core.bundle_checks import MAX_ABS_COMPONENT, MAX_RESIDUAL_NORM, MAX_VECTOR_TO_RESIDUAL
+
+    smollm2 = EmotionBundle.load(smollm2_bundle_path)
+    ratios = np.linalg.norm(smollm2.basis(), axis=2) / np.array(smollm2.residual_norms())[:, None]
+    assert ratios.max() < MAX_VECTOR_TO_RESIDUAL / 50
+    assert max(smollm2.metadata["residual_norm"]) < MAX_RESIDUAL_NORM / 1000
+    for bundle in (smollm2, EmotionBundle.load(reference_bundle_path)):
+        assert np.abs(bundle.basis()).max() < MAX_ABS_COMPONENT / 500

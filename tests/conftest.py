@@ -96,3 +96,16 @@ def smollm2_hf(smollm2_path, smollm2_bundle_path):
 
     model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
     return model, tokenizer, HFSteerer(model, EmotionBundle.load(smollm2_bundle_path))
+
+
+# ------------------------------------------------------------------ the suite leaves the checkout clean
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from git_guard import remember_tracked_state
+
+    remember_tracked_state(session, ROOT)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from git_guard import fail_if_tracked_files_changed
+
+    fail_if_tracked_files_changed(session, ROOT)

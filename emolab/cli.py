@@ -144,6 +144,7 @@ EXTERNAL_BUILDERS = (
     "emolab.http_client:add_test_http",
     "emolab.bench:add_bench",
     "emolab.evaluate:add_eval",
+    "emolab.export.cli:add_export_gguf",
 )
 
 

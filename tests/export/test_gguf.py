@@ -227,3 +227,96 @@ def test_cli_missing_bundle_and_output_folder_are_one_line_errors(smollm2_bundle
     code, _, err = run_main(["export-gguf", str(smollm2_bundle_path), "--steering", "fear=1",
                              "--output", str(tmp_path)], capsys)
     assert code == 2 and "--output" in err and "is a folder" in err
+
+
+# ------------------------------------------------------------------------------- the real llama.cpp
+# The packaged SmolLM2-135M-Instruct Q4_1 GGUF runs in libllama (llama-cpp-python, the `llamacpp` extra,
+# which `make setup` installs); emolab's HF backend runs the same model converted to fp32.
+PROMPT = "Describe a walk in the park."
+PROBE_FRACTION = 0.5  # probe vector length / mean residual norm at the probed layer
+MAPPING_MARGIN = 0.1  # r at the right layer must beat r at a neighbouring layer by this much
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from emolab.export.llamacpp import LlamaCppModel
+    from emolab.models import smollm2_gguf
+
+    with LlamaCppModel(smollm2_gguf(), n_ctx=128, n_threads=2) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def hf(smollm2_path):
+    from emolab.models import load_model
+
+    model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(hf) -> list[int]:
+    from emolab.models import chat_prompt_ids
+
+    return chat_prompt_ids(hf[1], [{"role": "user", "content": PROMPT}])
+
+
+@pytest.mark.slow
+def test_exported_fear_file_steers_llama_cpp(bundle, llama, hf, prompt_ids, tmp_path):
+    path = export_gguf(bundle, {"fear": 1.0}, tmp_path / "fear.gguf", scale="normalized")
+    plain = llama.generate_greedy(prompt_ids, 12)
+    llama.set_control_vectors([(path, 1.0)])  # as llama-cli --control-vector-scaled fear.gguf:1.0
+    try:
+        steered = llama.generate_greedy(prompt_ids, 12)
+    finally:
+        llama.clear_control_vectors()
+    assert llama.generate_greedy(prompt_ids, 12) == plain  # cleared: back to the plain continuation
+    decode = hf[1].decode
+    assert steered != plain, f"fear changed nothing: {decode(plain)!r}"
+    print(f"\nllama.cpp plain:   {decode(plain)!r}\nllama.cpp fear=1: {decode(steered)!r}")
+
+
+def logit_change_in_hf(hf, prompt_ids: list[int], vector: np.ndarray, layer: int) -> np.ndarray:
+    """Next-token logits with ``vector`` added at emolab layer ``layer`` by emolab's HF backend, minus plain."""
+    import torch
+
+    from emolab.hf_steer import HFSteerer
+
+    model = hf[0]
+    probe = EmotionBundle(["probe"], [layer], {"probe": vector[None].astype(np.float32)}, {"num_layers": 30})
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        plain = model(ids).logits[0, -1].numpy()
+        with HFSteerer(model, probe).steer(np.ones(1, np.float32)):
+            steered = model(ids).logits[0, -1].numpy()
+    return steered - plain
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", [1, 29])  # the first steerable block and the last one
+def test_layer_mapping_is_exact(bundle, llama, hf, prompt_ids, tmp_path, layer):
+    """A vector exported for emolab layer L moves llama.cpp's logits the way the HF backend's layer L does,
+    and clearly unlike its layer L-1 or L+1: an off-by-one mapping fails here."""
+    import torch
+
+    with torch.inference_mode():  # scale the probe to the residual stream's size at this layer
+        hidden = hf[0](torch.tensor([prompt_ids]), output_hidden_states=True).hidden_states[layer + 1]
+    fear = bundle.vector("fear", 16)
+    vector = (fear / np.linalg.norm(fear) * PROBE_FRACTION * float(hidden[0].norm(dim=-1).mean())).astype(np.float32)
+    path = write_control_vector(tmp_path / f"layer{layer}.gguf", {layer: vector}, "llama")
+    assert sorted(read_control_vector(path).directions) == [layer]
+    plain = llama.next_token_logits(prompt_ids)
+    llama.set_control_vectors([(path, 1.0)])
+    try:
+        change_in_llama = llama.next_token_logits(prompt_ids) - plain
+    finally:
+        llama.clear_control_vectors()
+    pearson = {
+        hf_layer: float(np.corrcoef(change_in_llama, logit_change_in_hf(hf, prompt_ids, vector, hf_layer))[0, 1])
+        for hf_layer in (layer - 1, layer, layer + 1)
+        if 0 <= hf_layer < 30
+    }
+    print(f"\nvector at emolab layer {layer} in llama.cpp vs HF layer: Pearson r {pearson}")
+    neighbours = [r for hf_layer, r in pearson.items() if hf_layer != layer]
+    assert pearson[layer] >= 0.9
+    assert pearson[layer] - max(neighbours) >= MAPPING_MARGIN

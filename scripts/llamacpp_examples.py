@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--prompt", default="Tell me about your day in two sentences.")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--compare-hf", action="store_true", help="also steer emolab's HF backend (fp32)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (one is fastest on busy shared cores)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -47,6 +48,7 @@ def main() -> None:
         from emolab.hf_steer import HFSteerer
         from emolab.models import load_model
 
+        torch.set_num_threads(args.threads)
         model, _ = load_model("smollm2", dtype="float32", device="cpu")
         steerer = HFSteerer(model, bundle, basis=bundle.steering_basis(args.alpha_scale))
 
@@ -60,7 +62,7 @@ def main() -> None:
 
     rows = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, LlamaCppModel(smollm2_gguf(), n_ctx=256) as llama:
+    with tempfile.TemporaryDirectory() as tmp, LlamaCppModel(smollm2_gguf(), n_ctx=256, n_threads=args.threads) as llama:
         plain = text(llama.generate_greedy(prompt_ids, args.max_new_tokens))
         rows.append(("(none)", plain, hf(None) if hf else None))
         for emotion in bundle.emotions:

@@ -1,7 +1,9 @@
-"""llama.cpp control-vector export: file layout and round trip, input errors, the CLI (fast, no model).
+"""llama.cpp control-vector export.
 
-The proofs against the real llama.cpp library (a steered continuation, the layer mapping by logits)
-are in test_llamacpp.py beside this file.
+Fast (no model): the file's layout and its round trip to the bundle's vectors x alpha, input errors, the
+CLI. Slow (marked ``slow``; ~30 s together): proofs against the real llama.cpp library (libllama via
+llama-cpp-python, the ``llamacpp`` extra) running the packaged SmolLM2 Q4_1 GGUF: an exported file steers
+its continuation, and the layer mapping is exact by next-token logits against emolab's HF backend.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-done
+TEST_STAMP := $(VENV)/.setup-test-done
 export EMOLAB_CACHE ?= $(CURDIR)/.cache/emolab
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -13,7 +14,7 @@ OUT    ?= runs/extract-$(MODEL)
 PORT   ?= 8000
 BACKEND ?= auto
 
-.PHONY: setup test demo lint clean smollm2 extract inspect serve test-http notebooks bench lab strip-notebooks effect
+.PHONY: setup setup-test test demo lint clean smollm2 extract inspect serve test-http notebooks bench lab strip-notebooks effect
 
 setup: $(STAMP)
 
@@ -21,10 +22,17 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
 
+# The tests also need a real llama.cpp (compiled once; `make demo` does not wait for it).
+setup-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	bash scripts/setup.sh --with-llamacpp
+	touch $@
+
 smollm2: setup
 	$(BIN)/emolab build-model smollm2
 
-test: setup
+test: setup-test
 	$(BIN)/python -m pytest -ra
 
 # Notebook-driven main job: papermill 01 (extract) -> 02 (plots as PNG) -> emolab serve -> test-http.

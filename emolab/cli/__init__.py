@@ -12,13 +12,14 @@ import sys
 from emolab.cli.bench import add_bench
 from emolab.cli.common import UsageError, flag_for
 from emolab.cli.eval import add_eval
+from emolab.cli.export import add_export_gguf
 from emolab.cli.extract import add_build_model, add_extract, add_test
 from emolab.cli.serve import add_serve
 from emolab.cli.test_http import add_test_http
 
 __all__ = ["main"]
 
-BUILDERS = (add_extract, add_test, add_build_model, add_serve, add_test_http, add_bench, add_eval)
+BUILDERS = (add_extract, add_test, add_build_model, add_serve, add_test_http, add_bench, add_eval, add_export_gguf)
 
 
 def build_parser(prog: str = "emolab") -> argparse.ArgumentParser:

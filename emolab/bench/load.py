@@ -10,9 +10,8 @@ output lengths) through the ``openai`` async client. Scenarios pick each request
   leave the running batch all the time); its baseline is ``churn-none``, the same arrivals unsteered,
   which the bench adds by itself
 
-With ``--serve`` the bench starts the server itself (timing its start-up), and can also start a
-plain vLLM server with the plugin not loaded (``--compare-plain``) and an ``--enforce-eager`` one
-(``--compare-eager``) to put the figures in context. Results print as a table and go to JSON.
+Agents may be spread over several client processes (``emolab.bench.clients``) so that the client
+is not the bottleneck at N = 64-256; ``AgentStats`` of the parts merge into one ``RunResult``.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ import numpy as np
 
 from emolab.client import AsyncSteeringClient
 
-__all__ = ["BASELINE", "SCENARIOS", "RunResult", "calibrate_prompt_words", "make_prompt", "one_request",
-           "pick_steering", "run_scenario"]
+__all__ = ["BASELINE", "SCENARIOS", "AgentStats", "RunResult", "calibrate_prompt_words", "make_prompt",
+           "one_request", "pick_steering", "run_agents", "run_scenario", "to_result"]
 
 SCENARIOS = ("none", "same", "mixed", "churn", "churn-none")
 # Each scenario's ratio is taken against the unsteered run with the same arrival pattern.
@@ -75,7 +74,7 @@ def pick_steering(scenario: str, rng: random.Random, n_emotions: int, alpha: flo
 
 
 async def one_request(client: AsyncSteeringClient, prompt: str, steering: list[float] | None, max_tokens: int,
-                      stats: dict[str, Any]) -> None:
+                      stats: AgentStats) -> None:
     """One streamed chat request of fixed length (``ignore_eos``); its timings go into ``stats``."""
     start = time.perf_counter()
     last = None
@@ -84,54 +83,85 @@ async def one_request(client: AsyncSteeringClient, prompt: str, steering: list[f
         now = time.perf_counter()
         if chunk.choices and chunk.choices[0].delta.content:
             if last is None:
-                stats["ttft"].append(now - start)
+                stats.ttft.append(now - start)
             else:
-                stats["itl"].append(now - last)
+                stats.itl.append(now - last)
             last = now
         if chunk.usage is not None:
-            stats["completion_tokens"] += chunk.usage.completion_tokens
-            stats["prompt_tokens"].append(chunk.usage.prompt_tokens)
+            stats.completion_tokens += chunk.usage.completion_tokens
+            stats.prompt_tokens.append(chunk.usage.prompt_tokens)
 
 
-async def run_scenario(client: AsyncSteeringClient, scenario: str, agents: int, *, requests_per_agent: int,
-                       prompt_words: int, max_tokens: int, alpha: float, n_emotions: int, seed: int,
-                       label: str) -> RunResult:
-    """``agents`` concurrent agents, each sending its requests one after another; one ``RunResult``."""
-    stats: dict[str, Any] = {"ttft": [], "itl": [], "completion_tokens": 0, "prompt_tokens": []}
-    errors: list[str] = []
-    agent_rates: list[float] = []
-    n_requests = 0
+@dataclass
+class AgentStats:
+    """What a group of agents measured; groups from several client processes merge into one run."""
+
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+    completion_tokens: int = 0
+    prompt_tokens: list[int] = field(default_factory=list)
+    agent_rates: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    requests: int = 0
+    started: float = 0.0  # time.time() of the first agent's start and the last agent's end
+    ended: float = 0.0
+
+    def merge(self, other: AgentStats) -> AgentStats:
+        return AgentStats(self.ttft + other.ttft, self.itl + other.itl,
+                          self.completion_tokens + other.completion_tokens, self.prompt_tokens + other.prompt_tokens,
+                          self.agent_rates + other.agent_rates, self.errors + other.errors,
+                          self.requests + other.requests, min(self.started, other.started),
+                          max(self.ended, other.ended))
+
+
+async def run_agents(client: AsyncSteeringClient, scenario: str, agent_ids: range, *, requests_per_agent: int,
+                     prompt_words: int, max_tokens: int, alpha: float, n_emotions: int, seed: int) -> AgentStats:
+    """The agents ``agent_ids`` of one run, concurrently; each sends its requests one after another."""
+    stats = AgentStats()
     rng_master = random.Random(seed)
+    seeds = [rng_master.random() for _ in range(max(agent_ids, default=-1) + 1)]  # agent i's seed: any slicing
 
     async def agent(index: int) -> None:
-        nonlocal n_requests
-        rng = random.Random(rng_master.random() + index)
+        rng = random.Random(seeds[index] + index)
         count = requests_per_agent
         if scenario.startswith("churn"):  # join late, leave early: the batch composition keeps changing
             await asyncio.sleep(rng.uniform(0, 0.5 * requests_per_agent))
             count = rng.randint(1, 2 * requests_per_agent)
-        before = stats["completion_tokens"]
+        before = stats.completion_tokens
         began = time.perf_counter()
         for _ in range(count):
             steering = pick_steering(scenario, rng, n_emotions, alpha)
             try:
                 await one_request(client, make_prompt(rng, prompt_words), steering, max_tokens, stats)
             except Exception as exc:  # counted and reported, the other agents go on
-                errors.append(f"{type(exc).__name__}: {exc}"[:300])
-            n_requests += 1
-        agent_rates.append((stats["completion_tokens"] - before) / max(time.perf_counter() - began, 1e-9))
+                stats.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            stats.requests += 1
+        stats.agent_rates.append((stats.completion_tokens - before) / max(time.perf_counter() - began, 1e-9))
 
-    began = time.perf_counter()
-    await asyncio.gather(*(agent(i) for i in range(agents)))
-    wall = time.perf_counter() - began
+    stats.started = time.time()
+    await asyncio.gather(*(agent(i) for i in agent_ids))
+    stats.ended = time.time()
+    return stats
+
+
+def to_result(stats: AgentStats, *, label: str, scenario: str, agents: int) -> RunResult:
+    wall = max(stats.ended - stats.started, 1e-9)
     return RunResult(
-        label=label, scenario=scenario, agents=agents, requests=n_requests, errors=len(errors), wall_s=round(wall, 3),
-        completion_tokens=stats["completion_tokens"],
-        prompt_tokens_mean=float(np.mean(stats["prompt_tokens"])) if stats["prompt_tokens"] else float("nan"),
-        tok_per_s=stats["completion_tokens"] / wall, per_agent_tok_per_s=float(np.mean(agent_rates)),
-        ttft_p50_ms=pct(stats["ttft"], 50), ttft_p99_ms=pct(stats["ttft"], 99),
-        itl_p50_ms=pct(stats["itl"], 50), itl_p99_ms=pct(stats["itl"], 99), error_messages=errors[:5],
+        label=label, scenario=scenario, agents=agents, requests=stats.requests, errors=len(stats.errors),
+        wall_s=round(wall, 3), completion_tokens=stats.completion_tokens,
+        prompt_tokens_mean=float(np.mean(stats.prompt_tokens)) if stats.prompt_tokens else float("nan"),
+        tok_per_s=stats.completion_tokens / wall,
+        per_agent_tok_per_s=float(np.mean(stats.agent_rates)) if stats.agent_rates else 0.0,
+        ttft_p50_ms=pct(stats.ttft, 50), ttft_p99_ms=pct(stats.ttft, 99),
+        itl_p50_ms=pct(stats.itl, 50), itl_p99_ms=pct(stats.itl, 99), error_messages=stats.errors[:5],
     )
+
+
+async def run_scenario(client: AsyncSteeringClient, scenario: str, agents: int, *, label: str,
+                       **kwargs: Any) -> RunResult:
+    """``agents`` concurrent agents from this process; one ``RunResult``."""
+    stats = await run_agents(client, scenario, range(agents), **kwargs)
+    return to_result(stats, label=label, scenario=scenario, agents=agents)
 
 
 async def calibrate_prompt_words(client: AsyncSteeringClient, prompt_tokens: int) -> int:

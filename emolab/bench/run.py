@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emolab.bench.load import SCENARIOS, RunResult, calibrate_prompt_words, run_scenario
+from emolab.bench.clients import ClientPool
+from emolab.bench.load import SCENARIOS, RunResult, calibrate_prompt_words, run_scenario, to_result
 from emolab.bench.servers import start_bench_server
 from emolab.bench.tables import summarize_runs
 from emolab.client import AsyncSteeringClient
@@ -54,6 +55,7 @@ class BenchConfig:
     compare_agents: list[int] | None = None
     startup_timeout: float = 900.0
     log_dir: str = "runs/bench-logs"
+    client_processes: int = 1  # spread the agents over this many client processes (N = 64-256 on a GPU)
 
     def checked_scenarios(self) -> list[str]:
         """The scenarios to run, with ``churn-none`` (churn's own baseline) added when churn is asked for."""
@@ -68,33 +70,55 @@ class BenchConfig:
 
 def bench_server(base_url: str, config: BenchConfig, label: str, scenarios: list[str],
                  agent_counts: list[int] | None = None) -> list[RunResult]:
-    """Every (repeat, N, scenario) against one server, interleaved so drift hits every scenario alike."""
+    """Every (repeat, N, scenario) against one server, interleaved so drift hits every scenario alike.
+
+    With ``config.client_processes`` > 1 the agents of each run are spread over that many client
+    processes (``emolab.bench.clients``); the warm-up and calibration run in this process.
+    """
     agent_counts = agent_counts or config.agents
 
-    async def main() -> list[RunResult]:
+    async def prepare() -> tuple[int, int]:
         client = AsyncSteeringClient(base_url, api_key=config.api_key or None, model=config.model, timeout=600)
         try:
             n_emotions = len(await client.emotions()) if any(s != "none" for s in scenarios) else 6
             words = await calibrate_prompt_words(client, config.prompt_tokens)
-            common = dict(prompt_words=words, alpha=config.alpha, n_emotions=n_emotions)
             # Warm-up so the first measured run pays no one-off costs.
-            await run_scenario(client, "none", min(4, max(agent_counts)), requests_per_agent=1, max_tokens=8, seed=0,
-                               label="warmup", **common)
-            results = []
-            for repeat in range(config.repeats):
-                for agents in agent_counts:
-                    for scenario in scenarios:
-                        result = await run_scenario(
-                            client, scenario, agents, requests_per_agent=config.requests_per_agent,
-                            max_tokens=config.max_tokens, seed=config.seed + repeat, label=label, **common)
-                        results.append(result)
-                        print(f"  [{label}] repeat {repeat + 1}/{config.repeats} N={agents:<3} {scenario:<6} "
-                              f"{result.tok_per_s:9.1f} tok/s  errors {result.errors}", flush=True)
-            return results
+            await run_scenario(client, "none", min(4, max(agent_counts)), label="warmup", requests_per_agent=1,
+                               prompt_words=words, max_tokens=8, alpha=config.alpha, n_emotions=n_emotions, seed=0)
+            return n_emotions, words
         finally:
             await client.close()
 
-    return asyncio.run(main())
+    async def in_process(scenario: str, agents: int, kwargs: dict) -> RunResult:
+        client = AsyncSteeringClient(base_url, api_key=config.api_key or None, model=config.model, timeout=600)
+        try:
+            return await run_scenario(client, scenario, agents, label=label, **kwargs)
+        finally:
+            await client.close()
+
+    n_emotions, words = asyncio.run(prepare())
+    pool = ClientPool(base_url, config.api_key, config.model, config.client_processes) \
+        if config.client_processes > 1 else None
+    results = []
+    try:
+        for repeat in range(config.repeats):
+            for agents in agent_counts:
+                for scenario in scenarios:
+                    kwargs = dict(requests_per_agent=config.requests_per_agent, prompt_words=words,
+                                  max_tokens=config.max_tokens, alpha=config.alpha, n_emotions=n_emotions,
+                                  seed=config.seed + repeat)
+                    if pool is None:
+                        result = asyncio.run(in_process(scenario, agents, kwargs))
+                    else:
+                        result = to_result(pool.run(scenario, agents, **kwargs), label=label, scenario=scenario,
+                                           agents=agents)
+                    results.append(result)
+                    print(f"  [{label}] repeat {repeat + 1}/{config.repeats} N={agents:<3} {scenario:<6} "
+                          f"{result.tok_per_s:9.1f} tok/s  errors {result.errors}", flush=True)
+    finally:
+        if pool is not None:
+            pool.close()
+    return results
 
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:

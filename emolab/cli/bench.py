@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
 
-from emolab.cli.common import number_list, positive_int, word_list
+from emolab.cli.common import UsageError, number_list, positive_int, word_list
 
 __all__ = ["add_bench"]
 
@@ -37,11 +41,61 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                    help="agent counts for the plain/eager comparison servers (default: --agents)")
     p.add_argument("--startup-timeout", type=float, default=900)
     p.add_argument("--log-dir", default="runs/bench-logs")
+    p.add_argument("--engine", action="store_true",
+                   help="engine level: an offline vllm.LLM (no HTTP, no client limits) with --serve-model/--serve-vectors")
+    p.add_argument("--engine-seconds", type=float, default=30.0, help="--engine: each run lasts about this long")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="--engine: a vllm.LLM argument, VALUE as JSON when it parses (e.g. tensor_parallel_size=2)")
+    p.add_argument("--client-processes", type=positive_int("--client-processes"), default=1,
+                   help="spread the agents over this many client processes (so the client is not the limit)")
     p.set_defaults(func=run_bench_cli)
+
+
+def engine_kwargs(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` flags as ``vllm.LLM`` keyword arguments (VALUE parsed as JSON when it is JSON)."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--engine-arg takes KEY=VALUE with a Python name as KEY, got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return kwargs
+
+
+def run_engine_cli(args: argparse.Namespace) -> int:
+    from emolab.bench.engine import run_engine_bench
+
+    if not args.serve_model or not args.serve_vectors:
+        raise UsageError("--engine needs --serve-model and --serve-vectors")
+    if not math.isfinite(args.engine_seconds) or args.engine_seconds <= 0:
+        raise UsageError(f"--engine-seconds must be a positive number, got {args.engine_seconds}")
+    kwargs = {"dtype": args.dtype, **({"max_model_len": args.max_model_len} if args.max_model_len else {}),
+              **engine_kwargs(args.engine_arg)}
+    result = run_engine_bench(
+        model=args.serve_model, vectors=args.serve_vectors, agents=args.agents, repeats=args.repeats,
+        prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, alpha=args.alpha, seed=args.seed,
+        run_seconds=args.engine_seconds, engine_kwargs=kwargs, compare_plain=args.compare_plain, log_dir=args.log_dir,
+    )
+    for row in result["summary"]:
+        ratio = "" if row["ratio_vs_none"] is None else f"  mixed/none {row['ratio_vs_none']:.3f}"
+        plain = "" if row["ratio_vs_plain"] is None else f"  vs plain {row['ratio_vs_plain']:.3f}"
+        print(f"engine N={row['agents']:<4} {row['scenario']:<6} {row['tok_per_s']:10.1f} tok/s{ratio}{plain}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps({"config": {k: v for k, v in vars(args).items()
+                                                            if k not in ("func", "api_key")}, **result}, indent=2))
+        print(f"wrote {args.output}")
+    return 0
 
 
 def run_bench_cli(args: argparse.Namespace) -> int:
     from emolab.bench import BenchConfig, print_table, run_bench
+
+    if args.engine:
+        return run_engine_cli(args)
 
     config = BenchConfig(
         base_url=args.base_url, api_key=args.api_key, model=args.model, agents=args.agents, scenarios=args.scenarios,
@@ -50,7 +104,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         serve_vectors=args.serve_vectors, serve_backend=args.serve_backend, dtype=args.dtype,
         max_model_len=args.max_model_len, server_args=args.server_arg, server_args_plain=args.server_arg_plain,
         compare_plain=args.compare_plain, compare_eager=args.compare_eager, compare_agents=args.compare_agents,
-        startup_timeout=args.startup_timeout, log_dir=args.log_dir,
+        startup_timeout=args.startup_timeout, log_dir=args.log_dir, client_processes=args.client_processes,
     )
     result = run_bench(config)
     print_table(result["summary"])

@@ -37,6 +37,13 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent-queue", type=positive_int("--max-concurrent-queue"), default=64,
                    help="HF backend: requests queued or running before new ones get 429")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM backend: no torch.compile / CUDA graphs")
+    for name, what in (("tensor", "split each layer over N GPUs"), ("pipeline", "split the layers over N GPUs"),
+                       ("data", "N engine replicas behind one server")):
+        p.add_argument(f"--{name}-parallel-size", type=positive_int(f"--{name}-parallel-size"), default=1,
+                       help=f"vLLM backend: {what}")
+    p.add_argument("--custom-all-reduce", choices=["auto", "on", "off"], default="auto",
+                   help="vLLM backend, tensor parallel: auto turns vLLM's custom and fused all-reduce off (they "
+                        "crash CUDA-graph capture on hosts without CUDA IPC between GPUs) and says so; on keeps them")
     p.add_argument("--vllm-arg", action="append", default=[], metavar="ARGS",
                    help="vLLM backend: extra arguments for vLLM's server, e.g. --vllm-arg='--max-num-batched-tokens 256'")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -50,6 +57,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.gpu_memory_utilization <= 1.0:
         raise UsageError(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
+    parallel = {flag: value for flag, value in (("--tensor-parallel-size", args.tensor_parallel_size),
+                                                ("--pipeline-parallel-size", args.pipeline_parallel_size),
+                                                ("--data-parallel-size", args.data_parallel_size)) if value > 1}
     api_key = resolve_api_key(args.api_key)
     settings = ServeSettings(
         vectors=args.vectors, alpha_scale=args.alpha_scale, max_alpha=args.max_alpha, max_pairs=args.max_pairs,
@@ -60,12 +70,17 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"{bar}\nWARNING: binding {args.host} WITHOUT an API key: anyone who can reach this port can use the "
               f"model.\nSet --api-key or $EMOLAB_API_KEY.\n{bar}", file=sys.stderr, flush=True)
     backend = pick_backend(args.backend, args.model)
+    if backend == "hf" and parallel:
+        raise UsageError(f"{', '.join(parallel)}: the HF backend runs on one device; parallelism needs --backend vllm")
     if backend == "vllm":
         from emolab.fastpath.server import VLLMOptions, run_vllm_server
 
         options = VLLMOptions(dtype=args.dtype, max_model_len=args.max_model_len,
                               gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
-                              enforce_eager=args.enforce_eager, extra_args=tuple(args.vllm_arg))
+                              enforce_eager=args.enforce_eager, tensor_parallel_size=args.tensor_parallel_size,
+                              pipeline_parallel_size=args.pipeline_parallel_size,
+                              data_parallel_size=args.data_parallel_size, custom_all_reduce=args.custom_all_reduce,
+                              extra_args=tuple(args.vllm_arg))
         run_vllm_server(settings, model=args.model, host=args.host, port=args.port, api_key=api_key, options=options)
         return 0
     from emolab.serve.hf_server import run_hf_server

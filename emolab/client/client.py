@@ -195,8 +195,11 @@ class AsyncSteeringClient(_Common):
         """The chunks of a streamed chat completion (usage included in the last one)."""
         stream = await self.chat_completion(messages, steering, stream=True,
                                             stream_options={"include_usage": True}, **kwargs)
-        async for chunk in stream:
-            yield chunk
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:  # a caller that stops early closes the connection: the server sees the client leave
+            await stream.close()
 
     async def close(self) -> None:
         if "openai" in self.__dict__:

@@ -24,6 +24,7 @@ import torch
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.steering import SteeringError, SteeringLimits, coefficients, parse_steering, steering_field
+from emolab.fastpath.metrics import WorkerCounters
 
 __all__ = ["BatchSteering"]
 
@@ -56,6 +57,12 @@ class BatchSteering:
         self._row_of_req: dict[str, int] = {}
         self._dirty_tokens = 0  # token_rows[:_dirty_tokens] may be non-zero
         self._handles = [layer.register_forward_hook(self._make_hook(i)) for i, layer in enumerate(layers)]
+        # Operators read these on /metrics (emolab.fastpath.metrics); published after each update.
+        self.steered_total = 0
+        self.invalid_total = 0
+        self.exhausted_total = 0
+        self.counters = WorkerCounters()
+        self._publish()
 
     # ------------------------------------------------------------------ inside the forward pass
     def _make_hook(self, index: int):
@@ -84,6 +91,7 @@ class BatchSteering:
         except SteeringError as exc:
             # The API server validates before scheduling; this only catches direct engine use.
             logger.error("request %s: invalid steering %r (%s); running it unsteered", req_id, raw, exc)
+            self.invalid_total += 1
             return
         coeffs = coefficients(pairs, len(self.emotions))
         if not np.any(coeffs):
@@ -93,6 +101,7 @@ class BatchSteering:
         if row is None:
             if not self._free_rows:
                 logger.error("request %s: all %d steering rows in use; running it unsteered", req_id, len(self.rows) - 1)
+                self.exhausted_total += 1
                 return
             row = self._free_rows.pop()
             self._row_of_key[key] = row
@@ -102,6 +111,7 @@ class BatchSteering:
             self.rows[row].copy_(source.pin_memory() if self.rows.is_cuda else source, non_blocking=True)
         self._refcount[row] += 1
         self._row_of_req[req_id] = row
+        self.steered_total += 1
 
     def finish_request(self, req_id: str) -> None:
         row = self._row_of_req.pop(req_id, None)
@@ -114,10 +124,22 @@ class BatchSteering:
             self._free_rows.append(row)
 
     def update(self, new_requests: Iterable[tuple[str, dict | None]], finished: Iterable[str]) -> None:
+        changed = False
         for req_id in finished:
             self.finish_request(req_id)
+            changed = True
         for req_id, extra_args in new_requests:
             self.add_request(req_id, extra_args)
+            changed = True
+        if changed:
+            self._publish()
+
+    def _publish(self) -> None:
+        self.counters.publish(
+            active_rows=len(self._refcount), active_steered_requests=len(self._row_of_req),
+            steered_requests_total=self.steered_total, invalid_steering_total=self.invalid_total,
+            rows_exhausted_total=self.exhausted_total,
+        )
 
     def set_layout(self, req_ids: Sequence[str], num_scheduled_tokens: np.ndarray) -> None:
         """Point every token of the coming forward at its request's row (batch order as laid out)."""

@@ -9,12 +9,14 @@ plugin reads. Pure ASGI, so streaming responses pass through untouched.
 from __future__ import annotations
 
 import json
+import os
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.steering import Steering
+from emolab.fastpath.metrics import METRICS_DIR_ENV, FrontEndCounters, read_worker_counters, render_prometheus
 from emolab.serve.contract import (
     APIError,
     BearerAuthMiddleware,
@@ -57,6 +59,8 @@ class SteeringMiddleware:
         self.served_names = settings.served_model_names or (str(self.bundle.model),)
         # vllm_xargs keys other than steering pass on (other vLLM plugins may read them).
         self.contract = RequestContract(tuple(self.bundle.emotions), self.limits, self.served_names, xargs_keys=None)
+        self.counters = FrontEndCounters()
+        self.metrics_dir = os.environ.get(METRICS_DIR_ENV)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/healthz":  # alias of vLLM's own /health, as in HF
@@ -85,24 +89,65 @@ class SteeringMiddleware:
             )
             await JSONResponse(payload)(scope, receive, send)
             return
+        if method == "GET" and path == "/metrics":
+            await self.metrics(scope, receive, send)
+            return
         if method == "POST" and path in GENERATION_SCHEMAS:
             raw, more = await _read_body(receive)
             try:
-                new_raw = self.rewrite(raw, path)
+                new_raw, steered = self.rewrite(raw, path)
             except APIError as exc:
+                self.counters.refused_requests_total += 1
                 await exc.response()(scope, receive, send)
                 return
             scope = _with_content_length(scope, len(new_raw))
-            receive = _replay(new_raw, more, receive)
+            await self.generate(scope, _replay(new_raw, more, receive), send, steered)
+            return
         await self.app(scope, receive, send)
 
-    def rewrite(self, raw: bytes, path: str = CHAT_PATH) -> bytes:
-        """Validate the request (the contract both backends share); return the body vLLM should see."""
+    async def generate(self, scope: Scope, receive: Receive, send: Send, steered: bool) -> None:
+        """Pass a validated generation request to vLLM, counting it while its response is open."""
+        counters = self.counters
+        counters.http_requests_in_flight += 1
+        if steered:
+            counters.steered_http_requests_total += 1
+            counters.steered_http_requests_in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:  # also when the client went away mid-stream
+            counters.http_requests_in_flight -= 1
+            if steered:
+                counters.steered_http_requests_in_flight -= 1
+
+    async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """vLLM's own ``/metrics`` with emolab's lines appended (front end and every worker)."""
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def collect(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, collect)
+        workers = read_worker_counters(self.metrics_dir) if self.metrics_dir else []
+        body = b"".join(chunks)
+        if start.get("status", 200) == 200:
+            body += render_prometheus(self.counters, workers).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": start.get("status", 200), "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def rewrite(self, raw: bytes, path: str = CHAT_PATH) -> tuple[bytes, bool]:
+        """Validate the request (the contract both backends share); the body vLLM should see, and
+        whether it is steered."""
         body = parse_json_body(raw)
         steering = Steering(tuple(validate_generation(body, path, self.contract).pairs))
         had_field = "steering" in body or "steering" in (body.get("vllm_xargs") or {})
         if not had_field:
-            return raw
+            return raw, False
         body.pop("steering", None)
         xargs = dict(body.get("vllm_xargs") or {})
         xargs.pop("steering", None)
@@ -113,7 +158,7 @@ class SteeringMiddleware:
             body["vllm_xargs"] = xargs
         else:
             body.pop("vllm_xargs", None)
-        return json.dumps(body).encode()
+        return json.dumps(body).encode(), bool(steering)
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from emolab.core.bundle import EmotionBundle
 from emolab.core.errors import EmolabError
 from emolab.core.models import FASTPATH_ARCHITECTURES, resolve_model
 from emolab.core.steering import SALT_SECRET_ENV, new_salt_secret
+from emolab.fastpath.metrics import METRICS_DIR_ENV
 from emolab.serve.settings import ServeSettings
 
-__all__ = ["VLLMOptions", "VLLMServerError", "run_vllm_server", "vllm_support"]
+__all__ = ["VLLMOptions", "VLLMServerError", "all_reduce_flags", "run_vllm_server", "vllm_support"]
 
 
 class VLLMServerError(EmolabError, RuntimeError):
@@ -35,7 +37,33 @@ class VLLMOptions:
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int | None = None
     enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    custom_all_reduce: str = "auto"  # auto | on | off (see all_reduce_flags)
     extra_args: tuple[str, ...] = field(default_factory=tuple)  # raw vLLM flags
+
+
+def all_reduce_flags(options: VLLMOptions, on_cuda: bool) -> tuple[list[str], str | None]:
+    """vLLM flags for tensor parallelism's all-reduce, and the log line that says why.
+
+    On the lent H100/H200 hosts (Firecracker VMs) vLLM 0.26 with ``tensor_parallel_size=2`` dies in
+    CUDA-graph capture with an illegal memory access (plugin loaded or not). vLLM's custom all-reduce
+    and its fused all-reduce + RMSNorm pass both rely on CUDA IPC peer memory between the GPUs; with
+    both off it uses NCCL, which works there. The same vLLM works on other hosts (vllm#52457 reports
+    0.26.0 fine at TP=4 on Hopper), so ``auto`` turns them off only when tensor parallelism is on,
+    says so, and ``on`` keeps vLLM's defaults for hosts where they work.
+    """
+    if options.tensor_parallel_size <= 1 or not on_cuda or options.custom_all_reduce == "on":
+        return [], None
+    if options.custom_all_reduce not in ("auto", "off"):
+        raise VLLMServerError(f"custom all-reduce must be auto, on or off, got {options.custom_all_reduce!r}",
+                              setting="custom_all_reduce")
+    flags = ["--disable-custom-all-reduce", "--compilation-config", '{"pass_config": {"fuse_allreduce_rms": false}}']
+    why = (f"tensor parallel {options.tensor_parallel_size}: vLLM's custom all-reduce and fused all-reduce+RMSNorm "
+           "are off (they need CUDA IPC between GPUs and crash CUDA-graph capture on hosts without it); NCCL "
+           "all-reduce instead. --custom-all-reduce on keeps vLLM's defaults")
+    return flags, why
 
 
 def vllm_support(model_path: str) -> tuple[bool, str]:
@@ -108,6 +136,17 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
         command += ["--max-num-seqs", str(options.max_num_seqs)]
     if options.enforce_eager:
         command += ["--enforce-eager"]
+    for flag, size in (("--tensor-parallel-size", options.tensor_parallel_size),
+                       ("--pipeline-parallel-size", options.pipeline_parallel_size),
+                       ("--data-parallel-size", options.data_parallel_size)):
+        if size > 1:
+            command += [flag, str(size)]
+    all_reduce, why = all_reduce_flags(options, on_cuda=not is_cpu_platform())
+    command += all_reduce
+    if why:
+        print(f"emolab serve: {why}", flush=True)
+    # Workers publish their steering counters here; the middleware serves them on /metrics.
+    env.setdefault(METRICS_DIR_ENV, tempfile.mkdtemp(prefix="emolab-metrics-"))
     for extra in options.extra_args:
         command += extra.split()
     if is_cpu_platform() and "VLLM_CPU_KVCACHE_SPACE" not in env:

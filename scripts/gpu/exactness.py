@@ -16,15 +16,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "fastpath"))
 
-from tests.test_vllm_engine import MIXED, STAGGERED, solo, strip  # noqa: E402
+from test_engine import MIXED, STAGGERED, solo, strip  # noqa: E402
 
 
 def run(name: str, job: dict, out_dir: Path, env: dict) -> dict:
     job_path, out_path = out_dir / f"{name}.job.json", out_dir / f"{name}.out.json"
     job_path.write_text(json.dumps(job))
     with open(out_dir / f"{name}.log", "w") as log:
-        code = subprocess.call([sys.executable, str(REPO / "tests" / "vllm_job.py"), str(job_path), str(out_path)],
+        code = subprocess.call([sys.executable, str(REPO / "tests" / "fastpath" / "vllm_job.py"), str(job_path), str(out_path)],
                                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     if code:
         raise SystemExit(f"{name} failed; see {out_dir / (name + '.log')}")

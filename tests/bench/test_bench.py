@@ -42,6 +42,7 @@ def test_bench_smoke_against_cpu_vllm(tmp_path, smollm2_path, smollm2_bundle_pat
         "--server-arg=--enforce-eager", "--server-arg-plain=--enforce-eager", "--compare-plain",
         "--agents", "4", "--scenarios", "none,same,mixed,churn", "--prompt-tokens", "32", "--max-tokens", "4",
         "--requests-per-agent", "1", "--repeats", "1", "--output", str(out), "--log-dir", str(tmp_path / "logs"),
+        "--client-processes", "2",  # the agents of each run split over two client processes, merged
     ])
     assert code == 0
     report = json.loads(out.read_text())
@@ -58,3 +59,27 @@ def test_bench_smoke_against_cpu_vllm(tmp_path, smollm2_path, smollm2_bundle_pat
     assert rows[("emolab", "mixed")]["ratio_vs_plain_vllm"] is not None
     assert all(r["prompt_tokens_mean"] > 20 for r in report["summary"])
     assert summarize_runs([]) == []
+
+
+def test_split_agents_covers_every_agent_once():
+    from emolab.bench.clients import split_agents
+
+    for agents, parts in ((1, 4), (4, 2), (7, 3), (64, 4), (256, 6)):
+        slices = split_agents(agents, parts)
+        assert [i for piece in slices for i in piece] == list(range(agents))
+        assert len(slices) == min(agents, parts) and all(len(piece) > 0 for piece in slices)
+        assert max(map(len, slices)) - min(map(len, slices)) <= 1
+
+
+def test_agent_stats_merge_keeps_every_measurement():
+    from emolab.bench.load import AgentStats, to_result
+
+    a = AgentStats(ttft=[0.1], itl=[0.01, 0.02], completion_tokens=10, prompt_tokens=[30], agent_rates=[5.0],
+                   requests=2, started=100.0, ended=102.0)
+    b = AgentStats(ttft=[0.3], itl=[0.03], completion_tokens=6, prompt_tokens=[34], agent_rates=[3.0],
+                   errors=["x"], requests=1, started=100.5, ended=104.0)
+    merged = a.merge(b)
+    assert (merged.completion_tokens, merged.requests, merged.started, merged.ended) == (16, 3, 100.0, 104.0)
+    result = to_result(merged, label="l", scenario="mixed", agents=2)
+    assert result.tok_per_s == 16 / 4.0 and result.errors == 1 and result.per_agent_tok_per_s == 4.0
+    assert result.prompt_tokens_mean == 32.0

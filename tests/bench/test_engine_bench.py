@@ -1,0 +1,44 @@
+"""Engine-level bench (offline vllm.LLM, no HTTP): N agents in flight, none vs mixed in one engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from emolab.bench.engine import summarize_engine_runs
+
+
+def run(scenario, agents, tok, repeat=0):
+    return {"scenario": scenario, "agents": agents, "tok_per_s": tok, "repeat": repeat, "label": "x"}
+
+
+def test_ratios_are_taken_per_n_within_one_engine_and_against_plain():
+    rows = summarize_engine_runs([run("none", 4, 100.0), run("mixed", 4, 98.0), run("none", 4, 110.0, 1),
+                                  run("mixed", 4, 110.0, 1), run("plain", 4, 105.0)])
+    by = {r["scenario"]: r for r in rows}
+    assert by["none"]["tok_per_s"] == 105.0 and by["mixed"]["tok_per_s"] == 104.0
+    assert by["mixed"]["per_repeat_ratio_vs_none"] == [0.98, 1.0]
+    assert by["mixed"]["ratio_vs_none"] == pytest.approx(104 / 105)
+    assert by["mixed"]["ratio_vs_plain"] == pytest.approx(104 / 105)
+    assert by["plain"]["ratio_vs_none"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_engine_bench_smoke_on_cpu(tmp_path, smollm2_path, smollm2_bundle_path):
+    pytest.importorskip("vllm")
+    from emolab.cli import main
+
+    out = tmp_path / "engine.json"
+    code = main(["bench", "--engine", "--serve-model", str(smollm2_path), "--serve-vectors", str(smollm2_bundle_path),
+                 "--agents", "3", "--repeats", "1", "--prompt-tokens", "24", "--max-tokens", "6", "--engine-seconds", "1",
+                 "--dtype", "float32", "--max-model-len", "512", "--engine-arg", "enforce_eager=true",
+                 "--output", str(out), "--log-dir", str(tmp_path / "logs")])
+    assert code == 0
+    result = json.loads(out.read_text())
+    runs = {r["scenario"]: r for r in result["runs"]}
+    assert set(runs) == {"none", "mixed"}
+    for r in runs.values():
+        assert r["generated"] == 6 * r["requests"] and r["requests"] % 3 == 0  # ignore_eos; 3 agents x k each
+    assert "emolab steering on" in (tmp_path / "logs" / "engine-emolab.log").read_text()

@@ -20,17 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from emolab.core.bundle_checks import (
-    ALPHA_SCALES,
-    BundleError,
-    check_auc_shape,
-    check_magnitudes,
-    check_metadata,
-    check_names_to_save,
-    contained_file,
-    read_metadata_bytes,
-    read_npy,
-)
+from emolab.core.bundle_checks import ALPHA_SCALES, BundleError, check_auc_shape, check_metadata, check_names_to_save
+from emolab.core.bundle_files import check_magnitudes, contained_file, read_metadata_bytes, read_npy
 
 __all__ = ["ALPHA_SCALES", "BundleError", "EmotionBundle", "NORMALIZED_FRACTION", "normalize_metadata"]
 
@@ -87,7 +78,8 @@ class EmotionBundle:
         ``normalized``: each vector rescaled to ``NORMALIZED_FRACTION * residual_norm[L]``, so alpha 1
         adds a push of a tenth of the typical residual-stream norm at that layer, whatever the
         emotion, layer or model; alphas then mean the same thing across emotions and bundles.
-        ``None`` takes the bundle's default, metadata ``alpha_scale`` (absent: ``raw``).
+        ``None`` takes the bundle's default (``alpha_scale``). Where an emotion does not steer a layer
+        (``emotion_layers``) its vector is zero and stays zero on both scales.
         """
         scale = self.resolve_alpha_scale(scale)
         basis = self.basis()
@@ -96,15 +88,31 @@ class EmotionBundle:
         norms = self.residual_norms()
         basis = basis.astype(np.float64)  # tiny float32 vectors would underflow their own length
         lengths = np.linalg.norm(basis, axis=2, keepdims=True)  # [n_layers, n_emotions, 1]
-        if np.any(lengths == 0):
+        steers = self.steering_mask()[:, :, None]
+        if np.any((lengths == 0) & steers):
             raise BundleError("a vector of zero length cannot be put on the normalized alpha scale")
         target = NORMALIZED_FRACTION * np.asarray(norms, dtype=np.float64)[:, None, None]
-        return (basis / lengths * target).astype(np.float32)
+        scaled = np.where(steers, basis / np.where(lengths == 0, 1.0, lengths) * target, 0.0)
+        return scaled.astype(np.float32)
+
+    def layers_of(self, emotion: str) -> list[int]:
+        """The chosen layers ``emotion`` steers: metadata ``emotion_layers``, else every chosen layer."""
+        per_emotion = self.metadata.get("emotion_layers") or {}
+        return list(per_emotion.get(emotion, self.chosen_layers))
+
+    def steering_mask(self) -> np.ndarray:
+        """``[len(chosen_layers), n_emotions]`` bool: whether each emotion steers each chosen layer."""
+        return np.array([[layer in self.layers_of(e) for e in self.emotions] for layer in self.chosen_layers],
+                        dtype=bool).reshape(len(self.chosen_layers), len(self.emotions))
 
     @property
     def alpha_scale(self) -> str:
-        """The bundle's default alpha scale (metadata ``alpha_scale``; absent means ``raw``)."""
-        return str(self.metadata.get("alpha_scale") or "raw")
+        """The bundle's default alpha scale: metadata ``alpha_scale``; absent, ``normalized`` when the
+        bundle records ``residual_norm`` (alphas then mean the same push for every emotion and layer),
+        else ``raw`` (reference-tool bundles)."""
+        if self.metadata.get("alpha_scale"):
+            return str(self.metadata["alpha_scale"])
+        return "normalized" if self.metadata.get("residual_norm") is not None else "raw"
 
     def resolve_alpha_scale(self, requested: str | None = None) -> str:
         """The alpha scale to use: the one asked for, else the bundle's default. The one place that decides."""
@@ -212,6 +220,11 @@ class EmotionBundle:
         for emotion, stem in zip(emotions, checked.file_stems, strict=True):
             vectors[emotion] = _load_array(root, folder, f"{stem}_chosen.npy", len(chosen), hidden, chosen_norms)
             hidden = vectors[emotion].shape[1]  # without metadata 'hidden', the first file fixes it
+            steered = metadata.get("emotion_layers", {}).get(emotion, chosen)
+            idle = [layer for k, layer in enumerate(chosen) if layer not in steered and np.any(vectors[emotion][k])]
+            if idle:  # the declared layers and the vectors must agree, or raw steering would add them anyway
+                raise BundleError(f"{folder / (stem + '_chosen.npy')}: non-zero at layers {idle}, which "
+                                  f"emotion_layers[{emotion!r}] says it does not steer")
         full_sweep = None
         sweep_names = [f"{stem}_full_sweep.npy" for stem in checked.file_stems]
         if load_full_sweep and search and all((folder / name).exists() for name in sweep_names):

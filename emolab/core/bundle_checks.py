@@ -1,23 +1,19 @@
-"""Checks that make a bundle folder safe to load: names, paths, metadata types, array files, magnitudes.
+"""Checks that make a bundle's metadata safe to use: names, types, ranges, limits.
 
 A bundle folder comes from wherever the operator got it (a colleague, a download, a shared drive),
 and both servers load one at start-up, so everything in it is untrusted input. These are pure
 functions that either return checked values or raise ``BundleError`` with one line naming the file
-(and the metadata key) at fault; ``emolab.core.bundle`` composes them.
+(and the metadata key) at fault; ``emolab.core.bundle`` composes them with the file checks of
+``emolab.core.bundle_files``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import Any
 
 from emolab.core.errors import EmolabError
 
@@ -34,13 +30,9 @@ __all__ = [
     "BundleError",
     "CheckedMetadata",
     "check_auc_shape",
-    "check_magnitudes",
     "check_metadata",
     "check_names_to_save",
-    "contained_file",
     "describe",
-    "read_metadata_bytes",
-    "read_npy",
 ]
 
 ALPHA_SCALES = ("raw", "normalized")
@@ -68,9 +60,6 @@ MAX_VECTOR_TO_RESIDUAL = 10.0
 # components are below 10 (vectors/smollm2: 6.2; the reference bundle: 4.7).
 MAX_ABS_COMPONENT = 6000.0
 
-_NPY_VERSIONS = {(1, 0), (2, 0)}  # what np.save writes for plain numeric arrays
-_ZIP_MAGIC = b"PK\x03\x04"
-_NPY_HEADER_LIMIT = 10_000  # numpy's own default guard against huge headers
 
 
 class BundleError(EmolabError, ValueError):
@@ -140,124 +129,6 @@ def check_names_to_save(names: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------- files
-def contained_file(root: Path, name: str) -> Path:
-    """``root/name`` resolved (symlinks followed), refused unless it is a regular file inside ``root``.
-
-    ``root`` must already be resolved. Nothing is opened here: a link to ``/etc/passwd`` or to a
-    device is refused from its resolved path alone. The caller opens the resolved path with
-    ``O_NOFOLLOW``, which narrows (not closes) the window for a swap between check and open; a
-    hard link cannot be told from a file and needs write access to the folder's file system anyway.
-    """
-    candidate = root / name
-    try:
-        resolved = candidate.resolve(strict=True)
-    except FileNotFoundError:
-        raise BundleError(f"{candidate}: missing") from None
-    except RuntimeError:  # what Path.resolve raises for a symlink loop before Python 3.13
-        raise BundleError(f"{candidate}: a symlink loop") from None
-    except OSError as exc:
-        raise BundleError(f"{candidate}: cannot be resolved ({exc.strerror or type(exc).__name__})") from None
-    if not resolved.is_relative_to(root):
-        raise BundleError(f"{candidate}: resolves outside the bundle folder (a symlink leaving it); refused")
-    try:
-        regular = stat.S_ISREG(resolved.stat().st_mode)
-    except OSError as exc:
-        raise BundleError(f"{candidate}: unreadable ({exc.strerror or type(exc).__name__})") from None
-    if not regular:
-        raise BundleError(f"{candidate}: not a regular file")
-    return resolved
-
-
-def _open_regular(path: Path, shown: Path) -> BinaryIO:
-    # O_NOFOLLOW: the path was resolved, so a symlink here means it was swapped in since the check.
-    # O_NONBLOCK: a FIFO swapped in cannot hang the open; fstat then refuses it.
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise BundleError(f"{shown}: unreadable ({exc.strerror or type(exc).__name__})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BundleError(f"{shown}: not a regular file")
-    return os.fdopen(fd, "rb")
-
-
-def read_metadata_bytes(path: Path, shown: Path) -> bytes:
-    """The bytes of a resolved ``metadata.json``, refused past ``MAX_METADATA_BYTES``."""
-    with _open_regular(path, shown) as fh:
-        data = fh.read(MAX_METADATA_BYTES + 1)
-    if len(data) > MAX_METADATA_BYTES:
-        raise BundleError(f"{shown}: larger than {MAX_METADATA_BYTES} bytes; not a bundle's metadata")
-    return data
-
-
-def read_npy(path: Path, shown: Path, rows: int, hidden: int | None) -> np.ndarray:
-    """A ``[rows, hidden]`` float array from a resolved ``.npy`` file, as float32.
-
-    The header is checked before any data is read, so a forged shape cannot make numpy allocate
-    gigabytes, and an archive (``.npz``) or pickle under an ``.npy`` name is refused on sight.
-    """
-    with _open_regular(path, shown) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if fh.read(4) == _ZIP_MAGIC:
-            raise BundleError(f"{shown}: a zip archive (.npz?), not a single .npy array")
-        fh.seek(0)
-        try:
-            version = np.lib.format.read_magic(fh)
-            if version not in _NPY_VERSIONS:
-                raise BundleError(f"{shown}: .npy format version {version} is not supported")
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _fortran, dtype = read_header(fh, max_header_size=_NPY_HEADER_LIMIT)
-        except BundleError:
-            raise
-        except (ValueError, TypeError, SyntaxError, EOFError, OSError, MemoryError, RecursionError) as exc:
-            raise BundleError(f"{shown}: not a plain numeric .npy array ({_first_line(exc)})") from None
-        want = f"float [{rows} x {'?' if hidden is None else hidden}]"
-        if dtype.kind != "f" or dtype.hasobject or len(shape) != 2 or shape[0] != rows or not (
-            1 <= shape[1] <= MAX_HIDDEN and (hidden is None or shape[1] == hidden)
-        ):
-            raise BundleError(f"{shown}: array of shape {tuple(shape)} ({dtype}), want {want}")
-        if size - fh.tell() != shape[0] * shape[1] * dtype.itemsize:
-            raise BundleError(f"{shown}: {size - fh.tell()} data bytes for a {tuple(shape)} {dtype} array (truncated?)")
-        fh.seek(0)
-        try:
-            array = np.load(fh, allow_pickle=False, max_header_size=_NPY_HEADER_LIMIT)
-        except (ValueError, OSError, EOFError, MemoryError) as exc:
-            raise BundleError(f"{shown}: not a plain numeric .npy array ({_first_line(exc)})") from None
-    if not np.all(np.isfinite(array)):
-        raise BundleError(f"{shown}: contains NaN or infinite values")
-    return array
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
-def check_magnitudes(shown: Path, array: np.ndarray, residual_norms: Sequence[float] | None) -> None:
-    """Refuse components that could overflow float16 steering and vectors absurd for their layer.
-
-    ``residual_norms`` holds one recorded mean residual norm per row of ``array`` (or None).
-    """
-    biggest = float(np.max(np.abs(array))) if array.size else 0.0
-    if biggest > MAX_ABS_COMPONENT:
-        raise BundleError(
-            f"{shown}: a component of magnitude {biggest:.3g} exceeds {MAX_ABS_COMPONENT:g}; "
-            "steering with it would overflow float16, and no extracted vector is that large"
-        )
-    if residual_norms is None:
-        return
-    lengths = np.linalg.norm(array.astype(np.float64), axis=1)
-    ratios = lengths / np.asarray(residual_norms, dtype=np.float64)
-    row = int(np.argmax(ratios))
-    if ratios[row] > MAX_VECTOR_TO_RESIDUAL:
-        raise BundleError(
-            f"{shown}: row {row} has length {lengths[row]:.3g}, {ratios[row]:.3g}x the layer's recorded "
-            f"residual_norm {residual_norms[row]:.4g} (at most {MAX_VECTOR_TO_RESIDUAL:g}x is plausible)"
-        )
-
-
-# ---------------------------------------------------------------------------------- metadata
 def _layer_list(value: Any, where: str, key: str, num_layers: int | None) -> list[int]:
     if not isinstance(value, list) or not value:
         raise BundleError(f"{where}: {key!r} must be a non-empty list of integer layer ids, got {describe(value)}")
@@ -354,6 +225,8 @@ def check_metadata(raw: Any, where: str) -> CheckedMetadata:
                 raise BundleError(f"{where}: {key!r} must have one column per family member ({members})")
         elif key.startswith(("n_train_", "n_val_")) or key in ("n_train", "n_val"):
             _count(meta, key, where)
+    if meta.get("emotion_layers") is not None:
+        meta["emotion_layers"] = _emotion_layers(meta["emotion_layers"], emotions, chosen, where)
     _scale(meta, "alpha_scale", where)
     _scale(meta, "alpha_recommendations_scale", where)
     if meta.get("alpha_recommendations") is not None:
@@ -368,18 +241,37 @@ def check_metadata(raw: Any, where: str) -> CheckedMetadata:
     return CheckedMetadata(meta, emotions, list(stems), chosen, search)
 
 
+def _by_emotion(value: Any, emotions: list[str], where: str, key: str, what: str) -> list[tuple[str, Any]]:
+    """(lower-cased emotion, value) of a metadata object keyed by the bundle's emotions."""
+    if not isinstance(value, dict):
+        raise BundleError(f"{where}: {key!r} must be an object of emotion -> {what}, got {describe(value)}")
+    seen: set[str] = set()
+    for name in value:
+        _check_name(name, where, f"a {key!r} key")
+        if name.lower() not in emotions or name.lower() in seen:
+            raise BundleError(f"{where}: {key!r} key {name!r} is not one of the bundle's emotions or repeats one")
+        seen.add(name.lower())
+    return [(name.lower(), item) for name, item in value.items()]
+
+
+def _emotion_layers(value: Any, emotions: list[str], chosen: list[int], where: str) -> dict[str, list[int]]:
+    """Emotion -> the chosen layers it steers (a non-empty subset of ``chosen_layers``; absent = all)."""
+    out: dict[str, list[int]] = {}
+    for name, layers in _by_emotion(value, emotions, where, "emotion_layers", "layer ids"):
+        out[name] = _layer_list(layers, where, f"emotion_layers[{name!r}]", None)
+        outside = [layer for layer in out[name] if layer not in chosen]
+        if outside:
+            raise BundleError(f"{where}: emotion_layers[{name!r}] {outside} are not among 'chosen_layers'")
+    return out
+
+
 def _recommendations(value: Any, emotions: list[str], where: str) -> dict[str, float | None]:
     """Emotion -> alpha (or null), keyed by the bundle's lower-cased names like everything else."""
-    if not isinstance(value, dict):
-        raise BundleError(f"{where}: 'alpha_recommendations' must be an object of emotion -> alpha, got {describe(value)}")
     out: dict[str, float | None] = {}
-    for name, alpha in value.items():
-        _check_name(name, where, "an 'alpha_recommendations' key")
-        if name.lower() not in emotions or name.lower() in out:
-            raise BundleError(f"{where}: 'alpha_recommendations' key {name!r} is not one of the bundle's emotions or repeats one")
+    for name, alpha in _by_emotion(value, emotions, where, "alpha_recommendations", "alpha"):
         if alpha is not None and not (_is_real(alpha) and math.isfinite(alpha)):
             raise BundleError(f"{where}: alpha_recommendations[{name!r}] must be a finite number or null, got {describe(alpha)}")
-        out[name.lower()] = alpha
+        out[name] = alpha
     return out
 
 

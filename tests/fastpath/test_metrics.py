@@ -23,9 +23,8 @@ def test_worker_counters_round_trip_through_the_metrics_folder(tmp_path):
 
 
 def test_files_of_finished_workers_are_ignored(tmp_path):
-    code = "from emolab.fastpath.metrics import WorkerCounters as W; " \
-           "W(%r).publish(active_rows=9, active_steered_requests=9, steered_requests_total=9, " \
-           "invalid_steering_total=0, rows_exhausted_total=0)" % str(tmp_path)
+    code = (f"from emolab.fastpath.metrics import WorkerCounters as W; W({str(tmp_path)!r}).publish(active_rows=9, "
+            "active_steered_requests=9, steered_requests_total=9, invalid_steering_total=0, rows_exhausted_total=0)")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert len(list(tmp_path.glob("worker-*.i64"))) == 1
     assert read_worker_counters(tmp_path) == []  # that process is gone

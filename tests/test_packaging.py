@@ -69,7 +69,11 @@ def test_setup_script_installs_every_non_vllm_extra():
 
 def test_console_script_and_vllm_plugin_entry_point():
     project = _pyproject()["project"]
-    assert project["scripts"] == {"emolab": "emolab.cli:main"}
+    assert project["scripts"] == {"emolab": "emolab.cli:main", "emotion-steering": "emolab.cli:emotion_steering"}
+    import emolab.cli
+
+    for target in project["scripts"].values():  # each names a function that exists
+        assert callable(getattr(emolab.cli, target.split(":")[1]))
     plugins = project["entry-points"]["vllm.general_plugins"]
     assert plugins == {"emolab_steering": "emolab.fastpath.plugin:register"}
 

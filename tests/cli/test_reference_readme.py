@@ -175,7 +175,7 @@ def check_routes(shell: Shell, client_example: bool = True) -> None:
     assert emotions["emotions"] == EMOTIONS and emotions["id_map"] == {e: i for i, e in enumerate(EMOTIONS)}
     assert emotions["metadata"]["model"] == HUB_ID
     reply = json.loads(shell.run(CURL["chat"]).stdout)
-    assert reply["choices"][0]["message"]["content"], reply
+    assert reply["choices"][0]["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0, reply
     assert shell.run(CURL["no_key"]).stdout == "401"
     if not client_example:
         return

@@ -18,7 +18,7 @@ __all__ = ["ALIAS_FOLDER_NAMES", "model_identities", "same_model", "served_model
 # the hub model it comes from), so that a bundle extracted with ``--model smollm2`` matches a server
 # started on the built folder or on the hub id ``HuggingFaceTB/SmolLM2-135M-Instruct``.
 ALIAS_FOLDER_NAMES = {"smollm2": "smollm2-135m-instruct", "tiny-qwen3": "tiny-qwen3", "tiny-llama": "tiny-llama"}
-_HUB_CACHE_DIR = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>[^/]+)$")
+_HUB_CACHE_DIR = re.compile(r"^models--(?:[^/]+?--)?(?P<name>[^/]+)$")  # models--Org--Name, models--gpt2
 
 
 def short_model_name(name: str) -> str:

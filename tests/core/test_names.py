@@ -19,6 +19,7 @@ from emolab.serve.settings import ServeSettings, SettingsError, check_bundle_mod
     ("./vectors/../models/SmolLM2-135M-Instruct", "smollm2-135m-instruct"),
     ("/root/.cache/huggingface/hub/models--Qwen--Qwen3-8B/snapshots/b968826d9c46dd6066d109eabc6255188de91218", "qwen3-8b"),
     ("C:\\models\\Qwen3-8B", "qwen3-8b"),
+    ("/hub/models--gpt2/snapshots/0123", "gpt2"),
 ])
 def test_short_model_name(name, short):
     assert short_model_name(name) == short

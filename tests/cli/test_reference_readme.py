@@ -13,7 +13,7 @@ client example), changed only where this machine needs it:
   requires it; the example fails without it against any server).
 
 The README has no curl lines; ``CURL`` is its route table as curl, the same lines
-docs/readme-dropin-sections.md shows. ``$KEY`` is the key ``serve`` reads from
+README.md shows. ``$KEY`` is the key ``serve`` reads from
 ``$EMOTION_STEERING_API_KEY``, as the reference tool's does.
 """
 
@@ -73,7 +73,7 @@ resp = client.chat.completions.create(
 )
 print(resp.choices[0].message.content)
 '''
-# The README's route table as curl (docs/readme-dropin-sections.md shows the same lines).
+# The README's route table as curl (README.md shows the same lines).
 AUTH = '-H "Authorization: Bearer $EMOTION_STEERING_API_KEY"'
 CURL = {
     "healthz": "curl -sf http://localhost:8000/healthz",

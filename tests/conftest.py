@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +65,19 @@ def other_model_bundle(folder: Path, model: str | None = "Qwen/Qwen3-8B") -> Pat
     meta = {"num_layers": 4} if model is None else {"model": model, "num_layers": 4}
     vectors = {e: rng.normal(size=(2, 128)).astype(np.float32) for e in ("anger", "joy")}
     return EmotionBundle(emotions=["anger", "joy"], chosen_layers=[1, 2], vectors=vectors, metadata=meta).save(folder)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture, entry: Callable[[list[str]], int] | None = None,
+            ) -> tuple[int, str, str]:
+    """Run a CLI entry point (default ``emolab``) as the shell would: exit code (SystemExit too), stdout, stderr."""
+    from emolab.cli import main
+
+    try:
+        code = (entry or main)(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 from emolab.serve.launch import free_port  # noqa: E402  (after the environment defaults above)

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -150,6 +150,18 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
             stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []), coeffs=coeffs,
         )
 
+    async def answer(request: Request, req: Any, params: GenerationParams, kind: str, id_prefix: str,
+                     chunks: Callable[..., Any], choice: Callable[[Any], dict[str, Any]]) -> Any:
+        """A stream of SSE chunks, or the whole reply (cancelled if the client goes away)."""
+        rid, model = f"{id_prefix}-{uuid.uuid4().hex}", req.model or served_model_name
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return sse(chunks(backend.stream(params), rid, model, created, include_usage))
+        result = await backend.complete(params, disconnected=request.is_disconnected)
+        return {"id": rid, "object": kind, "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, **choice(result), "finish_reason": result.finish_reason, "logprobs": None}],
+                "usage": usage(result)}
+
     @app.post(CHAT_PATH)
     async def chat_completions(request: Request):
         validated = await parse(request, CHAT_PATH)
@@ -157,17 +169,8 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
         messages = [message_dict(m) for m in req.messages]
         prompt_ids = backend.chat_prompt(messages, req.chat_template_kwargs)
         params = params_for(req, prompt_ids, pairs)
-        rid, model = f"chatcmpl-{uuid.uuid4().hex}", req.model or served_model_name
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse(chat_chunks(backend.stream(params), rid, model, created, include_usage))
-        result = await backend.complete(params, disconnected=request.is_disconnected)
-        return {
-            "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "finish_reason": result.finish_reason, "logprobs": None}],
-            "usage": usage(result),
-        }
+        return await answer(request, req, params, "chat.completion", "chatcmpl", chat_chunks,
+                            lambda result: {"message": {"role": "assistant", "content": result.text}})
 
     @app.post(COMPLETIONS_PATH)
     async def completions(request: Request):
@@ -179,16 +182,8 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
                 raise APIError(400, "prompt: one prompt per request (batches are not supported)", param="prompt")
             prompt = prompt[0]
         params = params_for(req, backend.text_prompt(prompt), pairs)
-        rid, model = f"cmpl-{uuid.uuid4().hex}", req.model or served_model_name
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse(completion_chunks(backend.stream(params), rid, model, created, include_usage))
-        result = await backend.complete(params, disconnected=request.is_disconnected)
-        return {
-            "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}],
-            "usage": usage(result),
-        }
+        return await answer(request, req, params, "text_completion", "cmpl", completion_chunks,
+                            lambda result: {"text": result.text})
 
     return BearerAuthMiddleware(app, api_key) if api_key else app
 

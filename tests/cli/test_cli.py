@@ -9,19 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from emolab.cli import main
+from conftest import run_cli
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "goemotions"
 
 
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(
@@ -47,7 +39,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 )
 def test_bad_extract_flags_name_the_flag(argv, flag, capsys):
     # None of these may load data or a model: the default model is not available offline.
-    code, out, err = run_main(["extract", *argv], capsys)
+    code, out, err = run_cli(["extract", *argv], capsys)
     assert code == 2
     assert flag in err
     assert "Traceback" not in err
@@ -55,21 +47,21 @@ def test_bad_extract_flags_name_the_flag(argv, flag, capsys):
 
 def test_layers_out_of_range_and_unknown_model_are_clear_errors(tmp_path, capsys):
     argv = ["extract", "--model", "tiny-qwen3", "--data", str(FIXTURE_DIR), "--emotions", "anger,joy,sadness"]
-    code, _, err = run_main([*argv, "--layers", "4", "--output", str(tmp_path / "a")], capsys)
+    code, _, err = run_cli([*argv, "--layers", "4", "--output", str(tmp_path / "a")], capsys)
     assert code == 2 and "--layers: layer 4 outside 0..3" in err
-    code, _, err = run_main([*argv, "--layers", "1,2", "--window", "3", "--output", str(tmp_path / "b")], capsys)
+    code, _, err = run_cli([*argv, "--layers", "1,2", "--window", "3", "--output", str(tmp_path / "b")], capsys)
     assert code == 2 and "--window: a window of 3 layers is wider than the 2 searched layers" in err
-    code, _, err = run_main(["extract", "--model", str(tmp_path / "no-model"), "--data", str(FIXTURE_DIR),
+    code, _, err = run_cli(["extract", "--model", str(tmp_path / "no-model"), "--data", str(FIXTURE_DIR),
                              "--emotions", "anger,joy", "--output", str(tmp_path / "c")], capsys)
     assert code == 2 and "--model" in err and "no-model" in err
-    code, _, err = run_main([*argv, "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "d")], capsys)
+    code, _, err = run_cli([*argv, "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "d")], capsys)
     assert code == 2 and "--data" in err
     assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_extract_on_tiny_qwen3_then_inspect(tmp_path, capsys):
     out = tmp_path / "bundle"
-    code, stdout, err = run_main(
+    code, stdout, err = run_cli(
         ["extract", "--model", "tiny-qwen3", "--data", str(FIXTURE_DIR), "--emotions", "anger,joy,sadness",
          "--layers", "all", "--window", "2", "--test-size", "0.4", "--seed", "1", "--no-save-full-sweep",
          "--no-progress", "--output", str(out)],
@@ -82,14 +74,14 @@ def test_extract_on_tiny_qwen3_then_inspect(tmp_path, capsys):
     assert meta["model"] == "tiny-qwen3" and meta["search_layers"] == [0, 1, 2, 3] and meta["seed"] == 1
     assert len(meta["chosen_layers"]) == 2 and meta["dtype"] == "float32"
 
-    code, stdout, _ = run_main(["test", str(out), "--json"], capsys)
+    code, stdout, _ = run_cli(["test", str(out), "--json"], capsys)
     assert code == 0
     info = json.loads(stdout)
     assert info["chosen_layers"] == meta["chosen_layers"] and info["hidden"] == 128
     assert info["norms"]["joy"] == pytest.approx(np.linalg.norm(np.load(out / "joy_chosen.npy"), axis=1).tolist())
 
     one = tmp_path / "one-layer"
-    code, _, err = run_main(["extract", "--model", "tiny-qwen3", "--data", str(FIXTURE_DIR), "--emotions",
+    code, _, err = run_cli(["extract", "--model", "tiny-qwen3", "--data", str(FIXTURE_DIR), "--emotions",
                              "anger,joy", "--layer", "2", "--no-progress", "--output", str(one)], capsys)
     assert code == 0, err
     meta = json.loads((one / "metadata.json").read_text())
@@ -116,7 +108,7 @@ def test_inspect_reference_bundle_as_json(reference_bundle_path):
 
 
 def test_inspect_prints_tables(reference_bundle_path, capsys):
-    code, out, _ = run_main(["test", str(reference_bundle_path)], capsys)
+    code, out, _ = run_cli(["test", str(reference_bundle_path)], capsys)
     assert code == 0
     for needle in ("Qwen/Qwen3-8B", "[20, 21, 22]", "8865", "*21", "L2 norm", "L22"):
         assert needle in out, needle
@@ -128,24 +120,24 @@ def test_inspect_broken_bundle_is_one_clear_error(reference_bundle_path, tmp_pat
     broken = tmp_path / "broken"
     shutil.copytree(reference_bundle_path, broken)
     np.save(broken / "fear_chosen.npy", np.zeros((2, 4096), np.float32))
-    code, out, err = run_main(["test", str(broken)], capsys)
+    code, out, err = run_cli(["test", str(broken)], capsys)
     assert code == 2
     assert err.count("error") == 1 and "fear_chosen.npy" in err and "Traceback" not in err
-    code, _, err = run_main(["test", str(tmp_path / "nothing")], capsys)
+    code, _, err = run_cli(["test", str(tmp_path / "nothing")], capsys)
     assert code == 2 and "no such bundle folder" in err
 
 
 def test_build_model_prints_the_folder(tiny_qwen3_path, capsys):
-    code, out, _ = run_main(["build-model", "tiny-qwen3"], capsys)
+    code, out, _ = run_cli(["build-model", "tiny-qwen3"], capsys)
     assert code == 0 and out.strip() == str(tiny_qwen3_path)
-    code, _, err = run_main(["build-model", "gpt5"], capsys)
+    code, _, err = run_cli(["build-model", "gpt5"], capsys)
     assert code == 2 and "name" in err
 
 
 @pytest.mark.parametrize("key", [" padded", "trailing ", "naïve"])
 def test_serve_refuses_a_key_no_client_could_send(key, smollm2_bundle_path, monkeypatch, capsys):
     monkeypatch.delenv("EMOLAB_API_KEY", raising=False)
-    code, _, err = run_main(["serve", "--vectors", str(smollm2_bundle_path), "--model", "smollm2", "--backend", "hf",
+    code, _, err = run_cli(["serve", "--vectors", str(smollm2_bundle_path), "--model", "smollm2", "--backend", "hf",
                              "--api-key", key], capsys)
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]

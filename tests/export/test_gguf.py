@@ -14,8 +14,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from conftest import run_cli
 
-from emolab.cli import main
 from emolab.core.bundle import EmotionBundle
 from emolab.export import (
     ExportError,
@@ -178,19 +178,12 @@ def test_reader_refuses_a_file_that_is_not_a_control_vector(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_writes_the_mix_and_the_per_emotion_files(smollm2_bundle_path, tmp_path, capsys):
     argv = ["export-gguf", str(smollm2_bundle_path), "--steering", "fear=1.0,joy=0.5", "--alpha-scale", "normalized",
             "--output", str(tmp_path / "out" / "fear.gguf"), "--per-emotion", str(tmp_path / "per")]
-    code, out, err = run_main(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "direction.15, direction.16, direction.17" in out
     mix = read_control_vector(tmp_path / "out" / "fear.gguf")
@@ -215,7 +208,7 @@ def test_cli_writes_the_mix_and_the_per_emotion_files(smollm2_bundle_path, tmp_p
 )
 def test_cli_bad_flags_name_the_flag(smollm2_bundle_path, tmp_path, capsys, args, flag):
     args = [str(tmp_path / "x.gguf") if a == "OUT" else a for a in args]
-    code, _, err = run_main(["export-gguf", str(smollm2_bundle_path), *args], capsys)
+    code, _, err = run_cli(["export-gguf", str(smollm2_bundle_path), *args], capsys)
     assert code == 2
     assert flag in err
     assert "Traceback" not in err
@@ -223,10 +216,10 @@ def test_cli_bad_flags_name_the_flag(smollm2_bundle_path, tmp_path, capsys, args
 
 
 def test_cli_missing_bundle_and_output_folder_are_one_line_errors(smollm2_bundle_path, tmp_path, capsys):
-    code, _, err = run_main(["export-gguf", str(tmp_path / "nope"), "--steering", "fear=1",
+    code, _, err = run_cli(["export-gguf", str(tmp_path / "nope"), "--steering", "fear=1",
                              "--output", str(tmp_path / "x.gguf")], capsys)
     assert code == 2 and str(tmp_path / "nope") in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_main(["export-gguf", str(smollm2_bundle_path), "--steering", "fear=1",
+    code, _, err = run_cli(["export-gguf", str(smollm2_bundle_path), "--steering", "fear=1",
                              "--output", str(tmp_path)], capsys)
     assert code == 2 and "--output" in err and "is a folder" in err
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import other_model_bundle as qwen_named_bundle
+from conftest import run_cli
 
 from emolab.cli import main
 
@@ -49,18 +50,11 @@ def gguf_leftover_folder(tmp_path_factory, smollm2_path) -> Path:
     return folder
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_gguf_leftover_config_is_refused_before_vllm_starts(gguf_leftover_folder, smollm2_bundle_path, no_exec,
                                                               capsys):
-    code, _, err = run(["serve", "-v", str(smollm2_bundle_path), "-m", str(gguf_leftover_folder), "-b", "vllm",
+    code, _, err = run_cli(["serve", "-v", str(smollm2_bundle_path), "-m", str(gguf_leftover_folder), "-b", "vllm",
                         "--port", "9"], capsys)
     assert code == 2 and not no_exec  # vLLM never started
     lines = [line for line in err.splitlines() if line.strip()]
@@ -76,7 +70,7 @@ def test_auto_serves_a_gguf_leftover_folder_with_the_hf_backend(gguf_leftover_fo
 
     seen = {}
     monkeypatch.setattr(hf_server, "run_hf_server", lambda settings, **kwargs: seen.update(kwargs))
-    code, out, _ = run(["serve", "-v", str(smollm2_bundle_path), "-m", str(gguf_leftover_folder), "--port", "9"], capsys)
+    code, out, _ = run_cli(["serve", "-v", str(smollm2_bundle_path), "-m", str(gguf_leftover_folder), "--port", "9"], capsys)
     assert code == 0 and not no_exec and seen["model"] == str(gguf_leftover_folder)
     assert "backend auto -> hf" in out and "quantization_config" in out
     from transformers import AutoModelForCausalLM  # ... and transformers loads such a folder as it is

@@ -8,16 +8,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from emolab.cli.common import UsageError, number_list, positive_int, word_list
+from emolab.cli.common import UsageError, add_load_target, number_list, positive_int, word_list
 
 __all__ = ["add_bench"]
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput of N simulated agents, steered vs unsteered")
-    p.add_argument("--base-url", default=None, help="running server, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--api-key", default="", help="bearer key of the server")
-    p.add_argument("--model", default="emolab", help="served model name to request")
+    add_load_target(p, "a server (--serve-backend)")
     p.add_argument("--agents", type=number_list("--agents", int, minimum=1), default=[1, 20, 64], help="comma-separated agent counts")
     p.add_argument("--scenarios", type=word_list, default=["none", "mixed", "churn"],
                    help="comma-separated, from none, same, mixed, churn, churn-none")
@@ -28,12 +26,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=1.0, help="alpha of 'same'; bound of the random alphas")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON results file")
-    p.add_argument("--serve-model", default=None, help="start a server for this model (with --serve-vectors)")
-    p.add_argument("--serve-vectors", default=None)
     p.add_argument("--serve-backend", default="vllm", choices=["vllm", "hf"])
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--server-arg", action="append", default=[], help="extra argument for emolab serve (repeatable)")
     p.add_argument("--server-arg-plain", action="append", default=[], help="extra argument for the plain vLLM server")
     p.add_argument("--compare-plain", action="store_true", help="also run 'none' on vLLM with the plugin not loaded")
     p.add_argument("--compare-eager", action="store_true", help="also run on an --enforce-eager emolab server")

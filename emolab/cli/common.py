@@ -10,13 +10,27 @@ import argparse
 import math
 from collections.abc import Callable, Mapping
 
-__all__ = ["REFERENCE_PROG", "UsageError", "flag_for", "fraction", "number_list", "positive_int", "word_list"]
+__all__ = ["REFERENCE_PROG", "UsageError", "add_load_target", "flag_for", "fraction", "number_list", "positive_int", "word_list"]
 
 REFERENCE_PROG = "emotion-steering"  # the reference tool's program name: a second entry point of this CLI
 
 
 class UsageError(Exception):
     """A bad flag value found after parsing; reported like argparse's own errors (exit status 2)."""
+
+
+def add_load_target(p: argparse.ArgumentParser, what: str) -> None:
+    """The flags of commands that drive a server with simulated agents (bench, soak): which server, and how
+    to start one of their own (``what`` says which kind, for the help text)."""
+    p.add_argument("--base-url", default=None, help="a running server, e.g. http://127.0.0.1:8000/v1 "
+                   "(else --serve-model/--serve-vectors)")
+    p.add_argument("--api-key", default="", help="bearer key of the server")
+    p.add_argument("--model", default="emolab", help="served model name to request")
+    p.add_argument("--serve-model", default=None, help=f"start {what} for this model (with --serve-vectors)")
+    p.add_argument("--serve-vectors", default=None, help="bundle for the started server")
+    p.add_argument("--dtype", default="auto", help="dtype of the started server")
+    p.add_argument("--max-model-len", type=positive_int("--max-model-len"), default=None)
+    p.add_argument("--server-arg", action="append", default=[], help="extra argument for emolab serve (repeatable)")
 
 
 def flag_for(setting: str, overrides: Mapping[str, str] | None = None) -> str:

@@ -8,22 +8,15 @@ import math
 import sys
 from pathlib import Path
 
-from emolab.cli.common import UsageError, positive_int
+from emolab.cli.common import UsageError, add_load_target, positive_int
 
 __all__ = ["add_soak"]
 
 
 def add_soak(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("soak", help="long run with steering churn and disconnects: errors, memory, rows, speed")
-    p.add_argument("--base-url", default=None, help="a running server (else --serve-model/--serve-vectors)")
-    p.add_argument("--api-key", default="", help="bearer key of the server")
-    p.add_argument("--model", default="emolab", help="served model name to request")
+    add_load_target(p, "a vLLM-backend server")
     p.add_argument("--server-pid", type=int, default=None, help="with --base-url: sample this process's RSS")
-    p.add_argument("--serve-model", default=None, help="start a vLLM-backend server for this model")
-    p.add_argument("--serve-vectors", default=None, help="bundle for the started server")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--max-model-len", type=positive_int("--max-model-len"), default=None)
-    p.add_argument("--server-arg", action="append", default=[], help="extra argument for emolab serve (repeatable)")
     p.add_argument("--agents", type=positive_int("--agents"), default=20)
     p.add_argument("--duration", type=float, default=600.0, help="seconds of load")
     p.add_argument("--window", type=float, default=60.0, help="seconds per tok/s window (last vs second compared)")

@@ -60,6 +60,12 @@ def continuation_perplexity(
     import torch
 
     device = next(model.parameters()).device
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    # The LM head only where a continuation token is predicted: the full [rows, width, vocab] logits cost
+    # as much as the rest of the forward. Models that post-process logits (soft-capping) take the full path.
+    stack = getattr(model, "base_model", None)
+    fast = head is not None and stack is not None and stack is not model and \
+        not getattr(model.config, "final_logit_softcapping", None)
     out: list[float] = []
     for start in range(0, len(prompt_ids), batch_size):
         prompts = prompt_ids[start:start + batch_size]
@@ -71,16 +77,29 @@ def continuation_perplexity(
         for row, seq in enumerate(seqs):
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = 1
+        rows = [row for row, c in enumerate(conts) if c]
+        if not rows:
+            out.extend(float("nan") for _ in conts)
+            continue
+        # logits at position t predict token t+1
+        where = [(row, t) for row in rows for t in range(len(prompts[row]) - 1, len(prompts[row]) + len(conts[row]) - 1)]
+        targets = torch.tensor([seqs[row][t + 1] for row, t in where], dtype=torch.long)
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1).cpu()
-        for row, (p, c) in enumerate(zip(prompts, conts, strict=True)):
+            if fast:
+                hidden = stack(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                picked = hidden[torch.tensor([r for r, _ in where]), torch.tensor([t for _, t in where])]
+                logits = head(picked).float().cpu()
+            else:
+                full = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+                logits = full[torch.tensor([r for r, _ in where]), torch.tensor([t for _, t in where])]
+        nll = -torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0].double()
+        offset = 0
+        for row, c in enumerate(conts):
             if not c:
                 out.append(float("nan"))
                 continue
-            positions = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # logits at t predict token t+1
-            nll = -logprobs[row, positions, torch.tensor(c)].double().mean()
-            out.append(float(torch.exp(nll)))
+            out.append(float(torch.exp(nll[offset:offset + len(c)].mean())))
+            offset += len(c)
     return out
 
 

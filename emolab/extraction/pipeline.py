@@ -30,6 +30,7 @@ from emolab.core.bundle import CAPTURE_CONVENTION, CONVENTION_NOTE, INJECT_CONVE
 from emolab.core.emotions import DEFAULT_EMOTIONS, parse_emotions
 from emolab.core.layers import choose_window, parse_layers
 from emolab.core.models import decoder_layers, load_model
+from emolab.core.tracked import refuse_tracked
 from emolab.extraction.capture import collect_activations, collect_span_activations
 from emolab.extraction.data import build_dataset, load_records
 from emolab.extraction.errors import ExtractError
@@ -142,6 +143,8 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     """Run the whole extraction; save the bundle to ``config.output`` when set and return it."""
     timings: dict[str, float] = {}
     recipe = config.recipe()
+    if config.output:
+        refuse_tracked(config.output)  # a committed bundle changes only by a deliberate copy
     t0 = time.perf_counter()
     emotions = parse_emotions(list(config.emotions))
     records, source = load_records(config.data)

@@ -27,6 +27,10 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
                    help="plain and/or composites minus-<emotion>-<weight> (unit(v) - weight x unit(v_other))")
     p.add_argument("--search-prompts", type=positive_int("--search-prompts"), default=24)
     p.add_argument("--confirm-top", type=positive_int("--confirm-top"), default=3)
+    p.add_argument("--confirm-prompts", type=positive_int("--confirm-prompts"), default=None,
+                   help="confirm on the first N tuning prompts (default all)")
+    p.add_argument("--heldout-prompts", type=positive_int("--heldout-prompts"), default=None,
+                   help="report on the first N held-out prompts (default all)")
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=40)
     p.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM when installed")
     p.add_argument("--compare-hf", action="store_true", help="held-out stage: also time the HF loop")
@@ -44,6 +48,7 @@ def run_tune_cli(args: argparse.Namespace) -> int:
     config = TuneConfig(
         sources=args.sources, output=args.output, model=args.model, emotions=args.emotions, windows=args.windows,
         pushes=args.pushes, variants=args.variants, search_prompts=args.search_prompts, confirm_top=args.confirm_top,
+        confirm_prompts=args.confirm_prompts, heldout_prompts=args.heldout_prompts,
         max_new_tokens=args.max_new_tokens, backend=args.backend, heldout=args.heldout, compare_hf=args.compare_hf,
         threads=args.threads, seed=args.seed,
     )

@@ -28,7 +28,7 @@ def tracked_files(path: str | Path) -> list[str]:
             return []
         anchor = anchor.parent
     try:
-        result = subprocess.run(["git", "-C", str(anchor), "ls-files", "-z", "--", str(target)],
+        result = subprocess.run(["git", "-C", str(anchor), "ls-files", "-z", "--full-name", "--", str(target)],
                                 capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):  # no git at all: nothing can be tracked
         return []

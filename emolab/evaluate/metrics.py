@@ -94,7 +94,7 @@ def continuation_perplexity(
                 logits = full[torch.tensor([r for r, _ in where]), torch.tensor([t for _, t in where])]
         nll = -torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0].double()
         offset = 0
-        for row, c in enumerate(conts):
+        for c in conts:
             if not c:
                 out.append(float("nan"))
                 continue

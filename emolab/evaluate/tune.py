@@ -26,7 +26,7 @@ from emolab.core.tracked import refuse_tracked
 from emolab.evaluate.candidates import Candidate, TuneError, build_candidates, grid_bundle, parse_windows, source_name
 from emolab.evaluate.generation import generate_requests, pick_backend, score
 from emolab.evaluate.selection import SELECTION_RULE, Limits, choose, score_of, summarize
-from emolab.evaluate.tune_bundle import DEMO_PROMPT, heldout_eval, tuned_bundle
+from emolab.evaluate.tune_bundle import heldout_eval, tuned_bundle
 
 __all__ = ["TuneConfig", "run_tune"]
 
@@ -40,8 +40,10 @@ class TuneConfig:
     windows: str = "12-14,13,10-18,16-18"
     pushes: list[float] = field(default_factory=lambda: [1.5, 2.25, 3.0, 3.75])  # alpha x layers in the window
     variants: list[str] = field(default_factory=lambda: ["plain"])
-    search_prompts: int = 24
+    search_prompts: int = 24  # the first N tuning prompts
     confirm_top: int = 3
+    confirm_prompts: int | None = None  # None: every tuning prompt
+    heldout_prompts: int | None = None  # None: every held-out prompt
     max_new_tokens: int = 40
     backend: str = "auto"
     limits: Limits = field(default_factory=Limits)
@@ -122,8 +124,9 @@ def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, token
         inside = sorted([r for r in rows if select_limits.within(r, search["baseline"])], key=score_of, reverse=True)
         rest = sorted([r for r in rows if r not in inside], key=lambda r: select_limits.excess(r, search["baseline"]))
         picks += [(r["candidate"], r["alpha"]) for r in (inside + rest)[:config.confirm_top]]
-    _log(progress, f"confirm: {len(picks) - 1} conditions x {len(tune_prompts)} tuning prompts")
-    confirm = runner.run_grid(candidates, picks, tune_prompts, "confirm")
+    confirm_set = tune_prompts[:config.confirm_prompts] if config.confirm_prompts else tune_prompts
+    _log(progress, f"confirm: {len(picks) - 1} conditions x {len(confirm_set)} tuning prompts")
+    confirm = runner.run_grid(candidates, picks, confirm_set, "confirm")
     winners = {}
     for emotion in emotions:
         best = choose([r for r in confirm["rows"] if r["emotion"] == emotion], confirm["baseline"], select_limits)
@@ -143,7 +146,8 @@ def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, token
                               "search": _strip(search), "confirm": _strip(confirm),
                               "winners": {e: w[1] for e, w in winners.items()}}
     if config.heldout:
-        report["heldout"] = heldout_eval(runner, output, emotions, bundle, read_prompts("heldout"), config.limits)
+        heldout = read_prompts("heldout")[:config.heldout_prompts] if config.heldout_prompts else read_prompts("heldout")
+        report["heldout"] = heldout_eval(runner, output, emotions, bundle, heldout, config.limits)
         bundle.metadata["steering_eval"] = report["heldout"]["steering_eval"]
         bundle.save(output, save_full_sweep=False)
     timings.update(search=search["timings"], confirm=confirm["timings"],

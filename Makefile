@@ -14,7 +14,7 @@ OUT    ?= runs/extract-$(MODEL)
 PORT   ?= 8000
 BACKEND ?= auto
 
-.PHONY: setup setup-test test demo lint clean smollm2 extract inspect serve test-http notebooks bench lab strip-notebooks effect
+.PHONY: setup setup-test test demo lint clean smollm2 extract inspect serve test-http notebooks bench lab strip-notebooks effect tune
 
 setup: $(STAMP)
 
@@ -43,8 +43,22 @@ demo: setup
 extract: setup
 	$(BIN)/emolab extract --model $(MODEL) --output $(OUT) $(ARGS)
 
-effect: setup  # steering-effect eval (docs/steering-effect.md); ARGS adds flags
-	$(BIN)/emolab eval --bundle $(BUNDLE) --alpha-scale normalized --output runs/eval-$(notdir $(BUNDLE)) $(ARGS)
+# The committed bundle at its recommended alphas on the held-out prompts (read-only): the numbers of
+# docs/steering-effect.md, written to runs/effect-<bundle>/ (tables.md, report.json, steering-effect.md).
+effect: setup
+	$(BIN)/emolab tune --evaluate $(BUNDLE) --report runs/effect-$(notdir $(BUNDLE)) \
+		--markdown runs/effect-$(notdir $(BUNDLE))/steering-effect.md --compare-hf $(ARGS)
+
+# The full tune (docs/steering-effect.md): extract with the full sweep over layers 6-22, then search
+# layers x alpha (x method) per emotion on the tuning prompts and report held-out. Everything goes to
+# runs/; replacing vectors/$(MODEL) is a deliberate copy + commit, never a make target.
+TUNE_LAYERS ?= 6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22
+TUNE_ARGS ?= --windows 12-14,10-18,16-18,11-13 --pushes 1.5,2,2.5,3,3.5 --confirm-top 2 --compare-hf
+tune: setup
+	test -f runs/extract-$(MODEL)-wide/metadata.json || $(BIN)/emolab extract --model $(MODEL) \
+		--layers $(TUNE_LAYERS) --dtype float32 --device cpu --output runs/extract-$(MODEL)-wide --no-progress
+	$(BIN)/emolab tune --model $(MODEL) --bundle runs/extract-$(MODEL)-wide --output runs/tune-$(MODEL) \
+		--report runs/tune-$(MODEL)-report --markdown runs/tune-$(MODEL)-report/steering-effect.md $(TUNE_ARGS)
 
 inspect: setup
 	$(BIN)/emolab test $(BUNDLE)

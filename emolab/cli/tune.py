@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emolab.cli.common import number_list, positive_int, word_list
+from emolab.cli.common import UsageError, number_list, positive_int, word_list
 
 __all__ = ["add_tune"]
 
@@ -13,9 +13,11 @@ __all__ = ["add_tune"]
 def add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="tune method x layers x alpha per emotion on tuning prompts, report held-out, "
                                     "write a new bundle")
-    p.add_argument("--bundle", action="append", required=True, dest="sources",
+    p.add_argument("--bundle", action="append", default=None, dest="sources",
                    help="bundle folder with a full sweep (repeat for several vector methods)")
-    p.add_argument("--output", required=True, help="new bundle folder (never an input or a tracked folder)")
+    p.add_argument("--output", default=None, help="new bundle folder (never an input or a tracked folder)")
+    p.add_argument("--evaluate", default=None, metavar="TUNED_BUNDLE",
+                   help="only evaluate a tuned bundle (read-only) at its recommended alphas on the held-out prompts")
     p.add_argument("--report", default=None, help="folder for report.json and tables.md (default runs/tune-<name>)")
     p.add_argument("--markdown", default=None, help="also write the held-out Markdown (docs/steering-effect.md body)")
     p.add_argument("--model", default="smollm2")
@@ -41,22 +43,35 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tune_cli(args: argparse.Namespace) -> int:
-    from emolab.evaluate.tune import TuneConfig, run_tune
+    from emolab.evaluate.tune import TuneConfig, evaluate_tuned, run_tune
     from emolab.evaluate.tune_report import save_tune_report, tune_markdown
 
-    args.flags = {"sources": "--bundle"}
+    args.flags = {"sources": "--bundle", "bundle": "--evaluate" if args.evaluate else "--bundle"}
+    if args.evaluate is None and not (args.sources and args.output):
+        raise UsageError("give --bundle (one or more) and --output, or --evaluate TUNED_BUNDLE")
+    if args.evaluate is not None and (args.sources or args.output):
+        raise UsageError("--evaluate reads one tuned bundle: drop --bundle and --output")
     config = TuneConfig(
-        sources=args.sources, output=args.output, model=args.model, emotions=args.emotions, windows=args.windows,
+        sources=args.sources or [], output=args.output or "", model=args.model, emotions=args.emotions, windows=args.windows,
         pushes=args.pushes, variants=args.variants, search_prompts=args.search_prompts, confirm_top=args.confirm_top,
         confirm_prompts=args.confirm_prompts, heldout_prompts=args.heldout_prompts,
         max_new_tokens=args.max_new_tokens, backend=args.backend, heldout=args.heldout, compare_hf=args.compare_hf,
         threads=args.threads, seed=args.seed,
     )
-    report = run_tune(config, progress=lambda line: print(line, flush=True))
-    folder = save_tune_report(report, args.report or f"runs/tune-{Path(args.output).name}")
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    if args.evaluate:
+        report = evaluate_tuned(args.evaluate, config, progress=log)
+        name = f"effect-{Path(args.evaluate).name}"
+    else:
+        report = run_tune(config, progress=log)
+        name = f"tune-{Path(args.output).name}"
+    folder = save_tune_report(report, args.report or f"runs/{name}")
     print((folder / "tables.md").read_text())
     if args.markdown and "heldout" in report:
         Path(args.markdown).write_text(tune_markdown(report))
         print(f"wrote {args.markdown}")
-    print(f"tuned bundle in {args.output}; report in {folder}; {report['timings']['total_s'] / 60:.1f} min")
+    done = f"tuned bundle in {args.output}; " if not args.evaluate else ""
+    print(f"{done}report in {folder}; {report['timings']['total_s'] / 60:.1f} min")
     return 0

@@ -28,7 +28,7 @@ from emolab.evaluate.generation import generate_requests, pick_backend, score
 from emolab.evaluate.selection import SELECTION_RULE, Limits, choose, score_of, summarize
 from emolab.evaluate.tune_bundle import heldout_eval, tuned_bundle
 
-__all__ = ["TuneConfig", "run_tune"]
+__all__ = ["TuneConfig", "evaluate_tuned", "run_tune"]
 
 
 @dataclass
@@ -67,8 +67,6 @@ def _log(progress: Any, text: str) -> None:
 def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, tokenizer: Any = None,
              judge: Any = None) -> dict[str, Any]:
     """Search, confirm, write the tuned bundle to ``config.output``, evaluate it held-out; return the report."""
-    from emolab.core.models import load_model, resolve_model
-    from emolab.evaluate.judge import JudgeConfig, load_or_train_judge
     from emolab.extraction.prompts import read_prompts
 
     began = time.perf_counter()
@@ -101,15 +99,8 @@ def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, token
     select_limits = config.selection_limits or config.limits.tighter()
 
     t0 = time.perf_counter()
-    model_path = resolve_model(config.model)
-    if model is None:
-        model, tokenizer = load_model(model_path, dtype=config.dtype, device=config.device)
-    if judge is None:
-        judge = load_or_train_judge(JudgeConfig(max_train_per_class=config.judge_train_per_class,
-                                                max_test_per_class=config.judge_test_per_class),
-                                    list(first.emotions))
+    runner = _runner(config, backend, first, progress, model, tokenizer, judge)
     timings["load_s"] = time.perf_counter() - t0
-    runner = _Runner(config, backend, model_path, model, tokenizer, judge, first, progress)
 
     # 1. search
     conditions = [(None, 0.0)] + sorted({(k, round(p / len(c.layers), 4)) for k, c in enumerate(candidates)
@@ -153,9 +144,51 @@ def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, token
     timings.update(search=search["timings"], confirm=confirm["timings"],
                    heldout=report.get("heldout", {}).get("timings"))
     timings["total_s"] = time.perf_counter() - began
+    bundle.metadata["tuning"]["wall_s"] = round(timings["total_s"], 1)
+    bundle.metadata["tuning"]["generation_tok_per_s"] = {
+        "search": round(search["timings"]["tok_per_s"], 1), "confirm": round(confirm["timings"]["tok_per_s"], 1),
+        **{k: round(v, 1) for k, v in (timings["heldout"] or {}).items() if k.endswith("tok_per_s")}}
+    bundle.save(output, save_full_sweep=False)
     report["timings"] = timings
     report["bundle"] = str(output)
     return report
+
+
+def evaluate_tuned(folder: str, config: TuneConfig, progress: Any = print) -> dict[str, Any]:
+    """Only step 4: a tuned bundle (read, never written) at its recommended alphas on the held-out prompts.
+
+    This is what docs/steering-effect.md reports for the committed bundle (``make effect``).
+    """
+    from emolab.extraction.prompts import read_prompts
+
+    began = time.perf_counter()
+    bundle = EmotionBundle.load(folder, load_full_sweep=False)
+    missing = [e for e in bundle.emotions if e not in (bundle.metadata.get("alpha_recommendations") or {})
+               or e not in (bundle.metadata.get("recipe") or {})]
+    if missing:
+        raise TuneError(f"{folder} has no tuned recipe and recommended alpha for {missing} (made by a tune)",
+                        setting="bundle")
+    runner = _runner(config, pick_backend(config.backend), bundle, progress)
+    heldout = read_prompts("heldout")[:config.heldout_prompts] if config.heldout_prompts else read_prompts("heldout")
+    result = heldout_eval(runner, Path(folder), list(bundle.emotions), bundle, heldout, config.limits)
+    return {"config": {**asdict(config), "limits": config.limits.as_dict()}, "bundle": str(folder),
+            "recipe": bundle.metadata["recipe"], "heldout": result,
+            "timings": {"heldout": result["timings"], "total_s": time.perf_counter() - began}}
+
+
+def _runner(config: TuneConfig, backend: str, reference: EmotionBundle, progress: Any, model: Any = None,
+            tokenizer: Any = None, judge: Any = None) -> _Runner:
+    from emolab.core.models import load_model, resolve_model
+    from emolab.evaluate.judge import JudgeConfig, load_or_train_judge
+
+    model_path = resolve_model(config.model)
+    if model is None:
+        model, tokenizer = load_model(model_path, dtype=config.dtype, device=config.device)
+    if judge is None:
+        judge = load_or_train_judge(JudgeConfig(max_train_per_class=config.judge_train_per_class,
+                                                max_test_per_class=config.judge_test_per_class),
+                                    list(reference.emotions) if len(reference.emotions) >= 2 else None)
+    return _Runner(config, backend, model_path, model, tokenizer, judge, reference, progress)
 
 
 def _brief(base: dict[str, Any]) -> dict[str, Any]:

@@ -81,8 +81,14 @@ def tune_markdown(report: dict[str, Any]) -> str:
             "| steering | reply | judge's top emotion |", "|---|---|---|"]
     for d in heldout["demo"]:
         out.append(f"| {d['steering']} | \"{_text(d['reply'])}\" | {d['judge_top']} {d['judge_top_p']:.2f} |")
-    search, confirm = t["search"], t["confirm"]
     gen = {k: v for k, v in (t.get("heldout") or {}).items() if k.endswith("tok_per_s")}
+    if "search" not in report:  # an evaluation of a tuned bundle only
+        out += ["", "Held-out generation throughput: " + ", ".join(f"{k.replace('_tok_per_s', '')} {v:.0f} tok/s"
+                                                                     for k, v in gen.items())
+                + (f" (HF and vLLM texts identical for {heldout['hf_identical_share']:.0%} of requests)"
+                   if "hf_identical_share" in heldout else "") + f"; evaluation wall time {t['total_s'] / 60:.1f} min."]
+        return "\n".join(out) + "\n"
+    search, confirm = t["search"], t["confirm"]
     out += ["", "### How the tune ran", "",
             f"Candidates: {report['n_candidates']} (sources x variants {cfg['variants']} x windows `{cfg['windows']}`), "
             f"pushes (alpha x layers) {cfg['pushes']}; search on the first {cfg['search_prompts']} tuning prompts, "

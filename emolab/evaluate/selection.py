@@ -34,7 +34,8 @@ class Limits:
     degenerate_tolerance: float = 0.1
     question_tolerance: float = 0.2  # surprise only
 
-    def tighter(self, ppl: float = 0.1, degenerate: float = 0.02, question: float = 0.05) -> Limits:
+    def tighter(self, ppl: float = 0.2, degenerate: float = 0.05, question: float = 0.05) -> Limits:
+        """Limits with a margin: one or two texts of 48 decide a rate, and perplexity drifts between prompt sets."""
         return Limits(self.ppl_factor - ppl, self.degenerate_tolerance - degenerate, self.question_tolerance - question)
 
     def excess(self, row: dict[str, Any], base: dict[str, Any]) -> float:

@@ -2,8 +2,9 @@
 
 1. **search**: every candidate (source x variant x layer window, ``candidates``) at every push
    (alpha x number of layers) on the first ``search_prompts`` tuning prompts, in one batch;
-2. **confirm**: per emotion the ``confirm_top`` best conditions again on all tuning prompts; the
-   winner is picked by ``selection.choose`` under the tighter selection limits;
+2. **confirm**: per emotion the ``confirm_top`` best conditions (and the best one's next smaller
+   alpha, a safer fallback) again on all tuning prompts; the winner is picked by
+   ``selection.choose`` under the tighter selection limits;
 3. the winners become a new bundle (per-emotion layers, normalized scale, recommendations, recipe);
 4. **held-out**: that bundle, as served, at each emotion's recommended alpha on the disjoint
    held-out prompts (and the demo prompt): the numbers the bundle records in ``steering_eval``.
@@ -114,7 +115,14 @@ def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, token
         rows = [r for r in search["rows"] if r["emotion"] == emotion]
         inside = sorted([r for r in rows if select_limits.within(r, search["baseline"])], key=score_of, reverse=True)
         rest = sorted([r for r in rows if r not in inside], key=lambda r: select_limits.excess(r, search["baseline"]))
-        picks += [(r["candidate"], r["alpha"]) for r in (inside + rest)[:config.confirm_top]]
+        chosen = (inside + rest)[:config.confirm_top]
+        picks += [(r["candidate"], r["alpha"]) for r in chosen]
+        if chosen:  # a safer fallback: the best one's next smaller alpha
+            lower = [r for r in rows if r["candidate"] == chosen[0]["candidate"] and r["alpha"] < chosen[0]["alpha"]]
+            if lower:
+                fallback = max(lower, key=lambda r: r["alpha"])
+                if (fallback["candidate"], fallback["alpha"]) not in picks:
+                    picks.append((fallback["candidate"], fallback["alpha"]))
     confirm_set = tune_prompts[:config.confirm_prompts] if config.confirm_prompts else tune_prompts
     _log(progress, f"confirm: {len(picks) - 1} conditions x {len(confirm_set)} tuning prompts")
     confirm = runner.run_grid(candidates, picks, confirm_set, "confirm")

@@ -3,7 +3,8 @@
 The vectors come from one of ``methods.METHODS`` (``ExtractConfig.method``):
 
 * ``meandiff`` (the default): ``v[e, L] = mean(acts of e) - mean(acts of the other emotions)`` over
-  GoEmotions texts, pooled at the ``last`` token or the ``mean`` over the text (``positions``);
+  GoEmotions texts, pooled at the ``last`` token or the ``mean`` over the text's tokens after the
+  first (``positions``; the first is an attention sink);
 * ``contrastive``: contrastive prompts (``prompts``): persona instruction vs neutral instruction,
   same user turn and answer, pooled over the answer; mean paired difference, or its first
   principal axis (``pca``); ``against="others"`` turns emotion-vs-neutral into emotion-vs-rest.
@@ -122,7 +123,10 @@ def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, datas
         ids = tokenizer(dataset.train_texts, add_special_tokens=True, truncation=True,
                         max_length=config.max_length)["input_ids"]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        acts = collect_span_activations(model, ids, [(0, len(row)) for row in ids], search, pad_id=int(pad),
+        # The first token is left out of the mean: its state is an attention sink whose norm is ~100x the
+        # others' in mid layers (SmolLM2: 24000 vs 150 at layer 12), so it would decide the direction.
+        spans = [(1 if len(row) > 1 else 0, len(row)) for row in ids]
+        acts = collect_span_activations(model, ids, spans, search, pad_id=int(pad),
                                         batch_size=config.batch_size)["mean"]
         vectors = meandiff_vectors(acts, dataset.train_labels, n)
     else:

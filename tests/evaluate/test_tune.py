@@ -185,3 +185,11 @@ def test_emolab_tune_smoke_on_smollm2(tmp_path, smollm2_bundle_path):
     saved = json.loads((report / "report.json").read_text())
     assert saved["heldout"]["n_prompts"] == 2 and len(saved["heldout"]["demo"]) == 3
     assert "| fear |" in (tmp_path / "effect.md").read_text()
+    # --evaluate reads the tuned bundle (never writes it) and reports it held-out at its recommended alphas.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["tune", "--evaluate", str(out), "--report", str(tmp_path / "effect"), "--heldout-prompts", "2",
+                 "--max-new-tokens", "8"]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    again = json.loads((tmp_path / "effect" / "report.json").read_text())["heldout"]
+    assert again["rows"]["fear"]["alpha"] == meta["alpha_recommendations"]["fear"]
+    assert again["steering_eval"] == meta["steering_eval"]  # same bundle, prompts, backend: same numbers

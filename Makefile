@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 MODEL  ?= smollm2
 BUNDLE ?= vectors/smollm2
-OUT    ?= runs/extract-$(MODEL)
+OUT    ?= runs/extract-$(notdir $(MODEL))
 PORT   ?= 8000
 BACKEND ?= auto
 
@@ -40,8 +40,16 @@ DEMO_ARGS ?=
 demo: setup
 	$(BIN)/python scripts/demo.py --model $(MODEL) $(DEMO_ARGS)
 
+# The offline defaults above hold for the embedded models (and local folders). A hub id such as
+# `make extract MODEL=Qwen/Qwen3-8B` may need downloading, so extract lifts them for it, unless you set
+# HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE yourself (environment or command line).
+OFFLINE_MODELS := smollm2 tiny-qwen3 tiny-llama
+HUB_MODEL = $(if $(filter $(OFFLINE_MODELS),$(MODEL)),,$(if $(wildcard $(MODEL)/config.json),,yes))
+ONLINE_ENV = $(if $(HUB_MODEL),$(if $(filter file,$(origin HF_HUB_OFFLINE)),HF_HUB_OFFLINE=0) \
+	$(if $(filter file,$(origin TRANSFORMERS_OFFLINE)),TRANSFORMERS_OFFLINE=0))
+
 extract: setup
-	$(BIN)/emolab extract --model $(MODEL) --output $(OUT) $(ARGS)
+	$(strip $(ONLINE_ENV) $(BIN)/emolab extract --model $(MODEL) --output $(OUT) $(ARGS))
 
 # The committed bundle at its recommended alphas on the held-out prompts (read-only): the numbers of
 # docs/steering-effect.md, written to runs/effect-<bundle>/ (tables.md, report.json, steering-effect.md).

@@ -54,6 +54,19 @@ def reference_bundle_path() -> Path:
     return REFERENCE_BUNDLE
 
 
+def other_model_bundle(folder: Path, model: str | None = "Qwen/Qwen3-8B") -> Path:
+    """A bundle shaped like tiny-llama (4 layers x 128) that records another model (``None``: no ``model`` key):
+    the shape check passes, only the name check can tell."""
+    import numpy as np
+
+    from emolab.core.bundle import EmotionBundle
+
+    rng = np.random.default_rng(0)
+    meta = {"num_layers": 4} if model is None else {"model": model, "num_layers": 4}
+    vectors = {e: rng.normal(size=(2, 128)).astype(np.float32) for e in ("anger", "joy")}
+    return EmotionBundle(emotions=["anger", "joy"], chosen_layers=[1, 2], vectors=vectors, metadata=meta).save(folder)
+
+
 from emolab.serve.launch import free_port  # noqa: E402  (after the environment defaults above)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 try:
@@ -69,7 +70,11 @@ def test_setup_script_installs_every_non_vllm_extra():
 
 def test_console_script_and_vllm_plugin_entry_point():
     project = _pyproject()["project"]
-    assert project["scripts"] == {"emolab": "emolab.cli:main"}
+    assert project["scripts"] == {"emolab": "emolab.cli:main", "emotion-steering": "emolab.cli:emotion_steering"}
+    import emolab.cli
+
+    for target in project["scripts"].values():  # each names a function that exists
+        assert callable(getattr(emolab.cli, target.split(":")[1]))
     plugins = project["entry-points"]["vllm.general_plugins"]
     assert plugins == {"emolab_steering": "emolab.fastpath.plugin:register"}
 
@@ -78,3 +83,31 @@ def test_bundled_data_ships_with_the_package():
     package_data = _pyproject()["tool"]["setuptools"]["package-data"]["emolab"]
     assert "data/goemotions/*" in package_data and "assets/qwen3_8b/*" in package_data
     assert (ROOT / "emolab" / "data" / "goemotions" / "LICENSE").is_file()
+
+
+def _make_extract_line(env_extra: dict[str, str], *args: str) -> str:
+    """The command `make extract` would run (dry run: nothing executes, the set-up stamp is stubbed)."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MAKEFLAGS")}
+    done = subprocess.run(["make", "-s", "-n", "-C", str(ROOT), "extract", "STAMP=/dev/null", *args],
+                          env={**env, **env_extra}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return next(line for line in done.stdout.splitlines() if "emolab extract" in line)
+
+
+def test_make_extract_may_download_a_hub_model_but_keeps_the_embedded_one_offline():
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    hub = _make_extract_line({}, "MODEL=Qwen/Qwen3-8B")
+    assert hub.startswith("HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0 ") and "--output runs/extract-Qwen3-8B" in hub
+    embedded = _make_extract_line({})
+    assert "OFFLINE" not in embedded and "--model smollm2" in embedded
+    folder = _make_extract_line({}, f"MODEL={ROOT / 'emolab' / 'assets' / 'qwen3_8b'}")  # a local folder
+    assert "OFFLINE" not in folder
+    # Offline set by the user (environment or command line) wins.
+    assert "HF_HUB_OFFLINE=0" not in _make_extract_line({"HF_HUB_OFFLINE": "1"}, "MODEL=Qwen/Qwen3-8B")
+    assert "TRANSFORMERS_OFFLINE=0" not in _make_extract_line({}, "MODEL=Qwen/Qwen3-8B", "TRANSFORMERS_OFFLINE=1")

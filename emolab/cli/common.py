@@ -10,7 +10,9 @@ import argparse
 import math
 from collections.abc import Callable, Mapping
 
-__all__ = ["UsageError", "flag_for", "fraction", "number_list", "positive_int", "word_list"]
+__all__ = ["REFERENCE_PROG", "UsageError", "flag_for", "fraction", "number_list", "positive_int", "word_list"]
+
+REFERENCE_PROG = "emotion-steering"  # the reference tool's program name: a second entry point of this CLI
 
 
 class UsageError(Exception):

@@ -5,18 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 
-from emolab.cli.common import UsageError, fraction, positive_int
+from emolab.cli.common import REFERENCE_PROG, UsageError, fraction, positive_int
 from emolab.core.emotions import DEFAULT_EMOTIONS
 
-__all__ = ["add_build_model", "add_extract", "add_test"]
+__all__ = ["REFERENCE_OUTPUT", "add_build_model", "add_extract", "add_test"]
+
+REFERENCE_OUTPUT = "./vectors"  # the reference tool's --output default (kept under its program name)
 
 
 def add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="extract contrastive emotion vectors into a bundle folder")
-    p.add_argument("--model", default="Qwen/Qwen3-8B", help="hub id, local folder, or smollm2 / tiny-qwen3")
-    p.add_argument("--emotions", default=",".join(DEFAULT_EMOTIONS), help="comma-separated Ekman emotions")
-    p.add_argument("--layers", default="mid", help="early|mid|late|all, layer ids, or mixes such as mid,30")
-    p.add_argument("--layer", type=int, default=None, help="search one layer only (implies --window 1)")
+    p.add_argument("-m", "--model", default="Qwen/Qwen3-8B", help="hub id, local folder, or smollm2 / tiny-qwen3")
+    p.add_argument("-e", "--emotions", default=",".join(DEFAULT_EMOTIONS), help="comma-separated Ekman emotions")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-l", "--layers", default=None,
+                       help="early|mid|late|all, layer ids, or mixes such as mid,30 (default mid)")
+    where.add_argument("--search-layers", default=None, metavar="LAYERS",
+                       help="explicit comma-separated layer ids to search (the reference tool's older flag)")
+    where.add_argument("--layer", type=int, default=None, help="search one layer only (implies --window 1)")
     p.add_argument("--window", type=positive_int("--window"), default=3)
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16)
     p.add_argument("--max-length", type=positive_int("--max-length"), default=128)
@@ -26,7 +32,8 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--data", default="auto", help="auto (hub, else bundled), bundled, a TSV folder, or a hub id")
     p.add_argument("--max-per-class", type=positive_int("--max-per-class"), default=None)
-    p.add_argument("--output", default=None, help="bundle folder (default: vectors/<model name>)")
+    p.add_argument("-o", "--output", default=None,
+                   help=f"bundle folder (default: vectors/<model name>; {REFERENCE_OUTPUT} as {REFERENCE_PROG})")
     p.add_argument("--save-full-sweep", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--method", choices=["meandiff", "contrastive"], default="meandiff",
@@ -53,8 +60,10 @@ def run_extract(args: argparse.Namespace) -> int:
         emotions = tuple(parse_emotions(args.emotions))
     except EmotionError as exc:
         raise UsageError(f"--emotions: {exc}") from None
-    layers, window = args.layers, args.window
+    layers, window = args.layers or "mid", args.window
     layer_flag = "--layers"
+    if args.search_layers is not None:
+        layers, layer_flag = args.search_layers, "--search-layers"
     if args.layer is not None:
         layers, window, layer_flag = str(args.layer), 1, "--layer"
     args.flags = {"layers": layer_flag, "window": "--window" if args.layer is None else "--layer"}
@@ -62,7 +71,12 @@ def run_extract(args: argparse.Namespace) -> int:
         layer_items(layers)
     except LayerError as exc:
         raise UsageError(f"{layer_flag}: {exc}") from None
-    output = args.output or f"vectors/{args.model.rstrip('/').split('/')[-1].lower()}"
+    if args.output:
+        output = args.output
+    elif getattr(args, "prog", None) == REFERENCE_PROG:
+        output = REFERENCE_OUTPUT
+    else:
+        output = f"vectors/{args.model.rstrip('/').split('/')[-1].lower()}"
     config = ExtractConfig(
         model=args.model, emotions=emotions, layers=layers, window=window, batch_size=args.batch_size,
         max_length=args.max_length, dtype=args.dtype, device=args.device, test_size=args.test_size,
@@ -81,6 +95,8 @@ def add_test(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="inspect a bundle (no model needed)")
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--norms", action=argparse.BooleanOptionalAction, default=True,
+                   help="print the table of vector norms (default on)")
     p.set_defaults(func=run_test)
 
 
@@ -92,7 +108,7 @@ def run_test(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary(bundle), indent=2))
     else:
-        print_report(bundle)
+        print_report(bundle, norms=args.norms)
     return 0
 
 

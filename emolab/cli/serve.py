@@ -14,9 +14,9 @@ __all__ = ["add_serve", "pick_backend"]
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve an OpenAI-compatible API with per-request emotion steering")
-    p.add_argument("--vectors", required=True, help="bundle folder (from emolab extract)")
-    p.add_argument("--model", required=True, help="hub id, local folder, or smollm2 / tiny-qwen3 / tiny-llama")
-    p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
+    p.add_argument("-v", "--vectors", required=True, help="bundle folder (from emolab extract)")
+    p.add_argument("-m", "--model", required=True, help="hub id, local folder, or smollm2 / tiny-qwen3 / tiny-llama")
+    p.add_argument("-b", "--backend", choices=["auto", "hf", "vllm"], default="auto",
                    help="auto: vLLM when it can run this model here, else Hugging Face transformers")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=positive_int("--port"), default=8000)
@@ -27,7 +27,11 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-len", type=positive_int("--max-model-len"), default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM backend only")
     p.add_argument("--max-num-seqs", type=positive_int("--max-num-seqs"), default=None, help="vLLM backend only")
-    p.add_argument("--served-model-name", default=None, help="name clients put in 'model' (default: --model)")
+    p.add_argument("--served-model-name", nargs="+", action="extend", default=None, metavar="NAME",
+                   help="more names clients may put in 'model' (the first becomes the primary name); the server "
+                        "always answers to --model and its short lower-cased name (Qwen/Qwen3-8B -> qwen3-8b)")
+    p.add_argument("--strict-model", action="store_true",
+                   help="refuse to start when the bundle was extracted from another model (default: a warning)")
     p.add_argument("--max-alpha", type=float, default=DEFAULT_MAX_ALPHA, help="largest |alpha| a request may use")
     p.add_argument("--max-pairs", type=positive_int("--max-pairs"), default=DEFAULT_MAX_PAIRS,
                    help="most (emotion, alpha) pairs per request")
@@ -51,9 +55,13 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from emolab.core.names import served_model_names
     from emolab.serve.contract import resolve_api_key
     from emolab.serve.launch import LOOPBACK_HOSTS
     from emolab.serve.settings import ServeSettings
+
+    prog = getattr(args, "prog", "emolab")
+    args.flags = {"model_check": "--strict-model"}
 
     if not 0.0 < args.gpu_memory_utilization <= 1.0:
         raise UsageError(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
@@ -63,13 +71,18 @@ def run_serve(args: argparse.Namespace) -> int:
     api_key = resolve_api_key(args.api_key)
     settings = ServeSettings(
         vectors=args.vectors, alpha_scale=args.alpha_scale, max_alpha=args.max_alpha, max_pairs=args.max_pairs,
-        served_model_names=(args.served_model_name or args.model,),
+        served_model_names=served_model_names(args.model, args.served_model_name or ()),
+        model_check="strict" if args.strict_model else "warn",
     )
+
+    def warn(problem: str) -> None:
+        print(f"{prog} serve: warning: {problem}; --strict-model refuses such a pair", file=sys.stderr, flush=True)
+
     if args.host not in LOOPBACK_HOSTS and not api_key:
         bar = "!" * 78
         print(f"{bar}\nWARNING: binding {args.host} WITHOUT an API key: anyone who can reach this port can use the "
               f"model.\nSet --api-key or $EMOLAB_API_KEY.\n{bar}", file=sys.stderr, flush=True)
-    backend = pick_backend(args.backend, args.model)
+    backend = pick_backend(args.backend, args.model, prog)
     if backend == "hf" and parallel:
         raise UsageError(f"{', '.join(parallel)}: the HF backend runs on one device; parallelism needs --backend vllm")
     if backend == "vllm":
@@ -81,19 +94,20 @@ def run_serve(args: argparse.Namespace) -> int:
                               pipeline_parallel_size=args.pipeline_parallel_size,
                               data_parallel_size=args.data_parallel_size, custom_all_reduce=args.custom_all_reduce,
                               extra_args=tuple(args.vllm_arg))
-        run_vllm_server(settings, model=args.model, host=args.host, port=args.port, api_key=api_key, options=options)
+        run_vllm_server(settings, model=args.model, host=args.host, port=args.port, api_key=api_key, options=options,
+                        warn=warn)
         return 0
     from emolab.serve.hf_server import run_hf_server
 
     if args.gpu_memory_utilization != 0.9 or args.max_num_seqs is not None:
-        print("emolab serve: --gpu-memory-utilization / --max-num-seqs only apply to the vLLM backend", flush=True)
+        print(f"{prog} serve: --gpu-memory-utilization / --max-num-seqs only apply to the vLLM backend", flush=True)
     run_hf_server(settings, model=args.model, host=args.host, port=args.port, api_key=api_key, dtype=args.dtype,
                   device=args.device, max_model_len=args.max_model_len, max_queue=args.max_concurrent_queue,
-                  log_level=args.log_level)
+                  log_level=args.log_level, warn=warn)
     return 0
 
 
-def pick_backend(requested: str, model: str) -> str:
+def pick_backend(requested: str, model: str, prog: str = "emolab") -> str:
     """``hf`` or ``vllm``; ``auto`` picks vLLM when it can run the model here, and says why."""
     if requested != "auto":
         return requested
@@ -105,5 +119,5 @@ def pick_backend(requested: str, model: str) -> str:
     except ImportError as exc:
         ok, reason = False, f"vLLM backend unavailable ({exc})"
     choice = "vllm" if ok else "hf"
-    print(f"emolab serve: backend auto -> {choice}: {reason}", flush=True)
+    print(f"{prog} serve: backend auto -> {choice}: {reason}", flush=True)
     return choice

@@ -14,8 +14,9 @@ __all__ = ["add_test_http"]
 
 def add_test_http(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test-http", help="send a baseline and one steered request per emotion to a running server")
-    p.add_argument("--base-url", default=DEFAULT_BASE_URL, help=f"server URL (default {DEFAULT_BASE_URL})")
-    p.add_argument("--api-key", default=None, help="bearer key (else $EMOLAB_API_KEY / $EMOTION_STEERING_API_KEY)")
+    p.add_argument("-u", "--base-url", default=DEFAULT_BASE_URL,
+                   help=f"server URL, with or without /v1 (default {DEFAULT_BASE_URL})")
+    p.add_argument("-k", "--api-key", default=None, help="bearer key (else $EMOLAB_API_KEY / $EMOTION_STEERING_API_KEY)")
     p.add_argument("--model", default=None, help="model name (default: the one the server serves)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=40)

@@ -22,8 +22,11 @@ import numpy as np
 
 from emolab.core.bundle_checks import ALPHA_SCALES, BundleError, check_auc_shape, check_metadata, check_names_to_save
 from emolab.core.bundle_files import check_magnitudes, contained_file, read_metadata_bytes, read_npy
+from emolab.core.names import same_model
 
-__all__ = ["ALPHA_SCALES", "BundleError", "EmotionBundle", "NORMALIZED_FRACTION", "normalize_metadata"]
+__all__ = [
+    "ALPHA_SCALES", "BundleError", "EmotionBundle", "ModelMismatchError", "NORMALIZED_FRACTION", "normalize_metadata",
+]
 
 CAPTURE_CONVENTION = "last_token_post_block_residual_stream"
 INJECT_CONVENTION = "post_block_residual_stream"
@@ -37,6 +40,10 @@ CONVENTION_NOTE = (
 NORMALIZED_FRACTION = 0.1
 # Family-split keys written by the reference tool: auc_matrix_anger_joy_sadness and the like.
 _FAMILY_PREFIXES = ("auc_matrix_", "n_train_", "n_val_")
+
+
+class ModelMismatchError(BundleError):
+    """A bundle extracted from another model than the one to be served (refused only when asked to be strict)."""
 
 
 @dataclass
@@ -158,6 +165,18 @@ class EmotionBundle:
             raise BundleError(f"bundle layers {bad} do not exist in a model of {num_layers} layers")
         if self.num_layers is not None and self.num_layers != num_layers:
             raise BundleError(f"bundle was extracted from a {self.num_layers}-layer model; this one has {num_layers}")
+
+    def model_mismatch(self, served_model: str) -> str | None:
+        """Why this bundle may not fit ``served_model`` by name, or None when the names agree.
+
+        The shape check (``check_model``) cannot tell two models of the same size apart, so the bundle's
+        ``model`` is compared with the served model by short name (``Qwen/Qwen3-8B`` = ``qwen3-8b`` =
+        a folder ``.../Qwen3-8B``; an alias = the folder it builds). A bundle without ``model`` passes.
+        """
+        if not self.model or same_model(str(self.model), served_model):
+            return None
+        return (f"the bundle was extracted from {self.model!r}, but the served model is {served_model!r}: "
+                "its vectors may not steer this model as intended")
 
     # ----------------------------------------------------------------------------------- I/O
     def save(self, path: str | Path, *, save_full_sweep: bool = True) -> Path:

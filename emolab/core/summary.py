@@ -50,7 +50,8 @@ def summary(bundle: EmotionBundle) -> dict[str, Any]:
     return out
 
 
-def print_report(bundle: EmotionBundle, console=None) -> None:
+def print_report(bundle: EmotionBundle, console=None, *, norms: bool = True) -> None:
+    """The bundle's summary, AUC table and (unless ``norms`` is False) its table of vector norms."""
     from rich.console import Console
     from rich.table import Table
 
@@ -84,10 +85,12 @@ def print_report(bundle: EmotionBundle, console=None) -> None:
             table.add_row(f"{mark}{layer}", *(f"{x:.3f}" for x in row), f"{row.mean():.3f}")
         console.print(table)
 
-    norms = Table(title="L2 norm of each vector at the chosen layers")
-    norms.add_column("emotion")
+    if not norms:
+        return
+    table = Table(title="L2 norm of each vector at the chosen layers")
+    table.add_column("emotion")
     for layer in bundle.chosen_layers:
-        norms.add_column(f"L{layer}", justify="right")
+        table.add_column(f"L{layer}", justify="right")
     for emotion, values in info["norms"].items():
-        norms.add_row(emotion, *(f"{x:.3f}" for x in values))
-    console.print(norms)
+        table.add_row(emotion, *(f"{x:.3f}" for x in values))
+    console.print(table)

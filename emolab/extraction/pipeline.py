@@ -196,6 +196,7 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
         "emotions": emotions,
         "num_layers": num_layers,
         "hidden": int(train_acts.shape[-1]),
+        "layers": config.layers,  # the selector as given (mid, 4,20,32, ...); search_layers is what it meant
         "search_layers": search,
         "chosen_layers": chosen,
         "best_start_idx_in_search": search.index(chosen[0]),
@@ -203,6 +204,7 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
         "auc_matrix": np.round(auc, 6).tolist(),
         "mean_auc_per_layer": np.round(auc.mean(axis=1), 6).tolist(),
         "chosen_mean_auc": round(chosen_auc, 6),
+        "mean_micro_auc_chosen": round(chosen_auc, 6),  # the reference tool's name for the same number
         "n_train": len(dataset.train_texts),
         "n_val": len(dataset.val_texts),
         "counts_train": dataset.counts_train,
@@ -213,6 +215,7 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
         "max_per_class": config.max_per_class,
         "test_size": config.test_size,
         "max_length": config.max_length,
+        "batch_size": config.batch_size,
         "convention_capture": CAPTURE_CONVENTION,
         "convention_inject": INJECT_CONVENTION,
         "convention": CONVENTION_NOTE,

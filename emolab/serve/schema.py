@@ -84,11 +84,13 @@ class RequestContract:
 
     ``xargs_keys``: the ``vllm_xargs`` keys honoured besides ``steering``; ``None`` passes any other
     key on (vLLM hands them to its plugins), but a near-miss of ``steering`` is refused either way.
+    ``served_names``: the model names accepted in ``model``; ``None`` leaves that check to the server
+    behind (plain ``vllm serve`` before its names are known).
     """
 
     emotions: tuple[str, ...]
     limits: SteeringLimits
-    served_names: tuple[str, ...]
+    served_names: tuple[str, ...] | None
     xargs_keys: frozenset[str] | None = None
 
 
@@ -107,7 +109,8 @@ def validate_generation(body: dict[str, Any], path: str, contract: RequestContra
         pairs = validate_steering(body, list(contract.emotions), contract.limits)
     except SteeringError as exc:
         raise steering_error(exc) from None
-    check_model_name(body, contract.served_names)
+    if contract.served_names is not None:
+        check_model_name(body, contract.served_names)
     try:
         request = schema.model_validate(body)
     except ValidationError as exc:

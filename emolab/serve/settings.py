@@ -2,6 +2,10 @@
 
 The CLI builds it from flags; the vLLM plugin and middleware (other processes vLLM starts) read it
 back from the environment, so ``to_env`` and ``from_env`` are the one place that names the variables.
+``served_model_names`` is the one list of names a server answers to (``emolab.core.names.served_model_names``
+derives it from ``--model`` and ``--served-model-name``); both backends read it from here. ``model_check``
+says what to do when the bundle was extracted from another model than the served one: ``warn`` (the
+default), ``strict`` (refuse to start) or ``off`` (the launcher has checked already).
 The API key travels separately (``$EMOLAB_API_KEY``, read by ``emolab.serve.contract.resolve_api_key``)
 and so does the cache-salt secret (``$EMOLAB_SALT_SECRET``, ``emolab.core.steering``).
 """
@@ -13,11 +17,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from emolab.core.bundle import ALPHA_SCALES
+from emolab.core.bundle import ALPHA_SCALES, EmotionBundle, ModelMismatchError
 from emolab.core.errors import EmolabError
 from emolab.core.steering import DEFAULT_MAX_ALPHA, DEFAULT_MAX_PAIRS, SteeringLimits
 
-__all__ = ["ENV", "ServeSettings", "SettingsError"]
+__all__ = ["ENV", "MODEL_CHECKS", "ServeSettings", "SettingsError", "check_bundle_model"]
 
 # setting -> environment variable
 ENV = {
@@ -27,7 +31,9 @@ ENV = {
     "max_pairs": "EMOLAB_MAX_PAIRS",
     "served_model_names": "EMOLAB_SERVED_MODEL_NAMES",  # comma-separated
     "backend": "EMOLAB_BACKEND",
+    "model_check": "EMOLAB_MODEL_CHECK",  # warn | strict | off
 }
+MODEL_CHECKS = ("warn", "strict", "off")
 
 
 class SettingsError(EmolabError, ValueError):
@@ -42,6 +48,7 @@ class ServeSettings:
     max_pairs: int = DEFAULT_MAX_PAIRS
     served_model_names: tuple[str, ...] = field(default_factory=tuple)
     backend: str = "hf"
+    model_check: str = "warn"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_alpha) and self.max_alpha > 0):
@@ -53,6 +60,9 @@ class ServeSettings:
         if self.alpha_scale is not None and self.alpha_scale not in ALPHA_SCALES:
             raise SettingsError(f"unknown alpha scale {self.alpha_scale!r}; choose from {list(ALPHA_SCALES)}",
                                 setting="alpha_scale")
+        if self.model_check not in MODEL_CHECKS:
+            raise SettingsError(f"unknown model check {self.model_check!r}; choose from {list(MODEL_CHECKS)}",
+                                setting="model_check")
 
     @property
     def limits(self) -> SteeringLimits:
@@ -65,6 +75,7 @@ class ServeSettings:
             ENV["max_pairs"]: str(int(self.max_pairs)),
             ENV["served_model_names"]: ",".join(self.served_model_names),
             ENV["backend"]: self.backend,
+            ENV["model_check"]: self.model_check,
         }
         if self.alpha_scale:
             env[ENV["alpha_scale"]] = self.alpha_scale
@@ -92,4 +103,16 @@ class ServeSettings:
             vectors=vectors, alpha_scale=environ.get(ENV["alpha_scale"]) or None,
             max_alpha=number("max_alpha", float, DEFAULT_MAX_ALPHA), max_pairs=int(number("max_pairs", int, DEFAULT_MAX_PAIRS)),
             served_model_names=names, backend=environ.get(ENV["backend"], "vllm"),
+            model_check=(environ.get(ENV["model_check"]) or "warn").strip().lower(),
         )
+
+
+def check_bundle_model(bundle: EmotionBundle, served_model: str, model_check: str) -> str | None:
+    """Compare the bundle's ``model`` with the served model: None when they agree (or the check is off);
+    the mismatch, for the caller to warn about, under ``warn``; ``ModelMismatchError`` under ``strict``."""
+    if model_check == "off":
+        return None
+    problem = bundle.model_mismatch(served_model)
+    if problem and model_check == "strict":
+        raise ModelMismatchError(problem, setting="model_check")
+    return problem

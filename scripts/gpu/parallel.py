@@ -72,13 +72,20 @@ if __name__ == "__main__":
 '''
 
 
-def engine_kwargs(mode: str, model: str) -> dict:
-    kwargs = dict(model=model, load_format="dummy", dtype="bfloat16", seed=0, max_model_len=2048, max_num_seqs=64,
-                  enable_prefix_caching=False, gpu_memory_utilization=0.85)
+def engine_kwargs(mode: str, model: str, args: argparse.Namespace) -> dict:
+    # Graphs captured for the batch sizes this script runs (up to 64): a shorter start than vLLM's 67 sizes.
+    compilation = {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]}
+    kwargs = dict(model=model, load_format="dummy", dtype=args.dtype, seed=0, max_model_len=2048, max_num_seqs=64,
+                  enable_prefix_caching=False, gpu_memory_utilization=0.85, enforce_eager=args.eager)
+    if not args.eager:
+        kwargs["compilation_config"] = compilation
     if mode == "tp":
-        kwargs.update(tensor_parallel_size=2, **TP_WORKAROUND)
+        kwargs.update(tensor_parallel_size=args.world)
+        if args.world > 1:  # see TP_WORKAROUND
+            kwargs["disable_custom_all_reduce"] = True
+            kwargs["compilation_config"] = {**compilation, **TP_WORKAROUND["compilation_config"]}
     elif mode == "pp":
-        kwargs.update(pipeline_parallel_size=2)
+        kwargs.update(pipeline_parallel_size=args.world)
     return kwargs
 
 
@@ -145,9 +152,9 @@ def offline_mode(mode: str, model: str, bundle: str, out_dir: Path, args: argpar
     from emolab.core.bundle import EmotionBundle
 
     requests = [{**r, "max_tokens": 24} for r in MIXED]
-    engine = engine_kwargs(mode, model)
-    bench = {"agents": 64, "run_seconds": args.seconds, "repeats": args.repeats, "prompt_tokens": 200,
-             "max_tokens": 256, "alpha": 1.0, "seed": 0, "n_emotions": 6}
+    engine = engine_kwargs(mode, model, args)
+    bench = {"agents": args.agents, "run_seconds": args.seconds, "repeats": args.repeats, "prompt_tokens": 200,
+             "max_tokens": args.max_tokens, "alpha": 1.0, "seed": 0, "n_emotions": 6}
     began = time.perf_counter()
     on, on_log = run_engine(f"{mode}-on", {"engine": engine, "bench": bench, "scenarios": {
         "batch": {"kind": "batch", "requests": requests}, "solo": {"kind": "sequence", "requests": solo(requests)},
@@ -171,9 +178,9 @@ def dp_mode(model: str, bundle: str, out_dir: Path, args: argparse.Namespace) ->
     from emolab.serve.launch import free_port, launch_server, stop_server, wait_for_health
 
     requests = [{**r, "max_tokens": 24} for r in MIXED]
-    common = ["--dtype", "bfloat16", "--max-model-len", "2048", "--served-model-name", "m",
+    common = ["--dtype", args.dtype, "--max-model-len", "2048", "--served-model-name", "m",
               "--vllm-arg=--load-format dummy", "--vllm-arg=--no-enable-prefix-caching", "--max-num-seqs", "64",
-              "--gpu-memory-utilization", "0.85"]
+              "--gpu-memory-utilization", "0.85", *(["--enforce-eager"] if args.eager else [])]
 
     def ask(url: str, request: dict) -> dict:
         body = {"model": "m", "prompt": request["prompt"], "max_tokens": request["max_tokens"], "temperature": 0,
@@ -192,12 +199,13 @@ def dp_mode(model: str, bundle: str, out_dir: Path, args: argparse.Namespace) ->
     began = time.perf_counter()
     port = free_port()
     server = launch_server(vectors=bundle, model=model, port=port, backend="vllm",
-                           extra_args=[*common, "--data-parallel-size", "2"], log_path=out_dir / "dp-on.log")
+                           extra_args=[*common, "--data-parallel-size", str(args.world)], log_path=out_dir / "dp-on.log")
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_health(url, timeout=900, process=server)
         on = {"solo": [ask(url, r) for r in solo(requests)], "batch": concurrently(url, requests)}
-        config = BenchConfig(model="m", agents=[64], scenarios=["none", "mixed"], prompt_tokens=200, max_tokens=256,
+        config = BenchConfig(model="m", agents=[args.agents], scenarios=["none", "mixed"], prompt_tokens=200,
+                             max_tokens=args.max_tokens,
                              requests_per_agent=args.dp_requests_per_agent, repeats=args.repeats, client_processes=4)
         runs = bench_server(url + "/v1", config, "emolab", ["none", "mixed"])
     finally:
@@ -206,9 +214,9 @@ def dp_mode(model: str, bundle: str, out_dir: Path, args: argparse.Namespace) ->
     port = free_port()
     env = {**os.environ, "VLLM_PLUGINS": ""}
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
-               "--data-parallel-size", "2", "--dtype", "bfloat16", "--max-model-len", "2048", "--served-model-name",
-               "m", "--load-format", "dummy", "--no-enable-prefix-caching", "--max-num-seqs", "64",
-               "--gpu-memory-utilization", "0.85"]
+               "--data-parallel-size", str(args.world), "--dtype", args.dtype, "--max-model-len", "2048",
+               "--served-model-name", "m", "--load-format", "dummy", "--no-enable-prefix-caching", "--max-num-seqs",
+               "64", "--gpu-memory-utilization", "0.85", *(["--enforce-eager"] if args.eager else [])]
     with open(out_dir / "dp-off.log", "w") as log:
         plain = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     plain.log_path = out_dir / "dp-off.log"  # type: ignore[attr-defined]
@@ -235,6 +243,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dp-requests-per-agent", type=int, default=24)
+    parser.add_argument("--world", type=int, default=2, help="GPUs per mode (1: a smoke run of the script itself)")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--eager", action="store_true", help="smoke runs only: no torch.compile / graphs")
+    parser.add_argument("--agents", type=int, default=64, help="throughput: agents in flight")
+    parser.add_argument("--max-tokens", type=int, default=256, help="throughput: tokens generated per request")
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

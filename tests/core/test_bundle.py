@@ -580,3 +580,35 @@ def test_real_bundles_sit_far_inside_the_magnitude_bounds(smollm2_bundle_path, r
     assert max(smollm2.metadata["residual_norm"]) < MAX_RESIDUAL_NORM / 1000
     for bundle in (smollm2, EmotionBundle.load(reference_bundle_path)):
         assert np.abs(bundle.basis()).max() < MAX_ABS_COMPONENT / 500
+
+
+def test_per_emotion_layers_keep_zeros_zero_on_both_scales(tmp_path):
+    rng = np.random.default_rng(7)
+    layers = [4, 5, 6]
+    vectors = {e: rng.normal(size=(3, 8)).astype(np.float32) for e in ("anger", "joy")}
+    vectors["anger"][[0, 2]] = 0.0  # anger steers layer 5 only
+    meta = {"num_layers": 12, "emotion_layers": {"anger": [5]}, "search_layers": [3, 4, 5, 6],
+            "residual_norm": [10.0, 20.0, 30.0, 40.0]}
+    bundle = EmotionBundle(["anger", "joy"], layers, vectors, meta)
+    loaded = EmotionBundle.load(bundle.save(tmp_path / "b"))
+    assert loaded.layers_of("anger") == [5] and loaded.layers_of("joy") == layers
+    assert loaded.steering_mask().tolist() == [[False, True], [True, True], [False, True]]
+    for scale in ("raw", "normalized"):
+        basis = loaded.steering_basis(scale)
+        assert not basis[[0, 2], 0].any() and basis[1, 0].any() and basis[:, 1].all(axis=1).any()
+    lengths = np.linalg.norm(loaded.steering_basis("normalized"), axis=2)
+    np.testing.assert_allclose(lengths[1], [3.0, 3.0], rtol=1e-6)  # 0.1 x residual norm 30 at layer 5
+    assert loaded.alpha_scale == "normalized"  # residual_norm recorded: the project default
+
+
+def test_per_emotion_layers_must_agree_with_the_vectors(tmp_path):
+    vectors = {e: np.ones((2, 4), dtype=np.float32) for e in ("anger", "joy")}
+    folder = EmotionBundle(["anger", "joy"], [1, 2], vectors, {"emotion_layers": {"anger": [2]}}).save(tmp_path / "b")
+    with pytest.raises(BundleError, match=r"anger_chosen.npy: non-zero at layers \[1\]"):
+        EmotionBundle.load(folder)
+    bad = json.loads((folder / "metadata.json").read_text())
+    for value, words in (({"anger": [3]}, "not among 'chosen_layers'"), ({"rage": [1]}, "not one of the bundle's"),
+                         ([1, 2], "must be an object"), ({"anger": []}, "emotion_layers")):
+        (folder / "metadata.json").write_text(json.dumps({**bad, "emotion_layers": value}))
+        with pytest.raises(BundleError, match=words):
+            EmotionBundle.load(folder)

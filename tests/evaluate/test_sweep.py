@@ -95,10 +95,17 @@ def _bundle(residual_norm=True, **meta) -> EmotionBundle:
     return EmotionBundle(["anger", "joy"], [4, 5], vectors, metadata)
 
 
-def test_raw_scale_is_the_plain_basis_and_the_default():
+def test_raw_scale_is_the_plain_basis_and_the_default_without_residual_norms():
     bundle = _bundle()
     np.testing.assert_array_equal(bundle.steering_basis("raw"), bundle.basis())
-    np.testing.assert_array_equal(bundle.steering_basis(), bundle.basis())
+    # With residual norms recorded the default is the normalized scale; without them (reference-tool
+    # bundles) it is raw; metadata alpha_scale overrides both.
+    assert bundle.alpha_scale == "normalized"
+    np.testing.assert_array_equal(bundle.steering_basis(), bundle.steering_basis("normalized"))
+    plain = _bundle(residual_norm=False)
+    assert plain.alpha_scale == "raw"
+    np.testing.assert_array_equal(plain.steering_basis(), plain.basis())
+    assert _bundle(alpha_scale="raw").alpha_scale == "raw"
 
 
 def test_normalized_scale_sets_every_vector_to_a_fraction_of_the_residual_norm():

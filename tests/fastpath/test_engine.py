@@ -231,3 +231,43 @@ def test_vllm_matches_hf_backend_on_tiny_qwen3(tmp_path, tiny_qwen3_path, tiny_q
     for i in range(len(requests)):
         assert runs["batch"][i]["token_ids"] == outputs[i], f"request {i}: vLLM != HF on Qwen3"
     assert outputs[1] != hf_greedy(model, tokenizer, steerer, SHORT[1], None, 16)
+
+
+def test_per_emotion_layers_in_the_engine(tmp_path, tiny_qwen3_path):
+    """A bundle whose emotions steer different layers (zeros elsewhere): the fast path stays exact."""
+    from emolab.core.bundle import EmotionBundle
+    from emolab.core.emotions import DEFAULT_EMOTIONS
+    from emolab.core.models import load_model
+    from emolab.steer.hf import HFSteerer
+
+    rng = np.random.default_rng(3)
+    chosen = [0, 1, 2, 3]
+    own = {"anger": [2, 3], "joy": [1], "sadness": [0, 1, 2], "disgust": [3], "fear": [1, 2], "surprise": [0]}
+    vectors = {}
+    for emotion in DEFAULT_EMOTIONS:
+        rows = (rng.standard_normal((len(chosen), 128)) * 0.5).astype(np.float32)
+        rows[[k for k, layer in enumerate(chosen) if layer not in own[emotion]]] = 0.0
+        vectors[emotion] = rows
+    bundle = EmotionBundle(list(DEFAULT_EMOTIONS), chosen, vectors,
+                           {"model": "tiny-qwen3", "num_layers": 4, "emotion_layers": own})
+    folder = bundle.save(tmp_path / "per-emotion")
+    requests = [{"prompt": SHORT[0], "steering": None}, {"prompt": SHORT[1], "steering": [JOY, 4.0]},
+                {"prompt": SHORT[2], "steering": [ANGER, 3.0, SADNESS, -3.0]}, {"prompt": SHORT[3], "steering": None},
+                {"prompt": SHORT[0], "steering": [FEAR, 2.5, 5, 2.0]}]
+    engine = engine_args(tiny_qwen3_path, False)
+    on = run_job(tmp_path, "per-emotion-on", {"engine": engine, "scenarios": {
+        "batch": {"kind": "batch", "requests": requests}, "solo": {"kind": "sequence", "requests": requests},
+    }}, {"EMOLAB_VECTORS": str(folder)})
+    off = run_job(tmp_path, "per-emotion-off", {"engine": engine, "scenarios": {
+        "batch": {"kind": "batch", "requests": strip(requests)},
+    }}, {"EMOLAB_VECTORS": str(folder), "VLLM_PLUGINS": ""})
+    model, tokenizer = load_model(str(tiny_qwen3_path), dtype="float32", device="cpu")
+    steerer = HFSteerer(model, EmotionBundle.load(folder))
+    for i, request in enumerate(requests):
+        assert on["batch"][i]["token_ids"] == on["solo"][i]["token_ids"], f"request {i}: batch != solo"
+        expected = hf_greedy(model, tokenizer, steerer, request["prompt"], request["steering"], 16)
+        assert on["solo"][i]["token_ids"] == expected, f"request {i}: vLLM != HF with per-emotion layers"
+        if request["steering"] is None:  # unsteered neighbours: exact floats, as without the plugin
+            assert on["batch"][i] == off["batch"][i]
+        else:
+            assert on["batch"][i]["token_ids"] != off["batch"][i]["token_ids"]

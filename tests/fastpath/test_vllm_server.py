@@ -181,6 +181,17 @@ def test_malformed_steering_gets_a_clear_400(server, extra, fragment):
     assert fragment in reply.json()["error"]["message"]
 
 
+def test_every_served_name_is_listed_and_answered_by_vllm(client, smollm2_path):
+    # The fixture serves `--model <SmolLM2 folder> --served-model-name smollm2`: vLLM itself must accept
+    # each name (it checks `model` on its own), the short name of the folder included.
+    names = [m.id for m in client.models.list().data]
+    assert names == ["smollm2", str(smollm2_path), "smollm2-135m-instruct"]
+    for name in names:
+        reply = client.chat.completions.create(model=name, messages=MESSAGES, max_tokens=2, temperature=0,
+                                               extra_body={"vllm_xargs": {"steering": ["joy", 1.0]}})
+        assert reply.choices[0].message.content is not None
+
+
 def test_bad_json_and_unknown_model_then_service_continues(server, client):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     assert httpx.post(server + "/v1/chat/completions", headers=headers, content=b"{not json").status_code == 400

@@ -213,7 +213,10 @@ def test_emotions_payload():
     assert payload["alpha_recommendations"] == {"joy": 1.5}
     assert payload["validated_alpha_range"] == [-0.5, 2.0]
     assert payload["vector_norms"]["joy"] == [4.0, 5.0]  # [2,2,2,2] and [3,4,0,0]
+    assert payload["metadata"]["validated_alpha_range"] == [-0.5, 2.0]  # the reference tool's 'metadata' key
     json.dumps(payload)  # JSON-ready as is
+    big = emotions_payload(small_bundle(auc_matrix=[[0.5] * 3] * 2, data_source="bundled:/srv/x"), "served")
+    assert "auc_matrix" not in big["metadata"] and "data_source" not in big["metadata"]
     plain = emotions_payload(small_bundle(), "served")
     assert "alpha_recommendations" not in plain and plain["alpha_scale"] == "raw"
 

@@ -25,7 +25,8 @@ PROMPT = "My favourite place in the city is"
 @pytest.fixture(scope="module")
 def base_url(smollm2_path, smollm2_bundle_path):
     with running_server(vectors=smollm2_bundle_path, model="smollm2", api_key=KEY,
-                        extra_args=["--max-alpha", "20", "--max-pairs", "8", "--log-level", "warning"]) as url:
+                        extra_args=["--max-alpha", "20", "--max-pairs", "8", "--log-level", "warning",
+                                    "--alpha-scale", "raw"]) as url:  # raw: the hand-made sums below are exact
         yield url
 
 

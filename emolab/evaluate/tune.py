@@ -195,8 +195,16 @@ def _runner(config: TuneConfig, backend: str, reference: EmotionBundle, progress
     if judge is None:
         judge = load_or_train_judge(JudgeConfig(max_train_per_class=config.judge_train_per_class,
                                                 max_test_per_class=config.judge_test_per_class),
-                                    list(reference.emotions) if len(reference.emotions) >= 2 else None)
+                                    _judge_emotions(reference.emotions))
     return _Runner(config, backend, model_path, model, tokenizer, judge, reference, progress)
+
+
+def _judge_emotions(emotions: list[str]) -> list[str]:
+    """The judge's classes: the six default emotions plus any other the bundle steers, so that a tune and a
+    later ``--evaluate`` of its (possibly smaller) bundle score with the same judge."""
+    from emolab.core.emotions import DEFAULT_EMOTIONS
+
+    return list(DEFAULT_EMOTIONS) + [e for e in emotions if e not in DEFAULT_EMOTIONS]
 
 
 def _brief(base: dict[str, Any]) -> dict[str, Any]:

@@ -109,12 +109,13 @@ def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, token
     _log(progress, f"search: {len(candidates)} candidates, {len(conditions)} conditions x {config.search_prompts} "
                    f"tuning prompts ({backend})")
     search = runner.run_grid(candidates, conditions, tune_prompts[:config.search_prompts], "search")
-    # 2. confirm
+    # 2. confirm: the search's few prompts pre-select within the ordinary limits (one degenerate text of 8 is
+    # 0.125, past the tighter selection limit); the tighter ones decide on the confirm prompts.
     picks: list[tuple[int, float]] = [(None, 0.0)]  # type: ignore[list-item]
     for emotion in emotions:
         rows = [r for r in search["rows"] if r["emotion"] == emotion]
-        inside = sorted([r for r in rows if select_limits.within(r, search["baseline"])], key=score_of, reverse=True)
-        rest = sorted([r for r in rows if r not in inside], key=lambda r: select_limits.excess(r, search["baseline"]))
+        inside = sorted([r for r in rows if config.limits.within(r, search["baseline"])], key=score_of, reverse=True)
+        rest = sorted([r for r in rows if r not in inside], key=lambda r: config.limits.excess(r, search["baseline"]))
         chosen = (inside + rest)[:config.confirm_top]
         picks += [(r["candidate"], r["alpha"]) for r in chosen]
         if chosen:  # a safer fallback: the best one's next smaller alpha

@@ -140,6 +140,10 @@ def build_candidates(
                 label = name if variant == "plain" else f"{name}/{variant}"
                 for window in windows:
                     rows = [search.index(layer) for layer in window]
+                    zero = [layer for layer, r in zip(window, rows, strict=True) if not np.any(direction[r])]
+                    if zero:
+                        raise TuneError(f"source {name!r} has a zero vector for {emotion} at layers {zero} (a tuned "
+                                        "bundle's layers that emotion does not steer?)", setting="windows")
                     vectors = normalize_to_residual(direction[rows], np.asarray(norms, dtype=np.float64)[rows])
                     out.append(Candidate(emotion, label, tuple(window), vectors))
     return out

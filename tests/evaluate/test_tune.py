@@ -160,17 +160,20 @@ def test_emolab_tune_smoke_on_smollm2(tmp_path, smollm2_bundle_path):
     committed = EmotionBundle.load(smollm2_bundle_path)
     source = EmotionBundle(emotions=committed.emotions, chosen_layers=committed.chosen_layers,
                            vectors=committed.vectors, full_sweep=committed.vectors,
-                           metadata={**committed.metadata, "search_layers": committed.chosen_layers,
+                           metadata={**{k: v for k, v in committed.metadata.items() if k != "emotion_layers"},
+                                     "search_layers": committed.chosen_layers,
                                      "residual_norm": committed.residual_norms(), "auc_matrix": None})
     source.save(tmp_path / "source")
+    # one layer that both fear and joy steer (a tuned bundle has zeros where an emotion does not)
+    layer = min(set(committed.layers_of("fear")) & set(committed.layers_of("joy")))
     out, report = tmp_path / "tuned", tmp_path / "report"
     code = main(["tune", "--bundle", str(tmp_path / "source"), "--output", str(out), "--report", str(report),
-                 "--emotions", "fear,joy", "--windows", f"{committed.chosen_layers[1]}", "--pushes", "1,2",
+                 "--emotions", "fear,joy", "--windows", f"{layer}", "--pushes", "1,2",
                  "--search-prompts", "2", "--confirm-top", "1", "--confirm-prompts", "2", "--heldout-prompts", "2",
                  "--max-new-tokens", "8", "--markdown", str(tmp_path / "effect.md")])
     assert code == 0
     tuned = EmotionBundle.load(out)
-    assert tuned.emotions == ["fear", "joy"] and tuned.chosen_layers == [committed.chosen_layers[1]]
+    assert tuned.emotions == ["fear", "joy"] and tuned.chosen_layers == [layer]
     meta = tuned.metadata
     assert meta["alpha_scale"] == meta["alpha_recommendations_scale"] == "normalized"
     assert set(meta["alpha_recommendations"]) == {"fear", "joy"}

@@ -34,4 +34,4 @@ def test_no_make_target_writes_into_vectors():
 def test_tune_and_effect_targets_write_under_runs():
     recipes = " ".join(_recipes())
     assert "emolab tune --evaluate $(BUNDLE) --report runs/" in recipes
-    assert re.search(r"emolab tune --model \$\(MODEL\) --bundle runs/\S+ --output runs/", recipes)
+    assert re.search(r"emolab tune --model \$\(MODEL\)(\s+--bundle runs/\S+)+\s+--output runs/", recipes)

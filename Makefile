@@ -14,7 +14,7 @@ OUT    ?= runs/extract-$(notdir $(MODEL))
 PORT   ?= 8000
 BACKEND ?= auto
 
-.PHONY: setup setup-test test demo lint clean smollm2 extract inspect serve test-http notebooks bench lab strip-notebooks effect
+.PHONY: setup setup-test test demo lint clean smollm2 extract inspect serve test-http notebooks bench lab strip-notebooks effect tune
 
 setup: $(STAMP)
 
@@ -51,8 +51,26 @@ ONLINE_ENV = $(if $(HUB_MODEL),$(if $(filter file,$(origin HF_HUB_OFFLINE)),HF_H
 extract: setup
 	$(strip $(ONLINE_ENV) $(BIN)/emolab extract --model $(MODEL) --output $(OUT) $(ARGS))
 
-effect: setup  # steering-effect eval (docs/steering-effect.md); ARGS adds flags
-	$(BIN)/emolab eval --bundle $(BUNDLE) --alpha-scale normalized --output runs/eval-$(notdir $(BUNDLE)) $(ARGS)
+# The committed bundle at its recommended alphas on the held-out prompts (read-only): the numbers of
+# docs/steering-effect.md, written to runs/effect-<bundle>/ (tables.md, report.json, steering-effect.md).
+effect: setup
+	$(BIN)/emolab tune --evaluate $(BUNDLE) --report runs/effect-$(notdir $(BUNDLE)) \
+		--markdown runs/effect-$(notdir $(BUNDLE))/steering-effect.md --compare-hf $(ARGS)
+
+# The full tune (docs/steering-effect.md): two extractions with the full sweep over layers 6-22 (mean
+# difference at the last token and over the text's tokens), then a search of source x layer window x
+# push per emotion on the tuning prompts, a confirm on all of them, and the held-out report (vLLM vs
+# HF generation speed measured). Everything goes to runs/; replacing vectors/$(MODEL) is a deliberate
+# copy + commit, never a make target.
+TUNE_LAYERS ?= 6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22
+TUNE_ARGS ?= --windows 10-18,8-20,6-22 --pushes 2,2.5,2.75,3,3.25 --search-prompts 12 --confirm-top 2 --compare-hf
+TUNE_EXTRACT = $(BIN)/emolab extract --model $(MODEL) --layers $(TUNE_LAYERS) --dtype float32 --device cpu --no-progress
+tune: setup
+	test -f runs/extract-$(MODEL)-wide/metadata.json || $(TUNE_EXTRACT) --output runs/extract-$(MODEL)-wide
+	test -f runs/extract-$(MODEL)-mean/metadata.json || $(TUNE_EXTRACT) --positions mean --output runs/extract-$(MODEL)-mean
+	$(BIN)/emolab tune --model $(MODEL) --bundle runs/extract-$(MODEL)-wide --bundle runs/extract-$(MODEL)-mean \
+		--output runs/tune-$(MODEL) --report runs/tune-$(MODEL)-report \
+		--markdown runs/tune-$(MODEL)-report/steering-effect.md $(TUNE_ARGS)
 
 inspect: setup
 	$(BIN)/emolab test $(BUNDLE)

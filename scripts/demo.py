@@ -4,6 +4,11 @@
 extract (papermill 01) -> inspect (papermill 02, plots saved as PNG) -> serve (a real
 ``emolab serve`` subprocess) -> ``emolab test-http`` (baseline + one steered reply per emotion).
 Executed notebooks, plots, the bundle and the server log go to ``--out`` (default runs/demo).
+
+The server steers with the committed, tuned bundle ``vectors/<model>`` when there is one with
+``alpha_recommendations`` (its layers, methods and alphas were chosen by ``emolab tune`` for their
+measured effect; test-http then sends each emotion at its recommended alpha on the bundle's
+normalized scale); otherwise, or with ``--serve-vectors extracted``, with the bundle just extracted.
 """
 
 from __future__ import annotations
@@ -27,6 +32,20 @@ def papermill(stem: str, out_dir: Path, **parameters) -> Path:
     return out
 
 
+def serving_bundle(choice: str | None, model: str, extracted: Path) -> Path:
+    """The bundle the demo serves: ``choice`` (a folder or 'extracted'), else the tuned ``vectors/<model>``."""
+    from emolab.core.bundle import EmotionBundle
+
+    if choice == "extracted":
+        return extracted
+    if choice:
+        return Path(choice).resolve()
+    committed = ROOT / "vectors" / model
+    if (committed / "metadata.json").is_file() and EmotionBundle.load(committed).metadata.get("alpha_recommendations"):
+        return committed
+    return extracted
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
@@ -35,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="hf", help="serve backend: hf, vllm or auto")
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--serve-vectors", default=None,
+                        help="bundle to serve: a folder, or 'extracted' (default: the tuned vectors/<model> if any)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
     args = parser.parse_args(argv)
 
@@ -63,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     for png in sorted(plots_dir.glob("*.png")):
         print(f"      {png}")
 
+    serve_dir = serving_bundle(args.serve_vectors, args.model, bundle_dir)
     port = args.port or free_port()
     base_url = f"http://127.0.0.1:{port}"
-    print(f"[3/4] serve: emolab serve --backend {args.backend} on {base_url}", flush=True)
+    print(f"[3/4] serve: emolab serve --backend {args.backend} --vectors {serve_dir} on {base_url}", flush=True)
     t0 = time.perf_counter()
-    server = launch_server(vectors=bundle_dir, model=args.model, port=port, backend=args.backend,
+    server = launch_server(vectors=serve_dir, model=args.model, port=port, backend=args.backend,
                            log_path=out / "serve.log")
     try:
         wait_for_health(base_url, timeout=600, process=server)

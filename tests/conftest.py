@@ -42,7 +42,7 @@ def tiny_llama_path() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_bundle_path() -> Path:
-    """The SmolLM2 bundle committed in vectors/ (extracted from the full balanced GoEmotions train set)."""
+    """The SmolLM2 bundle committed in vectors/ (made by `emolab tune`: per-emotion layers, recommended alphas)."""
     assert (COMMITTED_BUNDLE / "metadata.json").is_file(), "vectors/smollm2 is missing from the repo"
     return COMMITTED_BUNDLE
 

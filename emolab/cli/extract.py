@@ -36,6 +36,17 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
                    help=f"bundle folder (default: vectors/<model name>; {REFERENCE_OUTPUT} as {REFERENCE_PROG})")
     p.add_argument("--save-full-sweep", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--method", choices=["meandiff", "contrastive"], default="meandiff",
+                   help="meandiff: GoEmotions class means; contrastive: persona vs neutral prompts (CAA-style)")
+    p.add_argument("--positions", choices=["last", "mean"], default=None,
+                   help="pool the last token or the mean (default: last for meandiff, the answer mean for contrastive)")
+    p.add_argument("--pca", action="store_true", help="contrastive: first principal axis of the paired differences")
+    p.add_argument("--against", choices=["neutral", "others"], default="neutral",
+                   help="contrastive: each persona against the neutral one or against the other emotions")
+    p.add_argument("--project-out-shared", action="store_true",
+                   help="remove the direction all emotions' vectors share, layer by layer")
+    p.add_argument("--contrastive-turns", type=positive_int("--contrastive-turns"), default=None,
+                   help="contrastive: use the first N user turns of the extraction prompts (default all)")
     p.set_defaults(func=run_extract)
 
 
@@ -70,7 +81,9 @@ def run_extract(args: argparse.Namespace) -> int:
         model=args.model, emotions=emotions, layers=layers, window=window, batch_size=args.batch_size,
         max_length=args.max_length, dtype=args.dtype, device=args.device, test_size=args.test_size,
         seed=args.seed, data=args.data, max_per_class=args.max_per_class, output=output,
-        save_full_sweep=args.save_full_sweep, progress=not args.no_progress,
+        save_full_sweep=args.save_full_sweep, progress=not args.no_progress, method=args.method,
+        positions=args.positions, pca=args.pca, against=args.against, project_out_shared=args.project_out_shared,
+        contrastive_turns=args.contrastive_turns,
     )
     bundle = extract(config)
     print_report(bundle)

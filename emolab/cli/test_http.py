@@ -33,7 +33,7 @@ def run_test_http(args: argparse.Namespace) -> int:
         alpha=args.alpha, thinking=args.thinking, temperature=args.temperature,
     ))
     print(f"server: {v1_url(args.base_url)}  model: {info.get('model')}  backend: {info.get('backend', '?')}  "
-          f"layers: {info.get('chosen_layers')}")
+          f"layers: {info.get('chosen_layers')}  alpha scale: {info.get('alpha_scale', 'raw')}")
     print(f"prompt: {args.prompt!r}\n")
     for result in results:
         head = "baseline" if result.label == "baseline" else f"{result.label} (alpha {result.alpha:+g})"

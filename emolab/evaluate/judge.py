@@ -176,7 +176,10 @@ def train_judge(
     test_texts, test_labels = ekman_split("test", emotions, config.max_test_per_class, config.seed, config.data)
     classifier = LogisticRegression(C=config.C, max_iter=3000, class_weight="balanced", random_state=config.seed)
     classifier.fit(encoder.encode(train_texts), train_labels)
-    judge = EmotionJudge(emotions, classifier.coef_, classifier.intercept_, {}, {}, encoder)
+    coef, intercept = classifier.coef_, classifier.intercept_
+    if coef.shape[0] == 1:  # two classes: sklearn fits one logit z; softmax([-z/2, z/2]) is the same sigmoid(z)
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    judge = EmotionJudge(emotions, coef, intercept, {}, {}, encoder)
     proba = judge.proba_from_embeddings(encoder.encode(test_texts))
     auc = {e: float(roc_auc_score(test_labels == i, proba[:, i])) for i, e in enumerate(emotions)}
     auc["macro"] = float(np.mean([auc[e] for e in emotions]))

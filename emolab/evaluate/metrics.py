@@ -55,11 +55,20 @@ def continuation_perplexity(
     """``exp(mean NLL)`` of each continuation given its prompt, under ``model`` as it is (unsteered).
 
     Rows are right-padded: real tokens keep positions 0..n-1 and never attend to the padding.
-    An empty continuation gets ``nan``.
+    An empty continuation gets ``nan``. Where rows share a prompt (every condition of an eval grid
+    does) the prompt is run once and its cache reused for each batch of continuations.
     """
     import torch
 
     device = next(model.parameters()).device
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    # The LM head only where a continuation token is predicted: the full [rows, width, vocab] logits cost
+    # as much as the rest of the forward. Models that post-process logits (soft-capping) take the full path.
+    stack = getattr(model, "base_model", None)
+    fast = head is not None and stack is not None and stack is not model and \
+        not getattr(model.config, "final_logit_softcapping", None)
+    if fast and len({tuple(p) for p in prompt_ids}) < len(prompt_ids) and all(len(p) > 1 for p in prompt_ids):
+        return _shared_prompt_perplexity(stack, head, prompt_ids, continuation_ids, batch_size)
     out: list[float] = []
     for start in range(0, len(prompt_ids), batch_size):
         prompts = prompt_ids[start:start + batch_size]
@@ -71,16 +80,73 @@ def continuation_perplexity(
         for row, seq in enumerate(seqs):
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = 1
+        rows = [row for row, c in enumerate(conts) if c]
+        if not rows:
+            out.extend(float("nan") for _ in conts)
+            continue
+        # logits at position t predict token t+1
+        where = [(row, t) for row in rows for t in range(len(prompts[row]) - 1, len(prompts[row]) + len(conts[row]) - 1)]
+        targets = torch.tensor([seqs[row][t + 1] for row, t in where], dtype=torch.long)
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1).cpu()
-        for row, (p, c) in enumerate(zip(prompts, conts, strict=True)):
+            if fast:
+                hidden = stack(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                picked = hidden[torch.tensor([r for r, _ in where]), torch.tensor([t for _, t in where])]
+                logits = head(picked).float().cpu()
+            else:
+                full = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+                logits = full[torch.tensor([r for r, _ in where]), torch.tensor([t for _, t in where])]
+        nll = -torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0].double()
+        offset = 0
+        for c in conts:
             if not c:
                 out.append(float("nan"))
                 continue
-            positions = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # logits at t predict token t+1
-            nll = -logprobs[row, positions, torch.tensor(c)].double().mean()
-            out.append(float(torch.exp(nll)))
+            out.append(float(torch.exp(nll[offset:offset + len(c)].mean())))
+            offset += len(c)
+    return out
+
+
+def _shared_prompt_perplexity(stack, head, prompt_ids, continuation_ids, batch_size: int) -> list[float]:
+    """``continuation_perplexity`` for rows grouped by prompt: the prompt (but its last token) runs once."""
+    import copy
+
+    import torch
+
+    device = next(stack.parameters()).device
+    out = [float("nan")] * len(prompt_ids)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, prompt in enumerate(prompt_ids):
+        if continuation_ids[i]:
+            groups.setdefault(tuple(prompt), []).append(i)
+    for prompt, rows in groups.items():
+        with torch.inference_mode():
+            cache = stack(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True).past_key_values
+        n_cached = len(prompt) - 1
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            seqs = [[prompt[-1], *continuation_ids[i]] for i in chunk]  # the last prompt token predicts the first
+            width = max(len(s) for s in seqs)
+            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            mask = torch.zeros((len(chunk), n_cached + width), dtype=torch.long)
+            mask[:, :n_cached] = 1
+            for row, seq in enumerate(seqs):
+                ids[row, :len(seq)] = torch.tensor(seq)
+                mask[row, n_cached:n_cached + len(seq)] = 1
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(chunk))
+            where = [(row, t) for row, seq in enumerate(seqs) for t in range(len(seq) - 1)]
+            targets = torch.tensor([seqs[row][t + 1] for row, t in where], dtype=torch.long)
+            with torch.inference_mode():
+                hidden = stack(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=past,
+                               use_cache=True).last_hidden_state
+                picked = hidden[torch.tensor([r for r, _ in where]), torch.tensor([t for _, t in where])]
+                logits = head(picked).float().cpu()
+            nll = -torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0].double()
+            offset = 0
+            for row, i in enumerate(chunk):
+                n = len(seqs[row]) - 1
+                out[i] = float(torch.exp(nll[offset:offset + n].mean()))
+                offset += n
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from emolab.core.tracked import refuse_tracked
 from emolab.evaluate.metrics import bootstrap_ci, ngrams, recommend_alpha, words
 
 __all__ = ["confusion", "markdown_tables", "save_report", "summarize_conditions", "write_recommendations"]
@@ -115,8 +116,10 @@ def write_recommendations(bundle_path: str | Path, report: dict[str, Any]) -> Pa
     """Put ``alpha_recommendations`` (+ its scale and an eval summary) into the bundle's metadata.json.
 
     Only these keys change; vectors and every other key stay as they are. Emotions without a fluent
-    alpha are left out of ``alpha_recommendations``.
+    alpha are left out of ``alpha_recommendations``. A bundle a git checkout tracks is refused
+    (``TrackedPathError``): committed bundles change only by a deliberate copy and commit.
     """
+    refuse_tracked(bundle_path, setting="bundle")
     path = Path(bundle_path) / "metadata.json"
     metadata = json.loads(path.read_text())
     recs = {e: a for e, a in report["alpha_recommendations"].items() if a is not None}

@@ -17,7 +17,10 @@ from tqdm.auto import tqdm
 from emolab.core.models import decoder_layers
 from emolab.extraction.errors import ExtractError
 
-__all__ = ["base_model", "block_output", "capture_last_token", "collect_activations", "last_token_index"]
+__all__ = [
+    "base_model", "block_output", "capture_last_token", "collect_activations", "collect_span_activations",
+    "last_token_index",
+]
 
 
 class _StopForward(Exception):
@@ -132,4 +135,76 @@ def collect_activations(
         if pending:
             flush()
     assert out is not None
+    return out
+
+
+def collect_span_activations(
+    model: torch.nn.Module,
+    sequences: list[list[int]],
+    spans: list[tuple[int, int]],
+    layers: list[int],
+    *,
+    pad_id: int = 0,
+    batch_size: int = 16,
+) -> dict[str, np.ndarray]:
+    """Pooled residual stream over a span of each token sequence, at every layer, in one forward each.
+
+    ``spans[i] = (start, end)`` names positions ``start..end-1`` of ``sequences[i]``. Returns
+    ``{"last": ..., "mean": ...}``, each float32 ``[n, n_layers, hidden]``: the state at position
+    ``end - 1`` and the mean over the span. Rows are right-padded (real tokens keep their positions
+    and never attend to padding) and batched longest first; results come back in input order.
+    """
+    if not sequences:
+        raise ExtractError("no sequences to capture")
+    for i, (seq, (lo, hi)) in enumerate(zip(sequences, spans, strict=True)):
+        if not 0 <= lo < hi <= len(seq):
+            raise ExtractError(f"sequence {i}: span ({lo}, {hi}) is not inside its {len(seq)} tokens")
+    blocks = decoder_layers(model)
+    device = next(model.parameters()).device
+    deepest = max(layers)
+    store: dict = {}
+
+    def make_hook(layer: int):
+        def hook(module, args, output):
+            hidden = block_output(output).float()
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            store[layer] = (hidden[rows, store["last"]], torch.einsum("bt,bth->bh", store["pool"], hidden))
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    n = len(sequences)
+    out = {key: np.empty((n, len(layers), 0), dtype=np.float32) for key in ("last", "mean")}
+    order = np.argsort([-len(s) for s in sequences], kind="stable")
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
+    stack = base_model(model)
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                width = max(len(sequences[i]) for i in idx)
+                ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                pool = torch.zeros((len(idx), width), dtype=torch.float32)
+                last = torch.zeros(len(idx), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    seq, (lo, hi) = sequences[i], spans[i]
+                    ids[row, :len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+                    mask[row, :len(seq)] = 1
+                    pool[row, lo:hi] = 1.0 / (hi - lo)
+                    last[row] = hi - 1
+                store.update(pool=pool.to(device), last=last.to(device))
+                try:
+                    stack(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                except _StopForward:
+                    pass
+                for k, key in enumerate(("last", "mean")):
+                    block = torch.stack([store[layer][k] for layer in layers], dim=1).cpu().numpy()
+                    if out[key].shape[2] == 0:
+                        out[key] = np.empty((n, len(layers), block.shape[2]), dtype=np.float32)
+                    out[key][idx] = block
+    finally:
+        for handle in handles:
+            handle.remove()
     return out

@@ -1,9 +1,21 @@
 """The extraction pipeline: data -> model -> activations -> vectors -> layer choice -> bundle.
 
-Today's recipe: ``v[e, L] = mean(acts of e) - mean(acts of the other emotions)`` (``methods``);
-a one-vs-rest logistic probe per (layer, emotion), trained on the training activations and scored
-by ROC-AUC on the held-out split (``probe``), ranks the searched layers; the best run of ``window``
-consecutive layers is kept for steering.
+The vectors come from one of ``methods.METHODS`` (``ExtractConfig.method``):
+
+* ``meandiff`` (the default): ``v[e, L] = mean(acts of e) - mean(acts of the other emotions)`` over
+  GoEmotions texts, pooled at the ``last`` token or the ``mean`` over the text's tokens after the
+  first (``positions``; the first is an attention sink);
+* ``contrastive``: contrastive prompts (``prompts``): persona instruction vs neutral instruction,
+  same user turn and answer, pooled over the answer; mean paired difference, or its first
+  principal axis (``pca``); ``against="others"`` turns emotion-vs-neutral into emotion-vs-rest.
+
+``project_out_shared`` removes the direction all emotions share (contrastive against neutral: the
+"emotional persona" part; mean differences of balanced classes sum to zero and share none). Whatever the method,
+the GoEmotions texts are captured at the last token: a one-vs-rest logistic probe per (layer,
+emotion), trained on the training activations and scored by ROC-AUC on the held-out split
+(``probe``), ranks the searched layers (the best run of ``window`` consecutive layers is kept), and
+their mean norm is the bundle's ``residual_norm``. Which layers and alphas *steer* best is measured
+afterwards by ``emolab.evaluate.tune``.
 """
 
 from __future__ import annotations
@@ -19,10 +31,17 @@ from emolab.core.bundle import CAPTURE_CONVENTION, CONVENTION_NOTE, INJECT_CONVE
 from emolab.core.emotions import DEFAULT_EMOTIONS, parse_emotions
 from emolab.core.layers import choose_window, parse_layers
 from emolab.core.models import decoder_layers, load_model
-from emolab.extraction.capture import collect_activations
+from emolab.core.tracked import refuse_tracked
+from emolab.extraction.capture import collect_activations, collect_span_activations
 from emolab.extraction.data import build_dataset, load_records
 from emolab.extraction.errors import ExtractError
-from emolab.extraction.methods import contrastive_vectors
+from emolab.extraction.methods import (
+    METHODS,
+    POSITIONS,
+    contrast_against_others,
+    meandiff_vectors,
+    remove_shared_direction,
+)
 from emolab.extraction.probe import probe_auc
 
 __all__ = ["ExtractConfig", "extract"]
@@ -45,6 +64,33 @@ class ExtractConfig:
     output: str | None = None
     save_full_sweep: bool = True
     progress: bool = True
+    method: str = "meandiff"  # meandiff | contrastive
+    positions: str | None = None  # last | mean; None: last for meandiff, mean for contrastive
+    pca: bool = False  # contrastive: first principal axis of the paired differences
+    against: str = "neutral"  # contrastive: neutral | others (emotion vs the other personas)
+    project_out_shared: bool = False
+    contrastive_turns: int | None = None  # None: every user turn of prompts_extract.txt
+
+    def recipe(self) -> dict:
+        """What the vectors are, as recorded in a bundle's metadata (``method``, ``positions``, ...)."""
+        if self.method not in METHODS:
+            raise ExtractError(f"unknown method {self.method!r}; choose from {list(METHODS)}", setting="method")
+        positions = self.positions or ("last" if self.method == "meandiff" else "mean")
+        if positions not in POSITIONS:
+            raise ExtractError(f"unknown positions {positions!r}; choose from {list(POSITIONS)}", setting="positions")
+        if self.method == "meandiff" and (self.pca or self.against != "neutral"):
+            raise ExtractError("principal axes and the contrast against other personas belong to the contrastive "
+                               "method", setting="pca" if self.pca else "against")
+        if self.method == "meandiff" and self.project_out_shared:
+            raise ExtractError("mean-difference vectors of balanced classes sum to zero, so they share no direction "
+                               "to remove", setting="project_out_shared")
+        if self.against not in ("neutral", "others"):
+            raise ExtractError(f"unknown contrast {self.against!r}; choose from ['neutral', 'others']",
+                               setting="against")
+        recipe = {"method": self.method, "positions": positions, "project_out_shared": self.project_out_shared}
+        if self.method == "contrastive":
+            recipe.update(pca=self.pca, against=self.against)
+        return recipe
 
 
 def _versions() -> dict[str, str]:
@@ -60,9 +106,49 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _contrast_note(recipe: dict) -> str:
+    if recipe["method"] == "meandiff":
+        return "each emotion against the mean of all other selected emotions (train split)"
+    side = "the other emotions' personas" if recipe["against"] == "others" else "the parallel neutral persona"
+    return f"each emotion's persona against {side}, same user turn and answer (contrastive prompts)"
+
+
+def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, dataset, search: list[int],
+                    train_acts: np.ndarray, timings: dict[str, float]) -> np.ndarray:
+    """The method's vectors ``[n_emotions, len(search), hidden]`` (``train_acts``: last-token GoEmotions)."""
+    n = len(dataset.emotions)
+    if recipe["method"] == "meandiff" and recipe["positions"] == "last":
+        vectors = meandiff_vectors(train_acts, dataset.train_labels, n)
+    elif recipe["method"] == "meandiff":
+        ids = tokenizer(dataset.train_texts, add_special_tokens=True, truncation=True,
+                        max_length=config.max_length)["input_ids"]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # The first token is left out of the mean: its state is an attention sink whose norm is ~100x the
+        # others' in mid layers (SmolLM2: 24000 vs 150 at layer 12), so it would decide the direction.
+        spans = [(1 if len(row) > 1 else 0, len(row)) for row in ids]
+        acts = collect_span_activations(model, ids, spans, search, pad_id=int(pad),
+                                        batch_size=config.batch_size)["mean"]
+        vectors = meandiff_vectors(acts, dataset.train_labels, n)
+    else:
+        from emolab.extraction.prompts import contrastive_prompt_vectors
+
+        vectors, info = contrastive_prompt_vectors(
+            model, tokenizer, list(dataset.emotions), search, n_turns=config.contrastive_turns,
+            positions=recipe["positions"], pca=recipe["pca"], batch_size=config.batch_size)
+        recipe["contrastive_prompts"] = info
+        if recipe["against"] == "others":
+            vectors = contrast_against_others(vectors)
+    if recipe["project_out_shared"]:
+        vectors = remove_shared_direction(vectors)
+    return vectors
+
+
 def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     """Run the whole extraction; save the bundle to ``config.output`` when set and return it."""
     timings: dict[str, float] = {}
+    recipe = config.recipe()
+    if config.output:
+        refuse_tracked(config.output)  # a committed bundle changes only by a deliberate copy
     t0 = time.perf_counter()
     emotions = parse_emotions(list(config.emotions))
     records, source = load_records(config.data)
@@ -94,7 +180,9 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     timings["capture_texts_per_s"] = n_texts / max(timings["capture_s"], 1e-9)
 
     t0 = time.perf_counter()
-    vectors = contrastive_vectors(train_acts, dataset.train_labels, len(emotions))
+    vectors = _method_vectors(config, recipe, model, tokenizer, dataset, search, train_acts, timings)
+    timings["vectors_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     auc = probe_auc(train_acts, dataset.train_labels, val_acts, dataset.val_labels, len(emotions), seed=config.seed)
     timings["probe_s"] = time.perf_counter() - t0
     chosen, chosen_auc = choose_window(search, auc.mean(axis=1), config.window)
@@ -131,7 +219,8 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
         "convention_capture": CAPTURE_CONVENTION,
         "convention_inject": INJECT_CONVENTION,
         "convention": CONVENTION_NOTE,
-        "contrast": "each emotion against the mean of all other selected emotions (train split)",
+        **recipe,
+        "contrast": _contrast_note(recipe),
         "normalization": "none",
         "residual_norm": np.round(residual_norm, 4).tolist(),
         "seed": config.seed,

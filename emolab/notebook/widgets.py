@@ -18,7 +18,7 @@ from emolab.core.bundle import EmotionBundle
 from emolab.core.steering import Steering
 
 __all__ = ["DEFAULT_ALPHA_LIMIT", "DEFAULT_PROMPT", "Generator", "HFGenerator", "ServerGenerator", "SteeringPanel",
-           "alpha_range"]
+           "alpha_range", "recommended_alphas"]
 
 DEFAULT_ALPHA_LIMIT = 3.0  # slider bound when the bundle carries no validated_alpha_range
 DEFAULT_PROMPT = "Write one sentence about your morning."
@@ -27,6 +27,7 @@ DEFAULT_PROMPT = "Write one sentence about your morning."
 class Generator(Protocol):
     emotions: list[str]
     alpha_range: tuple[float, float]
+    recommended: dict[str, float]
 
     def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str: ...
 
@@ -48,6 +49,15 @@ def alpha_range(info: Mapping[str, Any], limit: float = DEFAULT_ALPHA_LIMIT) -> 
     return -bound, bound
 
 
+def recommended_alphas(info: Mapping[str, Any], scale: str | None = None) -> dict[str, float]:
+    """The bundle's ``alpha_recommendations`` when they are on ``scale`` (default: the bundle's or server's own
+    ``alpha_scale``), else ``{}``: alphas in other units would mislead."""
+    scale = scale or info.get("alpha_scale", "raw")
+    if info.get("alpha_recommendations_scale", "raw") != scale:
+        return {}
+    return {e: float(a) for e, a in (info.get("alpha_recommendations") or {}).items() if a is not None}
+
+
 class HFGenerator:
     """In-process steering of a transformers model by a bundle (greedy decoding)."""
 
@@ -61,6 +71,7 @@ class HFGenerator:
         self.alpha_scale = self.steerer.alpha_scale
         self.emotions = list(bundle.emotions)
         self.alpha_range = alpha_range(bundle.metadata)
+        self.recommended = recommended_alphas(bundle.metadata, self.alpha_scale)
         self.max_new_tokens = max_new_tokens
 
     @classmethod
@@ -103,6 +114,8 @@ class ServerGenerator:
         self.emotions = self.client.emotions
         self.model = self.client.model
         self.alpha_range = alpha_range(self.info)
+        self.alpha_scale = str(self.info.get("alpha_scale", "raw"))
+        self.recommended = recommended_alphas(self.info)
         self.max_new_tokens = max_new_tokens
 
     def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str:
@@ -124,7 +137,7 @@ class SteeringPanel:
         self.prompt = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="95%", height="4em"))
         self.sliders = {
             e: w.FloatSlider(value=0.0, min=low, max=high, step=step, description=e, continuous_update=False,
-                             readout_format=".2f")
+                             readout_format=".2f", tooltip=self._hint(e))
             for e in generator.emotions
         }
         for emotion, slider in self.sliders.items():
@@ -149,6 +162,10 @@ class SteeringPanel:
         self._baselines: dict[str, str] = {}
         self.last: tuple[str, str] | None = None
 
+    def _hint(self, emotion: str) -> str:
+        rec = getattr(self.generator, "recommended", {}).get(emotion)
+        return f"recommended alpha {rec:g}" if rec is not None else "no recommended alpha"
+
     @staticmethod
     def _box(title: str, text: str) -> str:
         body = html.escape(text) if text else "&nbsp;"
@@ -156,6 +173,16 @@ class SteeringPanel:
 
     def alphas(self) -> dict[str, float]:
         return {e: float(s.value) for e, s in self.sliders.items() if s.value}
+
+    def set_recommended(self, *emotions: str) -> dict[str, float]:
+        """Sliders of ``emotions`` (default: all that have one) at the bundle's recommended alphas, the rest at 0."""
+        chosen = emotions or tuple(self.generator.recommended)
+        missing = [e for e in chosen if e not in self.generator.recommended]
+        if missing:
+            raise ValueError(f"no recommended alpha for {missing}; the bundle recommends {self.generator.recommended}")
+        alphas = {e: self.generator.recommended[e] for e in chosen}
+        self.set_alphas(alphas)
+        return alphas
 
     def set_alphas(self, alphas: Mapping[str, float]) -> None:
         unknown = sorted(set(alphas) - set(self.sliders))

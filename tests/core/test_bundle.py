@@ -552,18 +552,22 @@ def test_other_float_dtypes_load_as_float32(saved, tmp_path):
 def test_tiny_vectors_still_have_a_finite_normalized_basis(smollm2_bundle_path, tmp_path):
     folder = _copy(smollm2_bundle_path, tmp_path)
     np.save(folder / "joy_chosen.npy", np.load(folder / "joy_chosen.npy") * np.float32(1e-42))  # float32 denormals
-    basis = EmotionBundle.load(folder).steering_basis("normalized")
+    bundle = EmotionBundle.load(folder)
+    basis = bundle.steering_basis("normalized")
     assert np.isfinite(basis).all()
-    np.testing.assert_allclose(np.linalg.norm(basis[:, 1], axis=1), 0.1 * np.array([166.7171, 183.7861, 189.143]), rtol=1e-3)
+    norms = dict(zip(bundle.chosen_layers, bundle.residual_norms(), strict=True))
+    want = [0.1 * norms[L] if L in bundle.layers_of("joy") else 0.0 for L in bundle.chosen_layers]  # zero: not steered
+    np.testing.assert_allclose(np.linalg.norm(basis[:, bundle.emotions.index("joy")], axis=1), want, rtol=1e-3)
 
 
 def test_vector_bound_relative_to_residual_norm(smollm2_bundle_path, tmp_path):
     from emolab.core.bundle_checks import MAX_VECTOR_TO_RESIDUAL
 
     folder = _copy(smollm2_bundle_path, tmp_path)
-    residual = np.array(json.loads((folder / "metadata.json").read_text())["residual_norm"][2:5])
-    direction = np.zeros((3, 576), np.float32)
-    direction[:, 0] = 1.0
+    bundle = EmotionBundle.load(folder)
+    residual = np.array(bundle.residual_norms())  # at the chosen layers
+    direction = np.zeros((len(residual), 576), np.float32)
+    direction[[bundle.chosen_layers.index(L) for L in bundle.layers_of("joy")], 0] = 1.0  # only where joy steers
     np.save(folder / "joy_chosen.npy", direction * (0.99 * MAX_VECTOR_TO_RESIDUAL * residual[:, None]).astype(np.float32))
     EmotionBundle.load(folder)  # just inside the bound
     np.save(folder / "joy_chosen.npy", direction * (1.01 * MAX_VECTOR_TO_RESIDUAL * residual[:, None]).astype(np.float32))

@@ -71,6 +71,14 @@ def test_perplexity_matches_a_hand_computation(tiny_llama_path):
             nll -= float(row[token] - torch.logsumexp(row, dim=0))
         assert value == pytest.approx(math.exp(nll / len(cont)), rel=1e-4)
     assert math.isnan(got[2])  # an empty continuation has no perplexity
+    # Rows sharing prompts (an eval grid) run each prompt once and reuse its cache: same numbers.
+    shared = continuation_perplexity(model, [prompts[0]] * 3 + [prompts[1]] * 2,
+                                     [conts[0], [8], [], conts[1], [3, 4, 5]], batch_size=2)
+    alone = [continuation_perplexity(model, [p], [c])[0] for p, c in
+             zip([prompts[0]] * 3 + [prompts[1]] * 2, [conts[0], [8], [], conts[1], [3, 4, 5]], strict=True)]
+    assert math.isnan(shared[2]) and math.isnan(alone[2])
+    np.testing.assert_allclose([x for k, x in enumerate(shared) if k != 2], [x for k, x in enumerate(alone) if k != 2],
+                               rtol=1e-4)
 
 
 def test_default_prompts_are_enough_and_distinct():

@@ -51,26 +51,29 @@ def test_exported_file_round_trips_to_the_bundle_vectors_times_alpha(bundle, tmp
     fields, tensors, types = raw_fields(path)
     assert fields["general.architecture"] == "controlvector"
     assert fields["controlvector.model_hint"] == "llama"  # SmolLM2's llama.cpp architecture
-    assert fields["controlvector.layer_count"] == len(bundle.chosen_layers)
+    steered = {e: set(bundle.layers_of(e)) for e in steering}  # a tuned bundle: per-emotion layers
+    layers = sorted(set().union(*steered.values()))
+    assert fields["controlvector.layer_count"] == len(layers)
     assert json.loads(fields["emolab.steering"]) == steering and fields["emolab.alpha_scale"] == scale
-    assert sorted(tensors) == [f"direction.{layer}" for layer in bundle.chosen_layers]  # 15, 16, 17
+    assert sorted(tensors) == [f"direction.{layer}" for layer in layers]
     assert set(types.values()) == {gguf.GGMLQuantizationType.F32}
     if scale == "raw":  # straight from the .npy files
-        want = {L: 1.5 * bundle.vector("fear", L) - 0.5 * bundle.vector("joy", L) for L in bundle.chosen_layers}
+        want = {L: sum(a * bundle.vector(e, L) for e, a in steering.items() if L in steered[e]) for L in layers}
     else:  # each vector rescaled to 0.1 x the layer's mean residual norm
         norms = dict(zip(bundle.chosen_layers, bundle.residual_norms(), strict=True))
 
         def unit(e, L):
             return bundle.vector(e, L) / np.linalg.norm(bundle.vector(e, L))
 
-        want = {L: 0.1 * norms[L] * (1.5 * unit("fear", L) - 0.5 * unit("joy", L)) for L in bundle.chosen_layers}
+        want = {L: 0.1 * norms[L] * sum(a * unit(e, L) for e, a in steering.items() if L in steered[e])
+                for L in layers}
     for layer, vector in want.items():
         got = tensors[f"direction.{layer}"]
         assert got.shape == (bundle.hidden,)
         np.testing.assert_allclose(got, vector, rtol=1e-5, atol=1e-6)
     read_back = read_control_vector(path)
-    assert read_back.model_hint == "llama" and read_back.layer_count == 3
-    assert sorted(read_back.by_emolab_layer()) == bundle.chosen_layers
+    assert read_back.model_hint == "llama" and read_back.layer_count == len(layers)
+    assert sorted(read_back.by_emolab_layer()) == layers
     for layer, vector in read_back.by_emolab_layer().items():
         np.testing.assert_array_equal(vector, tensors[f"direction.{layer}"])
 
@@ -83,23 +86,26 @@ def test_layer_rule_is_identity_from_one_and_refuses_block_zero():
     assert caught.value.subject == "layers"
 
 
-def per_emotion_layers_bundle(bundle: EmotionBundle) -> EmotionBundle:
-    """The committed bundle, except that fear steers only layers 15 and 17 (zero vector at 16), as a bundle
-    with per-emotion layers will store it."""
+def per_emotion_layers_bundle(bundle: EmotionBundle) -> tuple[EmotionBundle, int]:
+    """The committed bundle, except that fear's vector is zero at the middle one of its layers (as a bundle
+    with per-emotion layers stores a layer an emotion does not steer); and that layer."""
+    middle = bundle.layers_of("fear")[len(bundle.layers_of("fear")) // 2]
     vectors = dict(bundle.vectors)
     fear = vectors["fear"].copy()
-    fear[bundle.chosen_layers.index(16)] = 0.0
+    fear[bundle.chosen_layers.index(middle)] = 0.0
     vectors["fear"] = fear
     return EmotionBundle(emotions=bundle.emotions, chosen_layers=bundle.chosen_layers, vectors=vectors,
-                         metadata=dict(bundle.metadata))
+                         metadata=dict(bundle.metadata)), middle
 
 
 def test_only_layers_where_the_sum_is_non_zero_are_written(bundle, tmp_path):
-    partial = per_emotion_layers_bundle(bundle)
-    assert sorted(control_vector(partial, {"fear": 1.0}, "raw")) == [15, 17]
+    partial, middle = per_emotion_layers_bundle(bundle)
+    fear_only = [L for L in bundle.layers_of("fear") if L != middle]
+    assert sorted(control_vector(partial, {"fear": 1.0}, "raw")) == fear_only
     _, tensors, _ = raw_fields(export_gguf(partial, {"fear": 1.0}, tmp_path / "fear.gguf", scale="raw"))
-    assert sorted(tensors) == ["direction.15", "direction.17"]
-    assert sorted(control_vector(partial, {"fear": 1.0, "joy": 0.5}, "raw")) == [15, 16, 17]
+    assert sorted(tensors) == [f"direction.{L}" for L in fear_only]
+    both = sorted(set(fear_only) | set(bundle.layers_of("joy")))
+    assert sorted(control_vector(partial, {"fear": 1.0, "joy": 0.5}, "raw")) == both
     with pytest.raises(ExportError, match="adds nothing"):
         control_vector(bundle, {"fear": 0.0}, "raw")
 
@@ -185,7 +191,9 @@ def test_cli_writes_the_mix_and_the_per_emotion_files(smollm2_bundle_path, tmp_p
             "--output", str(tmp_path / "out" / "fear.gguf"), "--per-emotion", str(tmp_path / "per")]
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err
-    assert "direction.15, direction.16, direction.17" in out
+    bundle = EmotionBundle.load(smollm2_bundle_path)
+    layers = sorted(set(bundle.layers_of("fear")) | set(bundle.layers_of("joy")))
+    assert ", ".join(f"direction.{L}" for L in layers) in out
     mix = read_control_vector(tmp_path / "out" / "fear.gguf")
     assert json.loads(mix.metadata["emolab.steering"]) == {"fear": 1.0, "joy": 0.5}
     assert mix.metadata["emolab.alpha_scale"] == "normalized"
@@ -296,7 +304,8 @@ def logit_change_in_hf(hf, prompt_ids: list[int], vector: np.ndarray, layer: int
 
 def probe_vector(bundle: EmotionBundle, direction: str, length: float) -> np.ndarray:
     if direction == "fear":
-        vector = bundle.vector("fear", 16).astype(np.float64)
+        fear_layers = bundle.layers_of("fear")  # a layer fear steers (zero elsewhere in a tuned bundle)
+        vector = bundle.vector("fear", fear_layers[len(fear_layers) // 2]).astype(np.float64)
     else:  # a fixed random direction
         vector = np.random.default_rng(1).standard_normal(bundle.hidden)
     return (vector / np.linalg.norm(vector) * length).astype(np.float32)

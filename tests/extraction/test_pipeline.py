@@ -1,4 +1,4 @@
-"""Contrastive vectors, the probe, and a whole extraction (tiny Qwen3 on fixture rows; SmolLM2 on real GoEmotions)."""
+"""Mean-difference vectors, the probe, and a whole extraction (tiny Qwen3 on fixture rows; SmolLM2 on real GoEmotions)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ from emolab.core.bundle import CAPTURE_CONVENTION, INJECT_CONVENTION, EmotionBun
 from emolab.extraction import ExtractConfig, ExtractError, extract
 from emolab.extraction.capture import collect_activations
 from emolab.extraction.data import build_dataset, load_records
-from emolab.extraction.methods import contrastive_vectors
+from emolab.extraction.methods import meandiff_vectors
 from emolab.extraction.probe import probe_auc
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "goemotions"
 
 
-def test_contrastive_vectors_by_hand():
+def test_meandiff_vectors_by_hand():
     # 3 emotions, 1 layer, hidden 2; rows: two of class 0, one of class 1, one of class 2.
     acts = np.array([[[1.0, 2.0]], [[3.0, 4.0]], [[10.0, 0.0]], [[0.0, -6.0]]], dtype=np.float32)
     labels = np.array([0, 0, 1, 2])
-    vectors = contrastive_vectors(acts, labels, 3)
+    vectors = meandiff_vectors(acts, labels, 3)
     assert vectors.shape == (3, 1, 2) and vectors.dtype == np.float32
     # class 0: mean (2, 3) minus mean of the others (5, -3)
     np.testing.assert_array_equal(vectors[0, 0], [2.0 - 5.0, 3.0 - (-3.0)])
@@ -35,10 +35,10 @@ def test_contrastive_vectors_by_hand():
     np.testing.assert_allclose(vectors[2, 0], [-14.0 / 3.0, -8.0], rtol=0, atol=1e-6)
 
 
-def test_contrastive_vectors_need_both_sides():
+def test_meandiff_vectors_need_both_sides():
     acts = np.zeros((2, 1, 2), dtype=np.float32)
     with pytest.raises(ValueError, match="class 2"):
-        contrastive_vectors(acts, np.array([0, 1]), 3)
+        meandiff_vectors(acts, np.array([0, 1]), 3)
 
 
 def test_probe_auc_is_one_on_separable_layers_and_chance_on_noise():

@@ -35,7 +35,7 @@ def lab_workspace(tmp: Path) -> Path:
     book = json.loads((ROOT / "notebooks" / "03_steer.ipynb").read_text())
     (params,) = [c for c in book["cells"] if "parameters" in c["metadata"].get("tags", [])]
     source = "".join(params["source"])
-    for old, new in (("max_new_tokens = 40", "max_new_tokens = 16"), ('demo_alphas = {"joy": 1.0}', "demo_alphas = {}")):
+    for old, new in (("max_new_tokens = 40", "max_new_tokens = 16"), ('demo_alphas = None', "demo_alphas = {}")):
         assert old in source, f"parameters cell no longer has {old!r}"
         source = source.replace(old, new)
     params["source"] = source

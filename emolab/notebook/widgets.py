@@ -18,7 +18,7 @@ from emolab.core.bundle import EmotionBundle
 from emolab.core.steering import Steering
 
 __all__ = ["DEFAULT_ALPHA_LIMIT", "DEFAULT_PROMPT", "Generator", "HFGenerator", "ServerGenerator", "SteeringPanel",
-           "alpha_range", "recommended_alphas"]
+           "alpha_range", "recommended_alphas", "slider_step"]
 
 DEFAULT_ALPHA_LIMIT = 3.0  # slider bound when the bundle carries no validated_alpha_range
 DEFAULT_PROMPT = "Write one sentence about your morning."
@@ -35,8 +35,9 @@ class Generator(Protocol):
 def alpha_range(info: Mapping[str, Any], limit: float = DEFAULT_ALPHA_LIMIT) -> tuple[float, float]:
     """Slider bounds from a bundle's metadata or a ``/v1/emotions`` payload.
 
-    ``validated_alpha_range`` when recorded (the reference tool's bundles carry one), else
-    ``[-limit, limit]`` clipped to the server's ``max_alpha`` when known.
+    ``validated_alpha_range`` when recorded (the reference tool's bundles carry one); else, when the bundle
+    recommends alphas on its scale, three times the largest of them (at least 1) so the useful part of the
+    slider is not a sliver; else ``[-limit, limit]``; clipped to the server's ``max_alpha`` when known.
     """
     validated = info.get("validated_alpha_range")
     if validated is not None:
@@ -44,9 +45,17 @@ def alpha_range(info: Mapping[str, Any], limit: float = DEFAULT_ALPHA_LIMIT) -> 
         if not low < high:
             raise ValueError(f"validated_alpha_range {validated} is not an increasing pair")
         return low, high
+    recommended = recommended_alphas(info)
+    bound = max(1.0, 3 * max(abs(a) for a in recommended.values())) if recommended else limit
+    bound = min(bound, limit)
     max_alpha = (info.get("limits") or {}).get("max_alpha")
-    bound = min(limit, float(max_alpha)) if max_alpha else limit
+    bound = min(bound, float(max_alpha)) if max_alpha else bound
     return -bound, bound
+
+
+def slider_step(low: float, high: float) -> float:
+    """A step that gives about 100-200 positions over the range: 0.01 up to a span of 2, else 0.05."""
+    return 0.01 if high - low <= 2.0 else 0.05
 
 
 def recommended_alphas(info: Mapping[str, Any], scale: str | None = None) -> dict[str, float]:
@@ -129,11 +138,12 @@ class SteeringPanel:
     baseline (all alphas zero) is cached per prompt: greedy decoding makes it the same every time.
     """
 
-    def __init__(self, generator: Generator, prompt: str = DEFAULT_PROMPT, step: float = 0.05) -> None:
+    def __init__(self, generator: Generator, prompt: str = DEFAULT_PROMPT, step: float | None = None) -> None:
         import ipywidgets as w
 
         self.generator = generator
         low, high = generator.alpha_range
+        step = step or slider_step(low, high)
         self.prompt = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="95%", height="4em"))
         self.sliders = {
             e: w.FloatSlider(value=0.0, min=low, max=high, step=step, description=e, continuous_update=False,

@@ -11,6 +11,7 @@ to the last end, on the shared wall clock).
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing as mp
 from typing import Any
 
@@ -69,12 +70,8 @@ class ClientPool:
         slices += [range(0)] * (self.size - len(slices))  # every process must reach the barrier
         for inbox, agent_ids in zip(self._inboxes, slices, strict=True):
             inbox.put((scenario, agent_ids, kwargs))
-        parts = [self._outbox.get(timeout=3600) for _ in slices]
-        merged = parts[0]
-        for part in parts[1:]:
-            if part.requests or part.completion_tokens:
-                merged = merged.merge(part) if (merged.requests or merged.completion_tokens) else part
-        return merged
+        # An empty slice's stats hold no samples, and its start/end (at the shared barrier) lie inside the run's.
+        return functools.reduce(AgentStats.merge, (self._outbox.get(timeout=3600) for _ in slices))
 
     def close(self) -> None:
         for inbox in self._inboxes:

@@ -72,53 +72,44 @@ def bench_server(base_url: str, config: BenchConfig, label: str, scenarios: list
                  agent_counts: list[int] | None = None) -> list[RunResult]:
     """Every (repeat, N, scenario) against one server, interleaved so drift hits every scenario alike.
 
-    With ``config.client_processes`` > 1 the agents of each run are spread over that many client
-    processes (``emolab.bench.clients``); the warm-up and calibration run in this process.
+    One client and one event loop serve the calibration, the warm-up and every measured run, so the
+    runs reuse the connections the warm-up opened. With ``config.client_processes`` > 1 the agents of
+    each run are spread over that many client processes (``emolab.bench.clients``), warmed up the same way.
     """
     agent_counts = agent_counts or config.agents
-
-    async def prepare() -> tuple[int, int]:
-        client = AsyncSteeringClient(base_url, api_key=config.api_key or None, model=config.model, timeout=600)
+    client = AsyncSteeringClient(base_url, api_key=config.api_key or None, model=config.model, timeout=600)
+    pool = None
+    with asyncio.Runner() as loop:
         try:
-            n_emotions = len(await client.emotions()) if any(s != "none" for s in scenarios) else 6
-            words = await calibrate_prompt_words(client, config.prompt_tokens)
-            # Warm-up so the first measured run pays no one-off costs.
-            await run_scenario(client, "none", min(4, max(agent_counts)), label="warmup", requests_per_agent=1,
-                               prompt_words=words, max_tokens=8, alpha=config.alpha, n_emotions=n_emotions, seed=0)
-            return n_emotions, words
+            n_emotions = len(loop.run(client.emotions())) if any(s != "none" for s in scenarios) else 6
+            words = loop.run(calibrate_prompt_words(client, config.prompt_tokens))
+            common = dict(prompt_words=words, alpha=config.alpha, n_emotions=n_emotions)
+            # Warm-up so the first measured run pays no one-off costs (connections, server-side caches).
+            warmup = dict(requests_per_agent=1, max_tokens=8, seed=0, **common)
+            warmup_agents = min(4, max(agent_counts))
+            loop.run(run_scenario(client, "none", warmup_agents, label="warmup", **warmup))
+            if config.client_processes > 1:
+                pool = ClientPool(base_url, config.api_key, config.model, config.client_processes)
+                pool.run("none", warmup_agents * config.client_processes, **warmup)
+            results = []
+            for repeat in range(config.repeats):
+                for agents in agent_counts:
+                    for scenario in scenarios:
+                        kwargs = dict(requests_per_agent=config.requests_per_agent, max_tokens=config.max_tokens,
+                                      seed=config.seed + repeat, **common)
+                        if pool is None:
+                            result = loop.run(run_scenario(client, scenario, agents, label=label, **kwargs))
+                        else:
+                            result = to_result(pool.run(scenario, agents, **kwargs), label=label, scenario=scenario,
+                                               agents=agents)
+                        results.append(result)
+                        print(f"  [{label}] repeat {repeat + 1}/{config.repeats} N={agents:<3} {scenario:<6} "
+                              f"{result.tok_per_s:9.1f} tok/s  errors {result.errors}", flush=True)
+            return results
         finally:
-            await client.close()
-
-    async def in_process(scenario: str, agents: int, kwargs: dict) -> RunResult:
-        client = AsyncSteeringClient(base_url, api_key=config.api_key or None, model=config.model, timeout=600)
-        try:
-            return await run_scenario(client, scenario, agents, label=label, **kwargs)
-        finally:
-            await client.close()
-
-    n_emotions, words = asyncio.run(prepare())
-    pool = ClientPool(base_url, config.api_key, config.model, config.client_processes) \
-        if config.client_processes > 1 else None
-    results = []
-    try:
-        for repeat in range(config.repeats):
-            for agents in agent_counts:
-                for scenario in scenarios:
-                    kwargs = dict(requests_per_agent=config.requests_per_agent, prompt_words=words,
-                                  max_tokens=config.max_tokens, alpha=config.alpha, n_emotions=n_emotions,
-                                  seed=config.seed + repeat)
-                    if pool is None:
-                        result = asyncio.run(in_process(scenario, agents, kwargs))
-                    else:
-                        result = to_result(pool.run(scenario, agents, **kwargs), label=label, scenario=scenario,
-                                           agents=agents)
-                    results.append(result)
-                    print(f"  [{label}] repeat {repeat + 1}/{config.repeats} N={agents:<3} {scenario:<6} "
-                          f"{result.tok_per_s:9.1f} tok/s  errors {result.errors}", flush=True)
-    finally:
-        if pool is not None:
-            pool.close()
-    return results
+            if pool is not None:
+                pool.close()
+            loop.run(client.close())
 
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:

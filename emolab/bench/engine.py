@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emolab.bench.load import random_blend
+
 __all__ = ["engine_job", "run_engine_bench"]
 
 WORDS = ("river stone market window garden letter evening table morning station coffee paper mountain bridge "
@@ -41,8 +43,7 @@ def _prompts(tokenizer: Any, count: int, length: int, seed: int) -> list[list[in
 def _steering(scenario: str, rng: random.Random, n_emotions: int, alpha: float) -> list[float] | None:
     if scenario in ("none", "plain"):
         return None
-    picks = rng.sample(range(n_emotions), k=rng.choice((1, 2)))
-    return [x for e in picks for x in (float(e), round(rng.uniform(-alpha, alpha), 3))]
+    return [float(x) for x in random_blend(rng, n_emotions, alpha)]
 
 
 def _run(llm: Any, agents: int, per_agent: int, scenario: str, job: dict[str, Any], seed: int) -> dict[str, Any]:

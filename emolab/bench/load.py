@@ -27,7 +27,7 @@ import numpy as np
 from emolab.client import AsyncSteeringClient
 
 __all__ = ["BASELINE", "SCENARIOS", "AgentStats", "RunResult", "calibrate_prompt_words", "make_prompt",
-           "one_request", "pick_steering", "run_agents", "run_scenario", "to_result"]
+           "one_request", "pick_steering", "random_blend", "run_agents", "run_scenario", "to_result"]
 
 SCENARIOS = ("none", "same", "mixed", "churn", "churn-none")
 # Each scenario's ratio is taken against the unsteered run with the same arrival pattern.
@@ -69,6 +69,11 @@ def pick_steering(scenario: str, rng: random.Random, n_emotions: int, alpha: flo
         return None
     if scenario == "same":
         return [0, alpha]
+    return random_blend(rng, n_emotions, alpha)
+
+
+def random_blend(rng: random.Random, n_emotions: int, alpha: float) -> list[float]:
+    """One or two distinct emotions (ids), each with an alpha drawn uniformly from [-alpha, alpha]."""
     picks = rng.sample(range(n_emotions), k=rng.choice((1, 2)))
     return [x for e in picks for x in (e, round(rng.uniform(-alpha, alpha), 3))]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from emolab.bench.load import make_prompt
+from emolab.bench.load import make_prompt, random_blend
 from emolab.client import AsyncSteeringClient
 
 __all__ = ["SoakConfig", "check_soak", "parse_emolab_metrics", "run_soak"]
@@ -104,8 +104,7 @@ async def _agent(client: AsyncSteeringClient, index: int, config: SoakConfig, de
     while time.perf_counter() < deadline:
         steering = None
         if rng.random() < config.steer_share:
-            picks = rng.sample(range(n_emotions), k=rng.choice((1, 2)))
-            steering = [x for e in picks for x in (e, round(rng.uniform(-config.alpha, config.alpha), 3))]
+            steering = random_blend(rng, n_emotions, config.alpha)
         leave_after = rng.randint(1, max(1, config.max_tokens // 2)) if rng.random() < config.disconnect_share else None
         chunks, first, last = 0, 0.0, 0.0
         try:

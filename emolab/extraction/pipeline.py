@@ -114,7 +114,7 @@ def _contrast_note(recipe: dict) -> str:
 
 
 def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, dataset, search: list[int],
-                    train_acts: np.ndarray, timings: dict[str, float]) -> np.ndarray:
+                    train_acts: np.ndarray) -> np.ndarray:
     """The method's vectors ``[n_emotions, len(search), hidden]`` (``train_acts``: last-token GoEmotions)."""
     n = len(dataset.emotions)
     if recipe["method"] == "meandiff" and recipe["positions"] == "last":
@@ -180,7 +180,7 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     timings["capture_texts_per_s"] = n_texts / max(timings["capture_s"], 1e-9)
 
     t0 = time.perf_counter()
-    vectors = _method_vectors(config, recipe, model, tokenizer, dataset, search, train_acts, timings)
+    vectors = _method_vectors(config, recipe, model, tokenizer, dataset, search, train_acts)
     timings["vectors_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     auc = probe_auc(train_acts, dataset.train_labels, val_acts, dataset.val_labels, len(emotions), seed=config.seed)

@@ -32,6 +32,9 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--data", default="auto", help="auto (hub, else bundled), bundled, a TSV folder, or a hub id")
     p.add_argument("--max-per-class", type=positive_int("--max-per-class"), default=None)
+    p.add_argument("--labels", choices=["group", "core"], default="group",
+                   help="GoEmotions texts per emotion: every fine label of its Ekman group (reference), or only "
+                        "those carrying the emotion's own label (core: anger, not annoyance/disapproval)")
     p.add_argument("-o", "--output", default=None,
                    help=f"bundle folder (default: vectors/<model name>; {REFERENCE_OUTPUT} as {REFERENCE_PROG})")
     p.add_argument("--save-full-sweep", action=argparse.BooleanOptionalAction, default=True)
@@ -83,7 +86,7 @@ def run_extract(args: argparse.Namespace) -> int:
         seed=args.seed, data=args.data, max_per_class=args.max_per_class, output=output,
         save_full_sweep=args.save_full_sweep, progress=not args.no_progress, method=args.method,
         positions=args.positions, pca=args.pca, against=args.against, project_out_shared=args.project_out_shared,
-        contrastive_turns=args.contrastive_turns,
+        labels=args.labels, contrastive_turns=args.contrastive_turns,
     )
     bundle = extract(config)
     print_report(bundle)

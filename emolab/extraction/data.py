@@ -19,11 +19,16 @@ import numpy as np
 from emolab.core.emotions import FINE_TO_EKMAN, GOEMOTIONS_LABELS
 from emolab.extraction.errors import ExtractError
 
-__all__ = ["BUNDLED_DIR", "HUB_ID", "SPLITS", "EmotionDataset", "Record", "build_dataset", "ekman_targets", "load_records", "read_tsv"]
+__all__ = ["BUNDLED_DIR", "HUB_ID", "LABEL_SETS", "SPLITS", "EmotionDataset", "Record", "build_dataset", "ekman_targets",
+           "load_records", "read_tsv"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "goemotions"
 HUB_ID = "google-research-datasets/go_emotions"
 SPLITS = ("train", "dev", "test")
+# Which GoEmotions texts stand for an Ekman emotion: every fine label of its group (the reference
+# tool's grouping: anger = anger + annoyance + disapproval), or only texts that carry the fine label
+# named like the emotion itself ("core": anger texts, not mere disapproval).
+LABEL_SETS = ("group", "core")
 
 
 @dataclass(frozen=True)
@@ -138,16 +143,25 @@ def build_dataset(
     test_size: float = 0.2,
     seed: int = 42,
     source: str = "",
+    labels: str = "group",
 ) -> EmotionDataset:
     """Keep records with exactly one selected emotion, balance the classes, split stratified.
+
+    ``labels="core"`` also drops records of that emotion's group that lack the emotion's own fine
+    label (an ``annoyance``-only text is no anger example then); a record whose other labels map
+    to another selected emotion is dropped either way.
 
     Balancing: every class is randomly (seeded) down-sampled to the size of the smallest class,
     after ``max_per_class`` caps it, so no class can dominate the mean or the probe.
     """
     if not 0.0 < test_size < 1.0:
         raise ExtractError(f"the validation share must be in (0, 1), got {test_size}", setting="test_size")
+    if labels not in LABEL_SETS:
+        raise ExtractError(f"unknown label set {labels!r}; choose from {list(LABEL_SETS)}", setting="labels")
     by_class: dict[str, list[str]] = {e: [] for e in emotions}
     dropped = {"no_target_emotion": 0, "several_target_emotions": 0, "duplicate_text": 0}
+    if labels == "core":
+        dropped["not_core_label"] = 0
     seen: set[str] = set()
     for record in records:
         targets = ekman_targets(record, emotions)
@@ -155,6 +169,8 @@ def build_dataset(
             dropped["no_target_emotion"] += 1
         elif len(targets) > 1:
             dropped["several_target_emotions"] += 1
+        elif labels == "core" and next(iter(targets)) not in record.labels:
+            dropped["not_core_label"] += 1
         elif record.text in seen:
             dropped["duplicate_text"] += 1
         else:

@@ -95,6 +95,38 @@ def test_selected_emotions_change_what_counts_as_mixed():
         assert truth[text] == {ds.emotions[label]}
 
 
+def test_core_labels_keep_only_texts_with_the_emotions_own_label():
+    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    emotions = ["anger", "sadness", "disgust"]
+    ds = build_dataset(records, emotions, test_size=0.5, seed=0, labels="core")
+    # annoyance-only and disapproval-only rows are no anger examples now, nor disappointment, grief or
+    # remorse sadness ones; "angry and happy" is anger (joy is not selected), "sad and surprised" sadness.
+    assert ds.dropped == {"no_target_emotion": 12, "several_target_emotions": 0, "duplicate_text": 1,
+                          "not_core_label": 5}
+    assert ds.counts_available == {"anger": 4, "sadness": 3, "disgust": 2}
+    by_text = {r.text: r.labels for r in records}
+    for text, label in zip(ds.train_texts + ds.val_texts, np.concatenate([ds.train_labels, ds.val_labels]), strict=True):
+        assert emotions[label] in by_text[text]
+    group = build_dataset(records, emotions, test_size=0.5, seed=0)
+    assert group.counts_available == {"anger": 6, "sadness": 6, "disgust": 2} and "not_core_label" not in group.dropped
+    with pytest.raises(ExtractError, match="label set") as info:
+        build_dataset(records, emotions, labels="fine")
+    assert info.value.setting == "labels"
+
+
+def test_core_labels_on_the_bundled_data():
+    records, _ = load_records("bundled")
+    core = build_dataset(records, list(DEFAULT_EMOTIONS), seed=42, labels="core")
+    group = build_dataset(records, list(DEFAULT_EMOTIONS), seed=42)
+    assert core.counts_available["disgust"] == group.counts_available["disgust"]  # disgust's group is itself
+    for emotion in ("anger", "joy", "sadness", "fear", "surprise"):
+        assert core.counts_available[emotion] < group.counts_available[emotion]
+    labels_of: dict[str, set[str]] = {}
+    for r in records:  # a text may recur with other labels; the first one kept it
+        labels_of.setdefault(r.text, set()).update(r.labels)
+    assert all(core.emotions[y] in labels_of[t] for t, y in zip(core.train_texts, core.train_labels, strict=True))
+
+
 def test_balance_is_seeded_capped_and_disjoint():
     records = read_tsv(FIXTURE_DIR / "train.tsv")
     emotions = ["anger", "joy", "sadness"]

@@ -173,7 +173,24 @@ def test_settings_that_belong_to_another_method_are_refused(tiny, tmp_path):
     model, tokenizer = tiny
     for kwargs, setting in [({"pca": True}, "pca"), ({"against": "others"}, "against"),
                             ({"method": "caa"}, "method"), ({"positions": "first"}, "positions"),
-                            ({"project_out_shared": True}, "project_out_shared")]:
+                            ({"project_out_shared": True}, "project_out_shared"), ({"labels": "fine"}, "labels")]:
         with pytest.raises(ExtractError) as info:
             extract(_config(tmp_path, **kwargs), model=model, tokenizer=tokenizer)
         assert info.value.setting == setting
+
+
+def test_core_labels_are_the_vectors_of_the_core_dataset(tiny, tmp_path):
+    model, tokenizer = tiny
+    emotions = ("anger", "sadness", "disgust")
+    config = ExtractConfig(model="tiny", emotions=emotions, layers="0,1", window=1, batch_size=4, data=str(FIXTURE_DIR),
+                           test_size=0.5, seed=3, output=str(tmp_path / "core"), progress=False, labels="core")
+    bundle = extract(config, model=model, tokenizer=tokenizer)
+    records, source = load_records(config.data)
+    ds = build_dataset(records, list(emotions), test_size=0.5, seed=3, source=source, labels="core")
+    last = np.stack([_states(model, tokenizer(t, add_special_tokens=True, truncation=True, max_length=128)
+                             ["input_ids"])[:2, -1] for t in ds.train_texts])
+    for e, emotion in enumerate(emotions):
+        want = last[ds.train_labels == e].mean(axis=0) - last[ds.train_labels != e].mean(axis=0)
+        np.testing.assert_allclose(bundle.full_sweep[emotion], want, atol=2e-5)
+    meta = EmotionBundle.load(config.output).metadata
+    assert meta["labels"] == "core" and meta["dropped"]["not_core_label"] == 5

@@ -73,13 +73,15 @@ def parse_windows(text: str) -> list[tuple[int, ...]]:
 
 
 def source_name(metadata: dict) -> str:
-    """The vector source a bundle's metadata describes: ``meandiff-last`` (old bundles), ``contrastive-mean-pca``, ..."""
+    """The vector source a bundle's metadata describes: ``meandiff-last`` (old bundles), ``contrastive-mean-pca``,
+    ``meandiff-mean-core`` (texts with the emotion's own label only), ..."""
     method = metadata.get("method", "meandiff")
     name = f"{method}-{metadata.get('positions', 'last')}"
     if method == "contrastive":
         name += "-pca" if metadata.get("pca") else ""
         name += "-others" if metadata.get("against") == "others" else ""
-    return name + ("-noshared" if metadata.get("project_out_shared") else "")
+    name += "-noshared" if metadata.get("project_out_shared") else ""
+    return name + ("-core" if metadata.get("labels") == "core" else "")
 
 
 def variant_directions(sweep: np.ndarray, emotion: int, variant: str, names: list[str]) -> np.ndarray | None:

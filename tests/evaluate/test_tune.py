@@ -83,6 +83,8 @@ def test_candidates_need_a_sweep_covering_the_windows():
     assert source_name({}) == "meandiff-last"
     assert source_name({"method": "contrastive", "positions": "mean", "pca": True, "against": "others"}) == \
         "contrastive-mean-pca-others"
+    assert source_name({"method": "meandiff", "positions": "mean", "labels": "core"}) == "meandiff-mean-core"
+    assert source_name({"method": "meandiff", "positions": "last", "labels": "group"}) == "meandiff-last"
 
 
 def test_choose_by_hand():

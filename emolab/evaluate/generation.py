@@ -98,7 +98,8 @@ def _vllm(bundle: str | Path, scale: str | None, model_path: str, prompt_ids: li
 
 def score(texts: list[str], prompt_ids: list[list[int]], continuation_ids: list[list[int]], *, model: Any,
           judge: Any, perplexity: bool = True, batch_size: int = 16) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per-continuation arrays: ``proba`` [n, judge emotions], ``ppl``, ``degenerate``, ``question``, ``distinct_2``."""
+    """Per-continuation arrays: ``proba`` [n, judge emotions], ``ppl``, ``degenerate``, ``question``,
+    ``distinct_1``, ``distinct_2``, ``n_tokens``."""
     timings: dict[str, float] = {}
     began = time.perf_counter()
     proba = np.asarray(judge.predict_proba(texts), dtype=np.float64)
@@ -114,6 +115,7 @@ def score(texts: list[str], prompt_ids: list[list[int]], continuation_ids: list[
         "proba": proba, "ppl": ppl,
         "degenerate": np.array([is_degenerate(t) for t in tokens], dtype=bool),
         "question": np.array([ends_with_question(t) for t in texts], dtype=bool),
+        "distinct_1": np.array([distinct_n(t, 1) for t in tokens]),
         "distinct_2": np.array([distinct_n(t, 2) for t in tokens]),
         "n_tokens": np.array([len(c) for c in continuation_ids]),
     }

@@ -23,7 +23,7 @@ import numpy as np
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.errors import EmolabError
-from emolab.evaluate.metrics import continuation_perplexity, distinct_n, is_degenerate, words
+from emolab.evaluate.generation import score
 from emolab.evaluate.report import summarize_conditions
 
 __all__ = ["DEFAULT_PROMPTS", "EvalConfig", "EvalError", "generate_server", "run_eval", "user_prompt_ids"]
@@ -166,23 +166,20 @@ def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, judge
             all_texts += generate_server(config, config.prompts, None if emotion is None else {emotion: alpha})
         all_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in all_texts]
     timings = {"generate_s": round(time.perf_counter() - t0, 1)}
-    t0 = time.perf_counter()
-    all_ppl = continuation_perplexity(model, rows_prompt_ids * len(conditions), all_ids, batch_size=config.batch_size)
-    timings["perplexity_s"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    all_proba = judge.predict_proba(all_texts)
-    timings["judge_s"] = round(time.perf_counter() - t0, 1)
+    scored, score_timings = score(all_texts, rows_prompt_ids * len(conditions), all_ids, model=model, judge=judge,
+                                  batch_size=config.batch_size)
+    timings.update({key: round(value, 1) for key, value in score_timings.items()})
     results: list[dict[str, Any]] = []
     for k, (emotion, alpha) in enumerate(conditions):
         part = slice(k * n_rows, (k + 1) * n_rows)
-        texts, cont_ids = all_texts[part], all_ids[part]
-        toks = [words(t) for t in texts]
         results.append({
-            "emotion": emotion, "alpha": alpha, "texts": texts, "judge": all_proba[part].round(5).tolist(),
-            "perplexity": [round(p, 4) for p in all_ppl[part]], "n_tokens": [len(c) for c in cont_ids],
-            "distinct_1": [round(distinct_n(t, 1), 4) for t in toks],
-            "distinct_2": [round(distinct_n(t, 2), 4) for t in toks],
-            "degenerate": [bool(is_degenerate(t)) for t in toks],
+            "emotion": emotion, "alpha": alpha, "texts": all_texts[part],
+            "judge": scored["proba"][part].round(5).tolist(),
+            "perplexity": [round(float(p), 4) for p in scored["ppl"][part]],
+            "n_tokens": scored["n_tokens"][part].tolist(),
+            "distinct_1": [round(float(d), 4) for d in scored["distinct_1"][part]],
+            "distinct_2": [round(float(d), 4) for d in scored["distinct_2"][part]],
+            "degenerate": scored["degenerate"][part].tolist(),
         })
     report = summarize_conditions(results, judge, emotions, alphas, config)
     report["scale"] = scale if config.server is None else "server"

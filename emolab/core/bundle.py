@@ -104,8 +104,7 @@ class EmotionBundle:
 
     def layers_of(self, emotion: str) -> list[int]:
         """The chosen layers ``emotion`` steers: metadata ``emotion_layers``, else every chosen layer."""
-        per_emotion = self.metadata.get("emotion_layers") or {}
-        return list(per_emotion.get(emotion, self.chosen_layers))
+        return _steered_layers(self.metadata, emotion, self.chosen_layers)
 
     def steering_mask(self) -> np.ndarray:
         """``[len(chosen_layers), n_emotions]`` bool: whether each emotion steers each chosen layer."""
@@ -239,7 +238,7 @@ class EmotionBundle:
         for emotion, stem in zip(emotions, checked.file_stems, strict=True):
             vectors[emotion] = _load_array(root, folder, f"{stem}_chosen.npy", len(chosen), hidden, chosen_norms)
             hidden = vectors[emotion].shape[1]  # without metadata 'hidden', the first file fixes it
-            steered = metadata.get("emotion_layers", {}).get(emotion, chosen)
+            steered = _steered_layers(metadata, emotion, chosen)
             idle = [layer for k, layer in enumerate(chosen) if layer not in steered and np.any(vectors[emotion][k])]
             if idle:  # the declared layers and the vectors must agree, or raw steering would add them anyway
                 raise BundleError(f"{folder / (stem + '_chosen.npy')}: non-zero at layers {idle}, which "
@@ -297,3 +296,9 @@ def normalize_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     meta.setdefault("n_val", n_val)
     meta.setdefault("families", families)
     return meta
+
+
+def _steered_layers(metadata: dict, emotion: str, chosen: list[int]) -> list[int]:
+    """``emotion_layers[emotion]`` where the metadata has it (absent or null: every chosen layer)."""
+    per_emotion = metadata.get("emotion_layers") or {}
+    return list(per_emotion.get(emotion, chosen))

@@ -616,3 +616,7 @@ def test_per_emotion_layers_must_agree_with_the_vectors(tmp_path):
         (folder / "metadata.json").write_text(json.dumps({**bad, "emotion_layers": value}))
         with pytest.raises(BundleError, match=words):
             EmotionBundle.load(folder)
+    # null means what absent means: every emotion steers every chosen layer.
+    (folder / "metadata.json").write_text(json.dumps({**bad, "emotion_layers": None}))
+    loaded = EmotionBundle.load(folder)
+    assert loaded.layers_of("anger") == [1, 2] and loaded.steering_mask().all()

@@ -33,7 +33,7 @@ from emolab.core.layers import choose_window, parse_layers
 from emolab.core.models import decoder_layers, load_model
 from emolab.core.tracked import refuse_tracked
 from emolab.extraction.capture import collect_activations, collect_span_activations
-from emolab.extraction.data import LABEL_SETS, build_dataset, load_records
+from emolab.extraction.data import build_dataset, load_records
 from emolab.extraction.errors import ExtractError
 from emolab.extraction.methods import (
     METHODS,
@@ -69,7 +69,7 @@ class ExtractConfig:
     pca: bool = False  # contrastive: first principal axis of the paired differences
     against: str = "neutral"  # contrastive: neutral | others (emotion vs the other personas)
     project_out_shared: bool = False
-    labels: str = "group"  # group | core (emolab.extraction.data.LABEL_SETS)
+    labels: str = "group"  # group | core (emolab.extraction.data.LABEL_SETS; build_dataset checks it)
     contrastive_turns: int | None = None  # None: every user turn of prompts_extract.txt
 
     def recipe(self) -> dict:
@@ -88,8 +88,6 @@ class ExtractConfig:
         if self.against not in ("neutral", "others"):
             raise ExtractError(f"unknown contrast {self.against!r}; choose from ['neutral', 'others']",
                                setting="against")
-        if self.labels not in LABEL_SETS:
-            raise ExtractError(f"unknown label set {self.labels!r}; choose from {list(LABEL_SETS)}", setting="labels")
         recipe = {"method": self.method, "positions": positions, "project_out_shared": self.project_out_shared,
                   "labels": self.labels}
         if self.method == "contrastive":

@@ -41,6 +41,19 @@ def tiny_llama_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny():
+    """A tiny random Qwen3 in memory (4 blocks, seeded) with the Qwen3-8B tokenizer: the extraction-method tests' model."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+    from emolab.core.offline import QWEN3_8B_DIR, tiny_qwen3_config
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(tiny_qwen3_config(num_hidden_layers=4)).eval()
+    return model, AutoTokenizer.from_pretrained(QWEN3_8B_DIR)
+
+
+@pytest.fixture(scope="session")
 def smollm2_bundle_path() -> Path:
     """The SmolLM2 bundle committed in vectors/ (made by `emolab tune`: per-emotion layers, recommended alphas)."""
     assert (COMMITTED_BUNDLE / "metadata.json").is_file(), "vectors/smollm2 is missing from the repo"

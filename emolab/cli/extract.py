@@ -39,8 +39,9 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
                    help=f"bundle folder (default: vectors/<model name>; {REFERENCE_OUTPUT} as {REFERENCE_PROG})")
     p.add_argument("--save-full-sweep", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--method", choices=["meandiff", "contrastive"], default="meandiff",
-                   help="meandiff: GoEmotions class means; contrastive: persona vs neutral prompts (CAA-style)")
+    p.add_argument("--method", choices=["meandiff", "contrastive", "learned"], default="meandiff",
+                   help="meandiff: GoEmotions class means; contrastive: persona vs neutral prompts (CAA-style); "
+                        "learned: meandiff moved by gradient descent so the push makes replies read as the emotion")
     p.add_argument("--positions", choices=["last", "mean"], default=None,
                    help="pool the last token or the mean (default: last for meandiff, the answer mean for contrastive)")
     p.add_argument("--pca", action="store_true", help="contrastive: first principal axis of the paired differences")
@@ -50,6 +51,16 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
                    help="remove the direction all emotions' vectors share, layer by layer")
     p.add_argument("--contrastive-turns", type=positive_int("--contrastive-turns"), default=None,
                    help="contrastive: use the first N user turns of the extraction prompts (default all)")
+    learn = p.add_argument_group("learned directions (--method learned; defaults: emolab.extraction.LearnSettings)")
+    learn.add_argument("--learn-steps", type=int, default=None, help="optimizer steps per emotion")
+    learn.add_argument("--learn-alpha", type=float, default=None, help="push while learning, normalized alpha scale")
+    learn.add_argument("--learn-layers", default=None, metavar="LAYERS",
+                       help="layers pushed while learning (default: the middle half of the searched layers)")
+    learn.add_argument("--learn-split", choices=["train", "dev", "test"], default=None,
+                       help="GoEmotions split of the answer texts (default dev: neither the judge's train nor test)")
+    learn.add_argument("--learn-pairs", type=int, default=None, help="preference pairs per emotion")
+    learn.add_argument("--learn-batch", type=int, default=None, help="pairs per optimizer step")
+    learn.add_argument("--learn-lr", type=float, default=None, help="Adam learning rate")
     p.set_defaults(func=run_extract)
 
 
@@ -57,7 +68,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from emolab.core.emotions import EmotionError, parse_emotions
     from emolab.core.layers import LayerError, layer_items
     from emolab.core.summary import print_report
-    from emolab.extraction import ExtractConfig, extract
+    from emolab.extraction import ExtractConfig, LearnSettings, extract
 
     try:
         emotions = tuple(parse_emotions(args.emotions))
@@ -69,11 +80,17 @@ def run_extract(args: argparse.Namespace) -> int:
         layers, layer_flag = args.search_layers, "--search-layers"
     if args.layer is not None:
         layers, window, layer_flag = str(args.layer), 1, "--layer"
+    learn = {name: getattr(args, f"learn_{name}") for name in ("steps", "alpha", "layers", "split", "pairs", "batch", "lr")
+             if getattr(args, f"learn_{name}") is not None}
+    if learn and args.method != "learned":
+        raise UsageError(f"--learn-{next(iter(learn))}: only --method learned learns directions")
     args.flags = {"layers": layer_flag, "window": "--window" if args.layer is None else "--layer"}
-    try:  # fail on a typo before loading data and model; the layer range needs the model's depth
-        layer_items(layers)
-    except LayerError as exc:
-        raise UsageError(f"{layer_flag}: {exc}") from None
+    for flag, value in ((layer_flag, layers), ("--learn-layers", args.learn_layers)):
+        try:  # fail on a typo before loading data and model; the layer range needs the model's depth
+            if value is not None:
+                layer_items(value)
+        except LayerError as exc:
+            raise UsageError(f"{flag}: {exc}") from None
     if args.output:
         output = args.output
     elif getattr(args, "prog", None) == REFERENCE_PROG:
@@ -87,6 +104,7 @@ def run_extract(args: argparse.Namespace) -> int:
         save_full_sweep=args.save_full_sweep, progress=not args.no_progress, method=args.method,
         positions=args.positions, pca=args.pca, against=args.against, project_out_shared=args.project_out_shared,
         labels=args.labels, contrastive_turns=args.contrastive_turns,
+        learn=LearnSettings(**learn),
     )
     bundle = extract(config)
     print_report(bundle)

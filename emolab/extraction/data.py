@@ -19,7 +19,7 @@ import numpy as np
 from emolab.core.emotions import FINE_TO_EKMAN, GOEMOTIONS_LABELS
 from emolab.extraction.errors import ExtractError
 
-__all__ = ["BUNDLED_DIR", "HUB_ID", "LABEL_SETS", "SPLITS", "EmotionDataset", "Record", "build_dataset", "ekman_targets",
+__all__ = ["BUNDLED_DIR", "HUB_ID", "LABEL_SETS", "SPLITS", "EmotionDataset", "Record", "build_dataset", "ekman_targets", "group_texts",
            "load_records", "read_tsv"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "goemotions"
@@ -135,6 +135,43 @@ def ekman_targets(record: Record, emotions: list[str]) -> set[str]:
     return {FINE_TO_EKMAN[label] for label in record.labels if FINE_TO_EKMAN.get(label) in emotions}
 
 
+def group_texts(records: list[Record], emotions: list[str], labels: str = "group",
+                neutral: bool = False) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The distinct texts of each selected emotion (records with exactly one), and how many were dropped why.
+
+    ``labels="core"`` also drops records of that emotion's group that lack the emotion's own fine
+    label (an ``annoyance``-only text is no anger example then); a record whose other labels map
+    to another selected emotion is dropped either way. ``neutral=True`` adds the texts labelled only
+    ``neutral`` under the key ``"neutral"``.
+    """
+    if labels not in LABEL_SETS:
+        raise ExtractError(f"unknown label set {labels!r}; choose from {list(LABEL_SETS)}", setting="labels")
+    by_class: dict[str, list[str]] = {e: [] for e in emotions}
+    if neutral:
+        by_class["neutral"] = []
+    dropped = {"no_target_emotion": 0, "several_target_emotions": 0, "duplicate_text": 0}
+    if labels == "core":
+        dropped["not_core_label"] = 0
+    seen: set[str] = set()
+    for record in records:
+        targets = ekman_targets(record, emotions)
+        if neutral and record.labels == ("neutral",) and record.text not in seen:
+            seen.add(record.text)
+            by_class["neutral"].append(record.text)
+        elif not targets:
+            dropped["no_target_emotion"] += 1
+        elif len(targets) > 1:
+            dropped["several_target_emotions"] += 1
+        elif labels == "core" and next(iter(targets)) not in record.labels:
+            dropped["not_core_label"] += 1
+        elif record.text in seen:
+            dropped["duplicate_text"] += 1
+        else:
+            seen.add(record.text)
+            by_class[targets.pop()].append(record.text)
+    return by_class, dropped
+
+
 def build_dataset(
     records: list[Record],
     emotions: list[str],
@@ -147,35 +184,14 @@ def build_dataset(
 ) -> EmotionDataset:
     """Keep records with exactly one selected emotion, balance the classes, split stratified.
 
-    ``labels="core"`` also drops records of that emotion's group that lack the emotion's own fine
-    label (an ``annoyance``-only text is no anger example then); a record whose other labels map
-    to another selected emotion is dropped either way.
+    ``labels``: as ``group_texts``.
 
     Balancing: every class is randomly (seeded) down-sampled to the size of the smallest class,
     after ``max_per_class`` caps it, so no class can dominate the mean or the probe.
     """
     if not 0.0 < test_size < 1.0:
         raise ExtractError(f"the validation share must be in (0, 1), got {test_size}", setting="test_size")
-    if labels not in LABEL_SETS:
-        raise ExtractError(f"unknown label set {labels!r}; choose from {list(LABEL_SETS)}", setting="labels")
-    by_class: dict[str, list[str]] = {e: [] for e in emotions}
-    dropped = {"no_target_emotion": 0, "several_target_emotions": 0, "duplicate_text": 0}
-    if labels == "core":
-        dropped["not_core_label"] = 0
-    seen: set[str] = set()
-    for record in records:
-        targets = ekman_targets(record, emotions)
-        if not targets:
-            dropped["no_target_emotion"] += 1
-        elif len(targets) > 1:
-            dropped["several_target_emotions"] += 1
-        elif labels == "core" and next(iter(targets)) not in record.labels:
-            dropped["not_core_label"] += 1
-        elif record.text in seen:
-            dropped["duplicate_text"] += 1
-        else:
-            seen.add(record.text)
-            by_class[targets.pop()].append(record.text)
+    by_class, dropped = group_texts(records, emotions, labels)
     available = {e: len(t) for e, t in by_class.items()}
     n_per_class = min(available.values())
     if max_per_class is not None:

@@ -14,6 +14,9 @@ Methods (``METHODS``):
   tokens under an emotion instruction and under the parallel neutral instruction; the vector is the
   mean paired difference (``mean_difference``) or its first principal axis (``principal_direction``).
 
+* ``learned``: a mean-difference start moved by gradient descent on what the push does to replies
+  (``emolab.extraction.learned``).
+
 Post-processing, for any method: ``contrast_against_others`` (emotion vs the other emotions rather
 than vs neutral) and ``remove_shared_direction`` (project off the direction all emotions share).
 ``normalize_to_residual`` puts vectors on the normalized alpha scale, as a bundle's
@@ -32,7 +35,7 @@ __all__ = [
     "normalize_to_residual", "paired_differences", "principal_direction", "remove_shared_direction",
 ]
 
-METHODS = ("meandiff", "contrastive")
+METHODS = ("meandiff", "contrastive", "learned")
 POSITIONS = ("last", "mean")
 
 

@@ -7,7 +7,9 @@ The vectors come from one of ``methods.METHODS`` (``ExtractConfig.method``):
   first (``positions``; the first is an attention sink);
 * ``contrastive``: contrastive prompts (``prompts``): persona instruction vs neutral instruction,
   same user turn and answer, pooled over the answer; mean paired difference, or its first
-  principal axis (``pca``); ``against="others"`` turns emotion-vs-neutral into emotion-vs-rest.
+  principal axis (``pca``); ``against="others"`` turns emotion-vs-neutral into emotion-vs-rest;
+* ``learned``: the mean-difference vectors as a start, moved by gradient descent so that the push
+  makes replies read as the emotion (``learned``; ``ExtractConfig.learn``).
 
 ``project_out_shared`` removes the direction all emotions share (contrastive against neutral: the
 "emotional persona" part; mean differences of balanced classes sum to zero and share none). Whatever the method,
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +35,9 @@ from emolab.core.layers import choose_window, parse_layers
 from emolab.core.models import decoder_layers, load_model
 from emolab.core.tracked import refuse_tracked
 from emolab.extraction.capture import collect_activations, collect_span_activations
-from emolab.extraction.data import build_dataset, load_records
+from emolab.extraction.data import build_dataset, group_texts, load_records
 from emolab.extraction.errors import ExtractError
+from emolab.extraction.learn_settings import LearnSettings
 from emolab.extraction.methods import (
     METHODS,
     POSITIONS,
@@ -64,27 +67,31 @@ class ExtractConfig:
     output: str | None = None
     save_full_sweep: bool = True
     progress: bool = True
-    method: str = "meandiff"  # meandiff | contrastive
-    positions: str | None = None  # last | mean; None: last for meandiff, mean for contrastive
+    method: str = "meandiff"  # meandiff | contrastive | learned
+    positions: str | None = None  # last | mean; None: last for meandiff and learned, mean for contrastive
     pca: bool = False  # contrastive: first principal axis of the paired differences
     against: str = "neutral"  # contrastive: neutral | others (emotion vs the other personas)
     project_out_shared: bool = False
     labels: str = "group"  # group | core (emolab.extraction.data.LABEL_SETS; build_dataset checks it)
     contrastive_turns: int | None = None  # None: every user turn of prompts_extract.txt
+    learn: LearnSettings = field(default_factory=LearnSettings)  # learned: how the directions are fitted
 
     def recipe(self) -> dict:
         """What the vectors are, as recorded in a bundle's metadata (``method``, ``positions``, ...)."""
         if self.method not in METHODS:
             raise ExtractError(f"unknown method {self.method!r}; choose from {list(METHODS)}", setting="method")
-        positions = self.positions or ("last" if self.method == "meandiff" else "mean")
+        positions = self.positions or ("mean" if self.method == "contrastive" else "last")
         if positions not in POSITIONS:
             raise ExtractError(f"unknown positions {positions!r}; choose from {list(POSITIONS)}", setting="positions")
-        if self.method == "meandiff" and (self.pca or self.against != "neutral"):
+        if self.method != "contrastive" and (self.pca or self.against != "neutral"):
             raise ExtractError("principal axes and the contrast against other personas belong to the contrastive "
                                "method", setting="pca" if self.pca else "against")
         if self.method == "meandiff" and self.project_out_shared:
             raise ExtractError("mean-difference vectors of balanced classes sum to zero, so they share no direction "
                                "to remove", setting="project_out_shared")
+        if self.method == "learned" and self.project_out_shared:
+            raise ExtractError("learned directions are fitted as they are steered; projecting them afterwards would "
+                               "undo the fit", setting="project_out_shared")
         if self.against not in ("neutral", "others"):
             raise ExtractError(f"unknown contrast {self.against!r}; choose from ['neutral', 'others']",
                                setting="against")
@@ -92,6 +99,9 @@ class ExtractConfig:
                   "labels": self.labels}
         if self.method == "contrastive":
             recipe.update(pca=self.pca, against=self.against)
+        if self.method == "learned":
+            self.learn.check()
+            recipe["learned"] = self.learn.as_dict()
         return recipe
 
 
@@ -111,17 +121,30 @@ def _versions() -> dict[str, str]:
 def _contrast_note(recipe: dict) -> str:
     if recipe["method"] == "meandiff":
         return "each emotion against the mean of all other selected emotions (train split)"
+    if recipe["method"] == "learned":
+        return ("mean-difference start (train split), fitted so the pushed model prefers the emotion's texts "
+                f"({recipe['learned']['split']} split) over other emotions' and neutral texts as replies")
     side = "the other emotions' personas" if recipe["against"] == "others" else "the parallel neutral persona"
     return f"each emotion's persona against {side}, same user turn and answer (contrastive prompts)"
 
 
 def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, dataset, search: list[int],
-                    train_acts: np.ndarray) -> np.ndarray:
+                    train_acts: np.ndarray, residual_norm: np.ndarray,
+                    answers: dict[str, list[str]] | None = None) -> np.ndarray:
     """The method's vectors ``[n_emotions, len(search), hidden]`` (``train_acts``: last-token GoEmotions)."""
     n = len(dataset.emotions)
-    if recipe["method"] == "meandiff" and recipe["positions"] == "last":
+    if recipe["method"] == "contrastive":
+        from emolab.extraction.prompts import contrastive_prompt_vectors
+
+        vectors, info = contrastive_prompt_vectors(
+            model, tokenizer, list(dataset.emotions), search, n_turns=config.contrastive_turns,
+            positions=recipe["positions"], pca=recipe["pca"], batch_size=config.batch_size)
+        recipe["contrastive_prompts"] = info
+        if recipe["against"] == "others":
+            vectors = contrast_against_others(vectors)
+    elif recipe["positions"] == "last":
         vectors = meandiff_vectors(train_acts, dataset.train_labels, n)
-    elif recipe["method"] == "meandiff":
+    else:
         ids = tokenizer(dataset.train_texts, add_special_tokens=True, truncation=True,
                         max_length=config.max_length)["input_ids"]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -131,17 +154,49 @@ def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, datas
         acts = collect_span_activations(model, ids, spans, search, pad_id=int(pad),
                                         batch_size=config.batch_size)["mean"]
         vectors = meandiff_vectors(acts, dataset.train_labels, n)
-    else:
-        from emolab.extraction.prompts import contrastive_prompt_vectors
-
-        vectors, info = contrastive_prompt_vectors(
-            model, tokenizer, list(dataset.emotions), search, n_turns=config.contrastive_turns,
-            positions=recipe["positions"], pca=recipe["pca"], batch_size=config.batch_size)
-        recipe["contrastive_prompts"] = info
-        if recipe["against"] == "others":
-            vectors = contrast_against_others(vectors)
+    if recipe["method"] == "learned":
+        vectors = _learned(config, recipe, model, tokenizer, list(dataset.emotions), answers or {}, search, vectors,
+                           residual_norm)
     if recipe["project_out_shared"]:
         vectors = remove_shared_direction(vectors)
+    return vectors
+
+
+def learn_window(layers: str | None, search: list[int], num_layers: int) -> list[int]:
+    """The layers pushed while learning: the selector's, which must lie in the search, else the middle half
+    of the search (where mean-difference vectors steer best on SmolLM2)."""
+    if layers is None:
+        return search[len(search) // 4:len(search) - len(search) // 4] or search
+    window = parse_layers(layers, num_layers)
+    missing = [layer for layer in window if layer not in search]
+    if missing:
+        raise ExtractError(f"learned: window layers {missing} are not among the searched layers {search}",
+                           setting="learn_layers")
+    return window
+
+
+def _answer_texts(config: ExtractConfig, recipe: dict, emotions: list[str]) -> dict[str, list[str]]:
+    """The learned method's answer texts: each emotion's (and neutral) texts of the ``learn.split`` split."""
+    split = config.learn.split
+    records, _ = load_records(config.data, (split,))
+    texts, _ = group_texts(records, emotions, recipe["labels"], neutral=True)
+    empty = [name for name in emotions if not texts[name]]  # neutral texts are welcome, not required
+    if empty:
+        raise ExtractError(f"learned: the {split} split has no single-label texts of {empty}", setting="learn_split")
+    return texts
+
+
+def _learned(config: ExtractConfig, recipe: dict, model, tokenizer, emotions: list[str], answers: dict[str, list[str]],
+             search: list[int], start: np.ndarray, residual_norm: np.ndarray) -> np.ndarray:
+    from emolab.extraction.learned import learned_vectors
+    from emolab.extraction.prompts import read_prompts
+
+    settings = config.learn
+    window = learn_window(settings.layers, search, len(decoder_layers(model)))
+    say = print if config.progress else None
+    vectors, info = learned_vectors(model, tokenizer, emotions, answers, read_prompts("extract"), search, start,
+                                    residual_norm, window, settings, seed=config.seed, progress=say)
+    recipe["learned"] = {**recipe["learned"], **info, "window": window}
     return vectors
 
 
@@ -158,6 +213,8 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
         records, emotions, max_per_class=config.max_per_class, test_size=config.test_size, seed=config.seed,
         source=source, labels=recipe["labels"],
     )
+    # The learned method's answer texts, read now so that a missing split fails before the model loads.
+    answers = _answer_texts(config, recipe, emotions) if recipe["method"] == "learned" else None
     timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -172,6 +229,8 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     if config.window > len(search):
         raise ExtractError(f"a window of {config.window} layers is wider than the {len(search)} searched layers",
                            setting="window")
+    if recipe["method"] == "learned":
+        learn_window(config.learn.layers, search, num_layers)  # a bad window fails before the captures
 
     t0 = time.perf_counter()
     kwargs = dict(batch_size=config.batch_size, max_length=config.max_length, progress=config.progress)
@@ -181,16 +240,16 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     n_texts = len(dataset.train_texts) + len(dataset.val_texts)
     timings["capture_texts_per_s"] = n_texts / max(timings["capture_s"], 1e-9)
 
+    # Typical size of the residual stream, for alphas on a scale comparable across layers/emotions.
+    residual_norm = np.linalg.norm(train_acts, axis=2).mean(axis=0)
     t0 = time.perf_counter()
-    vectors = _method_vectors(config, recipe, model, tokenizer, dataset, search, train_acts)
+    vectors = _method_vectors(config, recipe, model, tokenizer, dataset, search, train_acts, residual_norm, answers)
     timings["vectors_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     auc = probe_auc(train_acts, dataset.train_labels, val_acts, dataset.val_labels, len(emotions), seed=config.seed)
     timings["probe_s"] = time.perf_counter() - t0
     chosen, chosen_auc = choose_window(search, auc.mean(axis=1), config.window)
     rows = [search.index(layer) for layer in chosen]
-    # Typical size of the residual stream, for alphas on a scale comparable across layers/emotions.
-    residual_norm = np.linalg.norm(train_acts, axis=2).mean(axis=0)
 
     dtype_name = str(next(model.parameters()).dtype).replace("torch.", "")
     metadata = {

@@ -35,6 +35,10 @@ FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "goemotions"
         (["--layers", ","], "--layers"),
         (["--layer", "-1"], "--layer"),
         (["--layer", "x"], "--layer"),
+        (["--learn-steps", "3"], "--learn-steps"),  # only the learned method learns
+        (["--method", "learned", "--learn-layers", "1-x"], "--learn-layers"),
+        (["--method", "learned", "--learn-alpha", "0"], "--learn-alpha"),
+        (["--method", "learned", "--learn-pairs", "4", "--learn-batch", "8"], "--learn-batch"),
     ],
 )
 def test_bad_extract_flags_name_the_flag(argv, flag, capsys):
@@ -87,6 +91,19 @@ def test_extract_on_tiny_qwen3_then_inspect(tmp_path, capsys):
     meta = json.loads((one / "metadata.json").read_text())
     assert meta["search_layers"] == [2] and meta["chosen_layers"] == [2] and meta["window"] == 1
     assert np.load(one / "anger_full_sweep.npy").shape == (1, 128)
+
+
+def test_learned_extraction_from_the_command_line(tmp_path, capsys):
+    argv = ["extract", "--model", "tiny-qwen3", "--data", str(FIXTURE_DIR), "--emotions", "anger,joy", "--layers",
+            "all", "--window", "2", "--no-progress", "--method", "learned", "--learn-pairs", "4", "--learn-batch", "2",
+            "--learn-steps", "2", "--learn-layers", "1,2"]
+    code, _, err = run_cli([*argv, "--output", str(tmp_path / "dev")], capsys)  # the fixture has no dev split
+    assert code == 2 and "dev" in err and "Traceback" not in err
+    code, _, err = run_cli([*argv, "--learn-split", "train", "--output", str(tmp_path / "ok")], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "ok" / "metadata.json").read_text())
+    assert meta["method"] == "learned" and meta["learned"]["window"] == [1, 2]
+    assert (meta["learned"]["steps"], meta["learned"]["pairs"], meta["learned"]["split"]) == (2, 4, "train")
 
 
 def test_inspect_reference_bundle_as_json(reference_bundle_path):

@@ -81,17 +81,6 @@ def test_steering_prompt_sets_are_disjoint_and_instructions_parallel():
 
 
 # ------------------------------------------------------------------------ tiny random model
-@pytest.fixture(scope="module")
-def tiny():
-    from transformers import AutoTokenizer, Qwen3ForCausalLM
-
-    from emolab.core.offline import QWEN3_8B_DIR, tiny_qwen3_config
-
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(tiny_qwen3_config(num_hidden_layers=4)).eval()
-    return model, AutoTokenizer.from_pretrained(QWEN3_8B_DIR)
-
-
 def _states(model, ids: list[int]) -> np.ndarray:
     """``[3, seq, hidden]``: outputs of blocks 0-2 of one unpadded sequence (``hidden_states[L+1]``; the
     last block's entry is after the final norm, so the tests search layers 0-2 of the 4)."""

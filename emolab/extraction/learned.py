@@ -183,7 +183,7 @@ def learned_vectors(
     lengths = [settings.alpha * NORMALIZED_FRACTION * float(residual_norm[r]) for r in rows]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = np.empty_like(start, dtype=np.float32)
-    info: dict[str, Any] = {"settings": settings.as_dict(), "window": list(window), "per_emotion": {}}
+    info: dict[str, Any] = {"window": list(window), "per_emotion": {}}
     for e, emotion in enumerate(emotions):
         others = [t for name, pool in texts.items() if name != emotion for t in pool]
         rng = random.Random(f"{seed}-{emotion}")

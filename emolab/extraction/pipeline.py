@@ -196,7 +196,7 @@ def _learned(config: ExtractConfig, recipe: dict, model, tokenizer, emotions: li
     say = print if config.progress else None
     vectors, info = learned_vectors(model, tokenizer, emotions, answers, read_prompts("extract"), search, start,
                                     residual_norm, window, settings, seed=config.seed, progress=say)
-    recipe["learned"] = {**recipe["learned"], **info, "window": window}
+    recipe["learned"] = {**recipe["learned"], **info}
     return vectors
 
 

@@ -57,20 +57,19 @@ effect: setup
 	$(BIN)/emolab tune --evaluate $(BUNDLE) --report runs/effect-$(notdir $(BUNDLE)) \
 		--markdown runs/effect-$(notdir $(BUNDLE))/steering-effect.md --compare-hf $(ARGS)
 
-# The full tune (docs/steering-effect.md): three extractions with the full sweep over layers 6-22 (mean
-# difference at the last token and over the text's tokens, and the learned directions started from the
-# first), then a search of source x layer window x push per emotion on the tuning prompts, a confirm on
-# all of them, and the held-out report (vLLM vs HF generation speed measured). Everything goes to runs/;
-# replacing vectors/$(MODEL) is a deliberate copy + commit, never a make target.
+# The full tune (docs/steering-effect.md): two extractions with the full sweep over layers 6-22 (mean
+# difference at the last token and over the text's tokens), then a search of source x layer window x
+# push per emotion on the tuning prompts, a confirm on all of them, and the held-out report (vLLM vs
+# HF generation speed measured). Everything goes to runs/; replacing vectors/$(MODEL) is a deliberate
+# copy + commit, never a make target.
 TUNE_LAYERS ?= 6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22
-TUNE_ARGS ?= --windows 10-18,8-20,6-22 --pushes 2.5,2.75,3,3.25 --search-prompts 12 --confirm-top 2 --compare-hf
+TUNE_ARGS ?= --windows 10-18,8-20,6-22 --pushes 2,2.5,2.75,3,3.25 --search-prompts 12 --confirm-top 2 --compare-hf
 TUNE_EXTRACT = $(BIN)/emolab extract --model $(MODEL) --layers $(TUNE_LAYERS) --dtype float32 --device cpu --no-progress
 tune: setup
 	test -f runs/extract-$(MODEL)-wide/metadata.json || $(TUNE_EXTRACT) --output runs/extract-$(MODEL)-wide
 	test -f runs/extract-$(MODEL)-mean/metadata.json || $(TUNE_EXTRACT) --positions mean --output runs/extract-$(MODEL)-mean
-	test -f runs/extract-$(MODEL)-learned/metadata.json || $(TUNE_EXTRACT) --method learned --output runs/extract-$(MODEL)-learned
 	$(BIN)/emolab tune --model $(MODEL) --bundle runs/extract-$(MODEL)-wide --bundle runs/extract-$(MODEL)-mean \
-		--bundle runs/extract-$(MODEL)-learned --output runs/tune-$(MODEL) --report runs/tune-$(MODEL)-report \
+		--output runs/tune-$(MODEL) --report runs/tune-$(MODEL)-report \
 		--markdown runs/tune-$(MODEL)-report/steering-effect.md $(TUNE_ARGS)
 
 inspect: setup

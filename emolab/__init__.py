@@ -35,8 +35,8 @@ _PUBLIC = {
     "launch_server": "emolab.serve.launch",
     "wait_for_health": "emolab.serve.launch",
     "stop_server": "emolab.serve.launch",
-    "SteeringClient": "emolab.client",
-    "AsyncSteeringClient": "emolab.client",
+    "SteeringClient": "emolab.api_client",
+    "AsyncSteeringClient": "emolab.api_client",
     "EvalConfig": "emolab.evaluate",
     "run_eval": "emolab.evaluate",
 }

@@ -29,7 +29,7 @@ def split_agents(agents: int, parts: int) -> list[range]:
 
 def _serve(base_url: str, api_key: str | None, model: str, inbox: Any, outbox: Any, barrier: Any) -> None:
     """A client process: run the agent slices it is sent until it gets None."""
-    from emolab.client import AsyncSteeringClient
+    from emolab.api_client import AsyncSteeringClient
 
     async def main() -> None:
         client = AsyncSteeringClient(base_url, api_key=api_key or None, model=model, timeout=600)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from emolab.client import AsyncSteeringClient
+from emolab.api_client import AsyncSteeringClient
 
 __all__ = ["BASELINE", "SCENARIOS", "AgentStats", "RunResult", "calibrate_prompt_words", "make_prompt",
            "one_request", "pick_steering", "random_blend", "run_agents", "run_scenario", "to_result"]

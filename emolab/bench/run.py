@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emolab.api_client import AsyncSteeringClient
 from emolab.bench.clients import ClientPool
 from emolab.bench.load import SCENARIOS, RunResult, calibrate_prompt_words, run_scenario, to_result
 from emolab.bench.servers import start_bench_server
 from emolab.bench.tables import summarize_runs
-from emolab.client import AsyncSteeringClient
 from emolab.core.errors import EmolabError
 from emolab.serve.launch import free_port, stop_server
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from emolab.api_client import AsyncSteeringClient
 from emolab.bench.load import make_prompt, random_blend
-from emolab.client import AsyncSteeringClient
 
 __all__ = ["SoakConfig", "check_soak", "parse_emolab_metrics", "run_soak"]
 

@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import sys
 
+from emolab.api_client import DEFAULT_BASE_URL, DEFAULT_PROMPT, probe, v1_url
 from emolab.cli.common import positive_int
-from emolab.client import DEFAULT_BASE_URL, DEFAULT_PROMPT, probe, v1_url
 
 __all__ = ["add_test_http"]
 

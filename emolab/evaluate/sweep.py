@@ -95,7 +95,7 @@ def generate_server(config: EvalConfig, prompts: list[str], steering: dict[str, 
     """Continuations from a running server (OpenAI chat API, steering in ``vllm_xargs``), 8 at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from emolab.client import SteeringClient
+    from emolab.api_client import SteeringClient
 
     client = SteeringClient(config.server or "", model=config.served_model)
     jobs = [(sample, prompt) for prompt in prompts for sample in range(config.samples)]

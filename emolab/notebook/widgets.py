@@ -116,7 +116,7 @@ class ServerGenerator:
 
     def __init__(self, base_url: str, *, api_key: str | None = None, max_new_tokens: int = 40,
                  timeout: float = 120.0) -> None:
-        from emolab.client import SteeringClient
+        from emolab.api_client import SteeringClient
 
         self.client = SteeringClient(base_url, api_key=api_key, timeout=timeout)
         self.info: dict[str, Any] = self.client.info

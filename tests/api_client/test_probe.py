@@ -11,7 +11,7 @@ import openai
 import pytest
 from conftest import running_server
 
-from emolab.client import probe, v1_url
+from emolab.api_client import probe, v1_url
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from emolab.client.client import DEFAULT_BASE_URL, AsyncSteeringClient
+from emolab.api_client.client import DEFAULT_BASE_URL, AsyncSteeringClient
 
 __all__ = ["DEFAULT_PROMPT", "ProbeResult", "probe"]
 

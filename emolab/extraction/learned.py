@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,36 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from emolab.core.bundle import NORMALIZED_FRACTION
-from emolab.core.models import chat_prompt_ids, decoder_layers
+from emolab.core.models import chat_prompt_ids
+from emolab.core.push import push
 from emolab.extraction.errors import ExtractError
 from emolab.extraction.learn_settings import LearnSettings
 
-__all__ = ["answer_logprob", "learn_direction", "learned_vectors", "preference_pairs", "push"]
+__all__ = ["answer_logprob", "learn_direction", "learned_vectors", "preference_pairs"]
 
 Pair = tuple[list[int], list[int]]  # (prompt ids, answer ids)
-
-
-@contextmanager
-def push(model: torch.nn.Module, layers: Sequence[int], vectors: torch.Tensor) -> Iterator[None]:
-    """Add ``vectors[i]`` to the output of block ``layers[i]`` (every position) inside the context.
-
-    ``vectors`` may require grad: the sum stays in the graph, so a loss can be differentiated
-    with respect to the push.
-    """
-    blocks = decoder_layers(model)
-    handles = []
-    for row, layer in enumerate(layers):
-        def hook(module, args, output, add=vectors[row]):
-            if isinstance(output, (tuple, list)):
-                return (output[0] + add, *output[1:])
-            return output + add
-
-        handles.append(blocks[layer].register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def answer_logprob(model: torch.nn.Module, pairs: Sequence[Pair], pad_id: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.models import decoder_layers
+from emolab.core.push import push
 
 __all__ = ["HFSteerer"]
 
@@ -51,20 +52,7 @@ class HFSteerer:
             yield
             return
         delta = self.delta(coeffs)
-        handles = []
-        for row, layer in enumerate(self.bundle.chosen_layers):
-            add = delta[row]
-            if add.ndim == 2:  # per-row steering: [batch, hidden] -> broadcast over positions
-                add = add[:, None, :]
-
-            def hook(module, args, output, add=add):
-                if isinstance(output, (tuple, list)):
-                    return (output[0] + add, *output[1:])
-                return output + add
-
-            handles.append(self.blocks[layer].register_forward_hook(hook))
-        try:
+        if delta.ndim == 3:  # per-row steering: [layers, batch, hidden] -> broadcast over positions
+            delta = delta[:, :, None, :]
+        with push(self.model, self.bundle.chosen_layers, list(delta)):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()

@@ -130,7 +130,7 @@ def _contrast_note(recipe: dict) -> str:
 
 def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, dataset, search: list[int],
                     train_acts: np.ndarray, residual_norm: np.ndarray,
-                    answers: dict[str, list[str]] | None = None) -> np.ndarray:
+                    answers: dict[str, list[str]] | None = None, learn_layers: list[int] | None = None) -> np.ndarray:
     """The method's vectors ``[n_emotions, len(search), hidden]`` (``train_acts``: last-token GoEmotions)."""
     n = len(dataset.emotions)
     if recipe["method"] == "contrastive":
@@ -155,8 +155,8 @@ def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, datas
                                         batch_size=config.batch_size)["mean"]
         vectors = meandiff_vectors(acts, dataset.train_labels, n)
     if recipe["method"] == "learned":
-        vectors = _learned(config, recipe, model, tokenizer, list(dataset.emotions), answers or {}, search, vectors,
-                           residual_norm)
+        vectors = _learned(config, recipe, model, tokenizer, list(dataset.emotions), answers or {}, search,
+                           learn_layers or [], vectors, residual_norm)
     if recipe["project_out_shared"]:
         vectors = remove_shared_direction(vectors)
     return vectors
@@ -187,12 +187,11 @@ def _answer_texts(config: ExtractConfig, recipe: dict, emotions: list[str]) -> d
 
 
 def _learned(config: ExtractConfig, recipe: dict, model, tokenizer, emotions: list[str], answers: dict[str, list[str]],
-             search: list[int], start: np.ndarray, residual_norm: np.ndarray) -> np.ndarray:
+             search: list[int], window: list[int], start: np.ndarray, residual_norm: np.ndarray) -> np.ndarray:
     from emolab.extraction.learned import learned_vectors
     from emolab.extraction.prompts import read_prompts
 
     settings = config.learn
-    window = learn_window(settings.layers, search, len(decoder_layers(model)))
     say = print if config.progress else None
     vectors, info = learned_vectors(model, tokenizer, emotions, answers, read_prompts("extract"), search, start,
                                     residual_norm, window, settings, seed=config.seed, progress=say)
@@ -229,8 +228,8 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     if config.window > len(search):
         raise ExtractError(f"a window of {config.window} layers is wider than the {len(search)} searched layers",
                            setting="window")
-    if recipe["method"] == "learned":
-        learn_window(config.learn.layers, search, num_layers)  # a bad window fails before the captures
+    # The learned method's window, resolved now so that a bad one fails before the captures.
+    learn_layers = learn_window(config.learn.layers, search, num_layers) if recipe["method"] == "learned" else None
 
     t0 = time.perf_counter()
     kwargs = dict(batch_size=config.batch_size, max_length=config.max_length, progress=config.progress)
@@ -243,7 +242,8 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     # Typical size of the residual stream, for alphas on a scale comparable across layers/emotions.
     residual_norm = np.linalg.norm(train_acts, axis=2).mean(axis=0)
     t0 = time.perf_counter()
-    vectors = _method_vectors(config, recipe, model, tokenizer, dataset, search, train_acts, residual_norm, answers)
+    vectors = _method_vectors(config, recipe, model, tokenizer, dataset, search, train_acts, residual_norm, answers,
+                              learn_layers)
     timings["vectors_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     auc = probe_auc(train_acts, dataset.train_labels, val_acts, dataset.val_labels, len(emotions), seed=config.seed)

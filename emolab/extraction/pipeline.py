@@ -129,9 +129,10 @@ def _contrast_note(recipe: dict) -> str:
 
 
 def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, dataset, search: list[int],
-                    train_acts: np.ndarray, residual_norm: np.ndarray,
+                    train_acts: np.ndarray, train_mean: np.ndarray | None, residual_norm: np.ndarray,
                     answers: dict[str, list[str]] | None = None, learn_layers: list[int] | None = None) -> np.ndarray:
-    """The method's vectors ``[n_emotions, len(search), hidden]`` (``train_acts``: last-token GoEmotions)."""
+    """The method's vectors ``[n_emotions, len(search), hidden]`` (``train_acts``: last-token GoEmotions;
+    ``train_mean``: their mean over each text's tokens, for ``positions="mean"``)."""
     n = len(dataset.emotions)
     if recipe["method"] == "contrastive":
         from emolab.extraction.prompts import contrastive_prompt_vectors
@@ -142,24 +143,28 @@ def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, datas
         recipe["contrastive_prompts"] = info
         if recipe["against"] == "others":
             vectors = contrast_against_others(vectors)
-    elif recipe["positions"] == "last":
-        vectors = meandiff_vectors(train_acts, dataset.train_labels, n)
     else:
-        ids = tokenizer(dataset.train_texts, add_special_tokens=True, truncation=True,
-                        max_length=config.max_length)["input_ids"]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        # The first token is left out of the mean: its state is an attention sink whose norm is ~100x the
-        # others' in mid layers (SmolLM2: 24000 vs 150 at layer 12), so it would decide the direction.
-        spans = [(1 if len(row) > 1 else 0, len(row)) for row in ids]
-        acts = collect_span_activations(model, ids, spans, search, pad_id=int(pad),
-                                        batch_size=config.batch_size)["mean"]
-        vectors = meandiff_vectors(acts, dataset.train_labels, n)
+        # train_mean is captured exactly when the recipe pools over the text's tokens
+        vectors = meandiff_vectors(train_acts if train_mean is None else train_mean, dataset.train_labels, n)
     if recipe["method"] == "learned":
         vectors = _learned(config, recipe, model, tokenizer, list(dataset.emotions), answers or {}, search,
                            learn_layers or [], vectors, residual_norm)
     if recipe["project_out_shared"]:
         vectors = remove_shared_direction(vectors)
     return vectors
+
+
+def _capture_last_and_mean(config: ExtractConfig, model, tokenizer, texts: list[str],
+                           search: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Last-token and mean-over-tokens states of ``texts`` from one forward pass each (the probe reads the
+    first, ``positions="mean"`` vectors the second; two separate captures ran the texts twice)."""
+    ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=config.max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # The first token is left out of the mean: its state is an attention sink whose norm is ~100x the
+    # others' in mid layers (SmolLM2: 24000 vs 150 at layer 12), so it would decide the direction.
+    spans = [(1 if len(row) > 1 else 0, len(row)) for row in ids]
+    pooled = collect_span_activations(model, ids, spans, search, pad_id=int(pad), batch_size=config.batch_size)
+    return pooled["last"], pooled["mean"]
 
 
 def learn_window(layers: str | None, search: list[int], num_layers: int) -> list[int]:
@@ -233,7 +238,12 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
 
     t0 = time.perf_counter()
     kwargs = dict(batch_size=config.batch_size, max_length=config.max_length, progress=config.progress)
-    train_acts = collect_activations(model, tokenizer, dataset.train_texts, search, desc="capture train", **kwargs)
+    train_mean = None
+    if recipe["positions"] == "mean" and recipe["method"] != "contrastive":
+        train_acts, train_mean = _capture_last_and_mean(config, model, tokenizer, dataset.train_texts, search)
+    else:
+        train_acts = collect_activations(model, tokenizer, dataset.train_texts, search, desc="capture train",
+                                         **kwargs)
     val_acts = collect_activations(model, tokenizer, dataset.val_texts, search, desc="capture val", **kwargs)
     timings["capture_s"] = time.perf_counter() - t0
     n_texts = len(dataset.train_texts) + len(dataset.val_texts)
@@ -242,8 +252,8 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     # Typical size of the residual stream, for alphas on a scale comparable across layers/emotions.
     residual_norm = np.linalg.norm(train_acts, axis=2).mean(axis=0)
     t0 = time.perf_counter()
-    vectors = _method_vectors(config, recipe, model, tokenizer, dataset, search, train_acts, residual_norm, answers,
-                              learn_layers)
+    vectors = _method_vectors(config, recipe, model, tokenizer, dataset, search, train_acts, train_mean, residual_norm,
+                              answers, learn_layers)
     timings["vectors_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     auc = probe_auc(train_acts, dataset.train_labels, val_acts, dataset.val_labels, len(emotions), seed=config.seed)

@@ -123,6 +123,26 @@ def test_meandiff_over_mean_positions_equals_a_recomputation(tiny, tmp_path):
     assert (meta["method"], meta["positions"], meta["project_out_shared"]) == ("meandiff", "mean", False)
 
 
+def test_mean_positions_read_each_text_once_and_probe_as_the_last_token_recipe(tiny, tmp_path):
+    model, tokenizer = tiny
+    calls = []
+    handle = model.model.layers[0].register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        by_mean = extract(_config(tmp_path / "mean", positions="mean"), model=model, tokenizer=tokenizer)
+        mean_calls = len(calls)
+        calls.clear()
+        by_last = extract(_config(tmp_path / "last", positions="last"), model=model, tokenizer=tokenizer)
+    finally:
+        handle.remove()
+    meta = by_mean.metadata
+    batches = -(-meta["n_train"] // 4) + -(-meta["n_val"] // 4)  # ceil per split, batch_size 4
+    assert mean_calls == len(calls) == batches  # one forward per batch of texts, as for last-token vectors
+    # The probe and the residual norms read the last token either way: same layers, same numbers.
+    assert by_mean.chosen_layers == by_last.chosen_layers
+    np.testing.assert_allclose(meta["auc_matrix"], by_last.metadata["auc_matrix"], atol=1e-4)
+    np.testing.assert_allclose(meta["residual_norm"], by_last.metadata["residual_norm"], rtol=1e-5)
+
+
 @pytest.mark.parametrize("pca, against, shared", [(False, "neutral", False), (True, "neutral", False),
                                                  (False, "others", False), (False, "neutral", True)])
 def test_contrastive_prompts_equal_a_recomputation(tiny, tmp_path, pca, against, shared):

@@ -180,10 +180,13 @@ def learn_window(layers: str | None, search: list[int], num_layers: int) -> list
     return window
 
 
-def _answer_texts(config: ExtractConfig, recipe: dict, emotions: list[str]) -> dict[str, list[str]]:
-    """The learned method's answer texts: each emotion's (and neutral) texts of the ``learn.split`` split."""
+def _answer_texts(config: ExtractConfig, recipe: dict, emotions: list[str], source: str) -> dict[str, list[str]]:
+    """The learned method's answer texts: each emotion's (and neutral) texts of the ``learn.split`` split,
+    read from ``source``, where the training texts came from (``load_records``' answer, ``kind:where``), so
+    ``auto`` is not resolved, and its fallback announced, a second time."""
     split = config.learn.split
-    records, _ = load_records(config.data, (split,))
+    kind, _, where = source.partition(":")
+    records, _ = load_records("bundled" if kind == "bundled" else where, (split,))
     texts, _ = group_texts(records, emotions, recipe["labels"], neutral=True)
     empty = [name for name in emotions if not texts[name]]  # neutral texts are welcome, not required
     if empty:
@@ -218,7 +221,7 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
         source=source, labels=recipe["labels"],
     )
     # The learned method's answer texts, read now so that a missing split fails before the model loads.
-    answers = _answer_texts(config, recipe, emotions) if recipe["method"] == "learned" else None
+    answers = _answer_texts(config, recipe, emotions, source) if recipe["method"] == "learned" else None
     timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

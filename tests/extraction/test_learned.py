@@ -103,6 +103,18 @@ def test_a_learned_extraction_stores_one_direction_per_emotion(tiny, tmp_path):
     assert set(per) == set(EMOTIONS) and all(p["loss_first"] is not None and p["n_texts"] > 0 for p in per.values())
 
 
+def test_answers_come_from_where_the_training_texts_came_from(tiny, tmp_path, monkeypatch, capsys):
+    model, tokenizer = tiny
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # "auto" falls back to the bundled copy, and says so
+    config = _config(tmp_path, 0, split="dev")
+    config.data, config.max_per_class = "auto", 6
+    bundle = extract(config, model=model, tokenizer=tokenizer)
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("GoEmotions: using the bundled")]
+    assert len(notices) == 1  # the dev split is read from the resolved source, not resolved again
+    assert bundle.metadata["data_source"].startswith("bundled:")
+    assert all(p["n_texts"] > 0 for p in bundle.metadata["learned"]["per_emotion"].values())
+
+
 def test_bad_learned_settings_are_refused_before_any_capture(tiny, tmp_path):
     model, tokenizer = tiny
     for kwargs, setting in [({"alpha": 0.0}, "learn_alpha"), ({"batch": 9}, "learn_batch"),

@@ -146,13 +146,15 @@ def collect_span_activations(
     *,
     pad_id: int = 0,
     batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "capture",
 ) -> dict[str, np.ndarray]:
     """Pooled residual stream over a span of each token sequence, at every layer, in one forward each.
 
     ``spans[i] = (start, end)`` names positions ``start..end-1`` of ``sequences[i]``. Returns
     ``{"last": ..., "mean": ...}``, each float32 ``[n, n_layers, hidden]``: the state at position
     ``end - 1`` and the mean over the span. Rows are right-padded (real tokens keep their positions
-    and never attend to padding) and batched longest first; results come back in input order.
+    and never attend to padding) and batched longest first; results come back in input order. ``progress`` shows a bar named ``desc``.
     """
     if not sequences:
         raise ExtractError("no sequences to capture")
@@ -181,7 +183,7 @@ def collect_span_activations(
     stack = base_model(model)
     try:
         with torch.inference_mode():
-            for start in range(0, n, batch_size):
+            for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
                 idx = order[start:start + batch_size]
                 width = max(len(sequences[i]) for i in idx)
                 ids = torch.full((len(idx), width), pad_id, dtype=torch.long)

@@ -156,14 +156,15 @@ def _method_vectors(config: ExtractConfig, recipe: dict, model, tokenizer, datas
 
 def _capture_last_and_mean(config: ExtractConfig, model, tokenizer, texts: list[str],
                            search: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Last-token and mean-over-tokens states of ``texts`` from one forward pass each (the probe reads the
-    first, ``positions="mean"`` vectors the second; two separate captures ran the texts twice)."""
+    """Last-token and mean-over-tokens states of ``texts``, both from one forward per batch: the probe and
+    the residual norms read the first, ``positions="mean"`` vectors the second."""
     ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=config.max_length)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # The first token is left out of the mean: its state is an attention sink whose norm is ~100x the
     # others' in mid layers (SmolLM2: 24000 vs 150 at layer 12), so it would decide the direction.
     spans = [(1 if len(row) > 1 else 0, len(row)) for row in ids]
-    pooled = collect_span_activations(model, ids, spans, search, pad_id=int(pad), batch_size=config.batch_size)
+    pooled = collect_span_activations(model, ids, spans, search, pad_id=int(pad), batch_size=config.batch_size,
+                                      progress=config.progress, desc="capture train")
     return pooled["last"], pooled["mean"]
 
 

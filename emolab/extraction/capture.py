@@ -154,7 +154,8 @@ def collect_span_activations(
     ``spans[i] = (start, end)`` names positions ``start..end-1`` of ``sequences[i]``. Returns
     ``{"last": ..., "mean": ...}``, each float32 ``[n, n_layers, hidden]``: the state at position
     ``end - 1`` and the mean over the span. Rows are right-padded (real tokens keep their positions
-    and never attend to padding) and batched longest first; results come back in input order. ``progress`` shows a bar named ``desc``.
+    and never attend to padding) and batched longest first; results come back in input order.
+    ``progress`` shows a bar named ``desc``.
     """
     if not sequences:
         raise ExtractError("no sequences to capture")

@@ -20,7 +20,7 @@ from emolab.core.emotions import FINE_TO_EKMAN, GOEMOTIONS_LABELS
 from emolab.extraction.errors import ExtractError
 
 __all__ = ["BUNDLED_DIR", "HUB_ID", "LABEL_SETS", "SPLITS", "EmotionDataset", "Record", "build_dataset", "ekman_targets", "group_texts",
-           "load_records", "read_tsv"]
+           "load_records", "origin", "read_tsv"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "goemotions"
 HUB_ID = "google-research-datasets/go_emotions"
@@ -118,6 +118,12 @@ def load_records(source: str = "auto", splits: tuple[str, ...] = ("train",)) -> 
     if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", source) and not Path(source).exists():  # owner/name, not a path
         return _load_hub(source, splits), f"hub:{source}"
     raise ExtractError(f"{source!r} is not 'auto', 'bundled', an existing folder of TSVs, or a hub id", setting="data")
+
+
+def origin(source: str) -> str:
+    """The ``source`` that reads more splits from where ``load_records`` said (``kind:where``) its records came
+    from: the folder or the hub id itself, so ``auto`` is not resolved, and its fallback announced, again."""
+    return source.partition(":")[2]
 
 
 def _load_folder(folder: Path, splits: tuple[str, ...]) -> list[Record]:

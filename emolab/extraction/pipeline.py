@@ -35,7 +35,7 @@ from emolab.core.layers import choose_window, parse_layers
 from emolab.core.models import decoder_layers, load_model
 from emolab.core.tracked import refuse_tracked
 from emolab.extraction.capture import collect_activations, collect_span_activations
-from emolab.extraction.data import build_dataset, group_texts, load_records
+from emolab.extraction.data import build_dataset, group_texts, load_records, origin
 from emolab.extraction.errors import ExtractError
 from emolab.extraction.learn_settings import LearnSettings
 from emolab.extraction.methods import (
@@ -183,11 +183,9 @@ def learn_window(layers: str | None, search: list[int], num_layers: int) -> list
 
 def _answer_texts(config: ExtractConfig, recipe: dict, emotions: list[str], source: str) -> dict[str, list[str]]:
     """The learned method's answer texts: each emotion's (and neutral) texts of the ``learn.split`` split,
-    read from ``source``, where the training texts came from (``load_records``' answer, ``kind:where``), so
-    ``auto`` is not resolved, and its fallback announced, a second time."""
+    read from where the training texts came from (``source``, ``load_records``' answer)."""
     split = config.learn.split
-    kind, _, where = source.partition(":")
-    records, _ = load_records("bundled" if kind == "bundled" else where, (split,))
+    records, _ = load_records(origin(source), (split,))
     texts, _ = group_texts(records, emotions, recipe["labels"], neutral=True)
     empty = [name for name in emotions if not texts[name]]  # neutral texts are welcome, not required
     if empty:

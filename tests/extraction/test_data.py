@@ -10,7 +10,7 @@ import pytest
 
 from emolab.core.emotions import DEFAULT_EMOTIONS, EKMAN_GROUPS, FINE_TO_EKMAN, GOEMOTIONS_LABELS, parse_emotions
 from emolab.extraction import ExtractError
-from emolab.extraction.data import BUNDLED_DIR, Record, build_dataset, ekman_targets, load_records, read_tsv
+from emolab.extraction.data import BUNDLED_DIR, Record, build_dataset, ekman_targets, load_records, origin, read_tsv
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "goemotions"
 
@@ -163,13 +163,18 @@ def test_bad_split_sizes_are_refused():
         build_dataset(records, ["disgust", "surprise"], test_size=0.2)  # 2 per class: round(0.4) = 0 held out
 
 
-def test_load_records_sources(monkeypatch):
+def test_load_records_sources(monkeypatch, capsys):
     records, source = load_records(str(FIXTURE_DIR))
     assert source == f"folder:{FIXTURE_DIR.resolve()}"
     assert records == read_tsv(FIXTURE_DIR / "train.tsv")
+    assert load_records(origin(source))[0] == records
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _, source = load_records("auto")
     assert source.startswith("bundled:")
+    capsys.readouterr()
+    dev, _ = load_records(origin(source), ("dev",))  # more splits from the resolved source, without a notice
+    assert dev == read_tsv(BUNDLED_DIR / "dev.tsv") and capsys.readouterr().err == ""
+    assert origin("hub:google-research-datasets/go_emotions") == "google-research-datasets/go_emotions"
     with pytest.raises(ExtractError, match="dev.tsv"):
         load_records(str(FIXTURE_DIR), splits=("train", "dev"))
     with pytest.raises(ValueError, match="unknown split"):

@@ -3,12 +3,13 @@ offer the defaults without importing torch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from emolab.extraction.errors import ExtractError
 
-__all__ = ["LearnSettings"]
+__all__ = ["LearnSettings", "check_window"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,11 @@ class LearnSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_window(window: Sequence[int], search: Sequence[int]) -> None:
+    """The layers pushed while learning need start vectors and residual norms, so they must lie in the search."""
+    missing = [layer for layer in window if layer not in search]
+    if missing:
+        raise ExtractError(f"learned: window layers {missing} are not among the searched layers {list(search)}",
+                           setting="learn_layers")

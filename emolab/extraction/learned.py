@@ -31,7 +31,7 @@ from emolab.core.bundle import NORMALIZED_FRACTION
 from emolab.core.models import chat_prompt_ids
 from emolab.core.push import push
 from emolab.extraction.errors import ExtractError
-from emolab.extraction.learn_settings import LearnSettings
+from emolab.extraction.learn_settings import LearnSettings, check_window
 
 __all__ = ["answer_logprob", "learn_direction", "learned_vectors", "preference_pairs"]
 
@@ -152,10 +152,7 @@ def learned_vectors(
     ``texts`` maps each emotion and ``neutral`` to answer texts; an emotion's other side is every
     other emotion's texts and the neutral ones.
     """
-    missing = [layer for layer in window if layer not in search]
-    if missing:
-        raise ExtractError(f"learned: window layers {missing} are not among the searched layers {list(search)}",
-                           setting="learn_layers")
+    check_window(window, search)
     rows = [list(search).index(layer) for layer in window]
     lengths = [settings.alpha * NORMALIZED_FRACTION * float(residual_norm[r]) for r in rows]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

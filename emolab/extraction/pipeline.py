@@ -37,7 +37,7 @@ from emolab.core.tracked import refuse_tracked
 from emolab.extraction.capture import collect_activations, collect_span_activations
 from emolab.extraction.data import build_dataset, group_texts, load_records, origin
 from emolab.extraction.errors import ExtractError
-from emolab.extraction.learn_settings import LearnSettings
+from emolab.extraction.learn_settings import LearnSettings, check_window
 from emolab.extraction.methods import (
     METHODS,
     POSITIONS,
@@ -174,10 +174,7 @@ def learn_window(layers: str | None, search: list[int], num_layers: int) -> list
     if layers is None:
         return search[len(search) // 4:len(search) - len(search) // 4] or search
     window = parse_layers(layers, num_layers)
-    missing = [layer for layer in window if layer not in search]
-    if missing:
-        raise ExtractError(f"learned: window layers {missing} are not among the searched layers {search}",
-                           setting="learn_layers")
+    check_window(window, search)  # before the capture, not after it
     return window
 
 

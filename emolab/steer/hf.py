@@ -37,7 +37,6 @@ class HFSteerer:
         basis = bundle.steering_basis(self.alpha_scale) if basis is None else basis
         self.model = model
         self.bundle = bundle
-        self.blocks = blocks
         self.basis = torch.as_tensor(basis, dtype=param.dtype, device=param.device)
 
     def delta(self, coeffs: np.ndarray | torch.Tensor) -> torch.Tensor:

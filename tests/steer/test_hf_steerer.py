@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from emolab.core.bundle import EmotionBundle
+from emolab.core.models import decoder_layers
 from emolab.steer.hf import HFSteerer
 
 EMOTIONS = ["anger", "joy", "sadness"]
@@ -71,4 +72,4 @@ def test_per_row_coefficients_and_no_steering():
     assert torch.equal(steered[0], plain[0])
     assert torch.equal(steered[1], plain[1] + torch.from_numpy(b.vectors["anger"][0]))
     assert torch.equal(untouched, plain)
-    assert not steerer.blocks[2]._forward_hooks  # hooks are removed on exit
+    assert not decoder_layers(model)[2]._forward_hooks  # hooks are removed on exit

@@ -62,7 +62,7 @@ effect: setup
 # push per emotion on the tuning prompts, a confirm on all of them, and the held-out report (vLLM vs
 # HF generation speed measured). Everything goes to runs/; replacing vectors/$(MODEL) is a deliberate
 # copy + commit, never a make target.
-TUNE_LAYERS ?= 6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22
+TUNE_LAYERS ?= 6-22
 TUNE_ARGS ?= --windows 10-18,8-20,6-22 --pushes 2,2.5,2.75,3,3.25 --search-prompts 12 --confirm-top 2 --compare-hf
 TUNE_EXTRACT = $(BIN)/emolab extract --model $(MODEL) --layers $(TUNE_LAYERS) --dtype float32 --device cpu --no-progress
 tune: setup

@@ -19,7 +19,7 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-e", "--emotions", default=",".join(DEFAULT_EMOTIONS), help="comma-separated Ekman emotions")
     where = p.add_mutually_exclusive_group()
     where.add_argument("-l", "--layers", default=None,
-                       help="early|mid|late|all, layer ids, or mixes such as mid,30 (default mid)")
+                       help="early|mid|late|all, layer ids, inclusive ranges such as 10-18, or mixes such as mid,30 (default mid)")
     where.add_argument("--search-layers", default=None, metavar="LAYERS",
                        help="explicit comma-separated layer ids to search (the reference tool's older flag)")
     where.add_argument("--layer", type=int, default=None, help="search one layer only (implies --window 1)")

@@ -15,6 +15,8 @@ all    [0, N)                   0-35
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from emolab.core.errors import EmolabError
@@ -54,10 +56,17 @@ def layer_items(spec: str) -> list[str | int]:
         if item in BANDS:
             items.append(item)
             continue
+        span = re.fullmatch(r"(\d+)\s*-\s*(\d+)", item)  # an inclusive range, as tune's windows write it
+        if span:
+            lo, hi = int(span.group(1)), int(span.group(2))
+            if hi < lo:
+                raise LayerError(f"layer range {item!r} runs backwards")
+            items.extend(range(lo, hi + 1))
+            continue
         try:
             layer = int(item)
         except ValueError:
-            raise LayerError(f"{item!r} is neither a band {BANDS} nor a layer id") from None
+            raise LayerError(f"{item!r} is neither a band {BANDS}, a layer id nor a range such as 10-18") from None
         if layer < 0:
             raise LayerError(f"layer {layer} outside 0..(number of layers - 1)")
         items.append(layer)
@@ -67,7 +76,7 @@ def layer_items(spec: str) -> list[str | int]:
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
-    """Parse ``mid``, ``16,17``, ``mid,30`` or ``all`` into a sorted list of distinct layer ids."""
+    """Parse ``mid``, ``16,17``, ``10-18`` (inclusive), ``mid,30`` or ``all`` into a sorted list of distinct layer ids."""
     layers: set[int] = set()
     for item in layer_items(spec):
         if isinstance(item, str):

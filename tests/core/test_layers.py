@@ -38,11 +38,15 @@ def test_parse_layers():
     assert parse_layers("early,mid", 36) == list(range(4, 28))
     assert parse_layers("ALL", 8) == list(range(8))
     assert parse_layers(7, 8) == [7]
+    assert parse_layers("6-9", 36) == [6, 7, 8, 9]  # inclusive, the way tune writes windows
+    assert parse_layers("10 - 11,mid", 36) == [10, 11, *range(16, 28)]
+    assert parse_layers("5-5", 36) == [5]
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("middle", "neither a band"), ("36", "outside 0..35"), ("-1", "outside"), ("", "no layers"), (",", "no layers")],
+    [("middle", "neither a band"), ("36", "outside 0..35"), ("-1", "outside"), ("", "no layers"), (",", "no layers"),
+     ("20-6", "runs backwards"), ("30-40", "outside 0..35"), ("6-", "neither a band")],
 )
 def test_parse_layers_errors_name_the_setting_not_a_flag(spec, message):
     with pytest.raises(LayerError) as info:

@@ -42,6 +42,7 @@ def tuned_bundle(reference: EmotionBundle, winners: dict[str, tuple[Any, dict[st
         recipe[emotion] = {
             "source": cand.source, "method": meta.get("method", "meandiff"), "positions": meta.get("positions", "last"),
             **({"pca": meta.get("pca"), "against": meta.get("against")} if meta.get("method") == "contrastive" else {}),
+            **({"mean_skips": meta["mean_skips"]} if "mean_skips" in meta else {}),
             "variant": variant or "plain", "layers": list(cand.layers), "alpha": row["alpha"], "push": row["push"],
             "scale": "normalized",
             "tuning": {k: _round(row[k]) for k in ("delta", "delta_ci95", "hit_rate", "ppl_median", "degenerate",

@@ -3,8 +3,8 @@
 The vectors come from one of ``methods.METHODS`` (``ExtractConfig.method``):
 
 * ``meandiff`` (the default): ``v[e, L] = mean(acts of e) - mean(acts of the other emotions)`` over
-  GoEmotions texts, pooled at the ``last`` token or the ``mean`` over the text's tokens after the
-  first (``positions``; the first is an attention sink);
+  GoEmotions texts, pooled at the ``last`` token or the ``mean`` over the text's content tokens
+  (``positions``; the first token and any other attention sink are left out: ``capture.pooling_weights``);
 * ``contrastive``: contrastive prompts (``prompts``): persona instruction vs neutral instruction,
   same user turn and answer, pooled over the answer; mean paired difference, or its first
   principal axis (``pca``); ``against="others"`` turns emotion-vs-neutral into emotion-vs-rest;
@@ -34,7 +34,7 @@ from emolab.core.emotions import DEFAULT_EMOTIONS, parse_emotions
 from emolab.core.layers import choose_window, parse_layers
 from emolab.core.models import decoder_layers, load_model
 from emolab.core.tracked import refuse_tracked
-from emolab.extraction.capture import collect_activations, collect_span_activations
+from emolab.extraction.capture import SINK_RATIO, collect_activations, collect_span_activations
 from emolab.extraction.data import build_dataset, group_texts, load_records, origin
 from emolab.extraction.errors import ExtractError
 from emolab.extraction.learn_settings import LearnSettings, check_window
@@ -99,6 +99,9 @@ class ExtractConfig:
                   "labels": self.labels}
         if self.method == "contrastive":
             recipe.update(pca=self.pca, against=self.against)
+        if positions == "mean":  # which positions a mean pools over changes the vectors, so it is recorded
+            sinks = f"attention sinks (norm over {SINK_RATIO:g}x the span's median)"
+            recipe["mean_skips"] = sinks if self.method == "contrastive" else f"the first token and {sinks}"
         if self.method == "learned":
             self.learn.check()
             recipe["learned"] = self.learn.as_dict()

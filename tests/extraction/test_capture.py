@@ -7,7 +7,7 @@ import torch
 
 from emolab.core.models import decoder_layers
 from emolab.core.offline import QWEN3_8B_DIR, tiny_qwen3_config
-from emolab.extraction.capture import capture_last_token, collect_activations, last_token_index
+from emolab.extraction.capture import capture_last_token, collect_activations, last_token_index, pooling_weights
 
 TEXTS = [
     "I can't believe they did that to me, I'm furious.",
@@ -136,3 +136,21 @@ def test_collect_activations_rejects_no_texts(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     with pytest.raises(ValueError, match="no texts"):
         collect_activations(model, tokenizer, [], [0], progress=False)
+
+
+def test_pooling_weights_leave_out_attention_sinks():
+    """Norms per position (hidden = norm x a unit vector); span = where pool > 0."""
+    norms = torch.tensor([[900.0, 1.0, 2.0, 100.0, 3.0, 0.0],   # first token outside the span; 100 > 5 x median 2
+                          [1.0, 50.0, 0.0, 0.0, 0.0, 0.0],      # two positions: the lower median (1) decides
+                          [7.0, 0.0, 0.0, 0.0, 0.0, 0.0],       # one position: kept, whatever its norm
+                          [2.0, 3.0, 10.0, 4.0, 0.0, 0.0]])     # 10 <= 5 x median 3: content, kept
+    hidden = norms[:, :, None] * torch.tensor([0.6, 0.8])
+    spans = [(1, 5), (0, 2), (0, 1), (0, 4)]
+    pool = torch.zeros(4, 6)
+    for row, (lo, hi) in enumerate(spans):
+        pool[row, lo:hi] = 1.0 / (hi - lo)
+    expected = torch.tensor([[0, 1 / 3, 1 / 3, 0, 1 / 3, 0],
+                             [1, 0, 0, 0, 0, 0],
+                             [1, 0, 0, 0, 0, 0],
+                             [1 / 4, 1 / 4, 1 / 4, 1 / 4, 0, 0]])
+    assert torch.allclose(pooling_weights(hidden, pool, 5.0), expected)

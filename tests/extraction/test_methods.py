@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from emolab.core.bundle import EmotionBundle
+from emolab.core.models import decoder_layers
 from emolab.extraction import ExtractConfig, ExtractError, extract
 from emolab.extraction.capture import collect_span_activations
 from emolab.extraction.data import build_dataset, load_records
@@ -102,6 +103,33 @@ def test_span_capture_equals_hidden_states(tiny):
         collect_span_activations(model, seqs, [(0, 7), (0, 1), (0, 1)], [0])
 
 
+def test_span_mean_leaves_a_massive_activation_out(tiny):
+    """A position the model blows up to 100x the others' norm (as SmolLM2 does to an attention sink, now and
+    then at the second token) is left out of the mean at the layers after it; the last-token state is
+    untouched and ``sink_ratio=None`` keeps the plain mean. (Layers 1 and 2 are read: transformers may record
+    block 0's own output before the hook that makes the sink runs.)"""
+    model, tokenizer = tiny
+    seq = tokenizer("a b c d e f", add_special_tokens=False)["input_ids"]
+
+    def sink(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        hidden[:, 1] *= 100.0
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = decoder_layers(model)[0].register_forward_hook(sink)
+    try:
+        states = _states(model, seq)[[1, 2]]
+        got = collect_span_activations(model, [seq], [(0, len(seq))], [1, 2], pad_id=0)
+        plain = collect_span_activations(model, [seq], [(0, len(seq))], [1, 2], pad_id=0, sink_ratio=None)
+    finally:
+        handle.remove()
+    content = [p for p in range(len(seq)) if p != 1]
+    np.testing.assert_allclose(got["mean"][0], states[:, content].mean(axis=1), atol=1e-4)
+    np.testing.assert_allclose(plain["mean"][0], states.mean(axis=1), atol=1e-4)
+    np.testing.assert_allclose(got["last"][0], states[:, -1], atol=1e-5)
+
+
 def _config(tmp_path, **kwargs) -> ExtractConfig:
     return ExtractConfig(model="tiny", emotions=EMOTIONS, layers="0,1,2", window=2, batch_size=4, data=str(FIXTURE_DIR),
                          test_size=0.4, seed=3, output=str(tmp_path / "bundle"), progress=False, **kwargs)
@@ -121,6 +149,8 @@ def test_meandiff_over_mean_positions_equals_a_recomputation(tiny, tmp_path):
         np.testing.assert_allclose(bundle.full_sweep[emotion], want[e], atol=2e-5)
     meta = EmotionBundle.load(config.output).metadata
     assert (meta["method"], meta["positions"], meta["project_out_shared"]) == ("meandiff", "mean", False)
+    assert meta["mean_skips"].startswith("the first token and attention sinks")  # how the mean was pooled
+    assert "mean_skips" not in _config(tmp_path, positions="last").recipe()
 
 
 def test_mean_positions_read_each_text_once_and_probe_as_the_last_token_recipe(tiny, tmp_path):

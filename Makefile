@@ -61,13 +61,14 @@ effect: setup
 # difference at the last token and over the text's tokens), then a search of source x layer window x
 # push per emotion on the tuning prompts, a confirm on all of them, and the held-out report (vLLM vs
 # HF generation speed measured). Everything goes to runs/; replacing vectors/$(MODEL) is a deliberate
-# copy + commit, never a make target.
+# copy + commit, never a make target. A mean-position extraction without "mean_skips" in its metadata
+# predates sink-free pooling (2026-11-27) and is made again.
 TUNE_LAYERS ?= 6-22
 TUNE_ARGS ?= --windows 10-18,8-20,6-22 --pushes 2,2.5,2.75,3,3.25 --search-prompts 12 --confirm-top 2 --compare-hf
 TUNE_EXTRACT = $(BIN)/emolab extract --model $(MODEL) --layers $(TUNE_LAYERS) --dtype float32 --device cpu --no-progress
 tune: setup
 	test -f runs/extract-$(MODEL)-wide/metadata.json || $(TUNE_EXTRACT) --output runs/extract-$(MODEL)-wide
-	test -f runs/extract-$(MODEL)-mean/metadata.json || $(TUNE_EXTRACT) --positions mean --output runs/extract-$(MODEL)-mean
+	grep -qs '"mean_skips"' runs/extract-$(MODEL)-mean/metadata.json || $(TUNE_EXTRACT) --positions mean --output runs/extract-$(MODEL)-mean
 	$(BIN)/emolab tune --model $(MODEL) --bundle runs/extract-$(MODEL)-wide --bundle runs/extract-$(MODEL)-mean \
 		--output runs/tune-$(MODEL) --report runs/tune-$(MODEL)-report \
 		--markdown runs/tune-$(MODEL)-report/steering-effect.md $(TUNE_ARGS)

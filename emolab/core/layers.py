@@ -47,9 +47,9 @@ def band(name: str, num_layers: int) -> list[int]:
     return list(range(lo, hi))
 
 
-def layer_items(spec: str) -> list[str | int]:
-    """The bands and layer ids of a layer spec, syntax-checked (ranges need the model's depth)."""
-    items: list[str | int] = []
+def layer_items(spec: str) -> list[str | int | range]:
+    """The bands, layer ids and id ranges of a layer spec, syntax-checked (bands and bounds need the model's depth)."""
+    items: list[str | int | range] = []
     for item in (part.strip().lower() for part in str(spec).split(",")):
         if not item:
             continue
@@ -61,7 +61,7 @@ def layer_items(spec: str) -> list[str | int]:
             lo, hi = int(span.group(1)), int(span.group(2))
             if hi < lo:
                 raise LayerError(f"layer range {item!r} runs backwards")
-            items.extend(range(lo, hi + 1))
+            items.append(range(lo, hi + 1))  # kept lazy: parse_layers checks it against the depth first
             continue
         try:
             layer = int(item)
@@ -81,6 +81,10 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     for item in layer_items(spec):
         if isinstance(item, str):
             layers.update(band(item, num_layers))
+        elif isinstance(item, range):
+            if item[-1] >= num_layers:
+                raise LayerError(f"layer {item[-1]} outside 0..{num_layers - 1}")
+            layers.update(item)
         elif not 0 <= item < num_layers:
             raise LayerError(f"layer {item} outside 0..{num_layers - 1}")
         else:

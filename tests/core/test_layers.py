@@ -46,7 +46,8 @@ def test_parse_layers():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [("middle", "neither a band"), ("36", "outside 0..35"), ("-1", "outside"), ("", "no layers"), (",", "no layers"),
-     ("20-6", "runs backwards"), ("30-40", "outside 0..35"), ("6-", "neither a band")],
+     ("20-6", "runs backwards"), ("30-40", "outside 0..35"), ("6-", "neither a band"),
+     ("0-99999999999", "outside 0..35")],  # checked before it is expanded: no hang, no memory blow-up
 )
 def test_parse_layers_errors_name_the_setting_not_a_flag(spec, message):
     with pytest.raises(LayerError) as info:

@@ -19,7 +19,7 @@ from emolab.core.errors import EmolabError
 
 __all__ = [
     "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "ModelError", "cache_dir", "chat_prompt_ids",
-    "decoder_layers", "load_model", "pick_device", "pick_dtype", "resolve_model",
+    "decoder_layers", "load_model", "pad_token_id", "pick_device", "pick_dtype", "resolve_model",
 ]
 
 ALIASES = ("smollm2", "tiny-qwen3", "tiny-llama")
@@ -90,6 +90,13 @@ def chat_prompt_ids(tokenizer, messages: list[dict[str, Any]], **template_kwargs
     template_kwargs.setdefault("add_generation_prompt", True)
     text = tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs)
     return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id to pad batches with: the tokenizer's pad token, else its end-of-sequence token (many causal
+    LMs have no pad token; padded positions are masked out, so which id fills them does not matter)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad)
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

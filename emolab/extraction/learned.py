@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from emolab.core.bundle import NORMALIZED_FRACTION
-from emolab.core.models import chat_prompt_ids
+from emolab.core.models import chat_prompt_ids, pad_token_id
 from emolab.core.push import push
 from emolab.extraction.errors import ExtractError
 from emolab.extraction.learn_settings import LearnSettings, check_window
@@ -155,7 +155,7 @@ def learned_vectors(
     check_window(window, search)
     rows = [list(search).index(layer) for layer in window]
     lengths = [settings.alpha * NORMALIZED_FRACTION * float(residual_norm[r]) for r in rows]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     out = np.empty_like(start, dtype=np.float32)
     info: dict[str, Any] = {"window": list(window), "per_emotion": {}}
     for e, emotion in enumerate(emotions):
@@ -167,7 +167,7 @@ def learned_vectors(
         units /= np.linalg.norm(units, axis=1, keepdims=True)
         tell = None if progress is None else (lambda text, name=emotion: progress(f"learned {name}: {text}"))
         unit, summary = learn_direction(model, chosen, rejected, window, lengths, units.sum(axis=0), settings,
-                                        pad_id=int(pad), seed=rng.randrange(2**31), progress=tell)
+                                        pad_id=pad, seed=rng.randrange(2**31), progress=tell)
         out[e] = unit[None, :] * np.linalg.norm(start[e], axis=1, keepdims=True)
         info["per_emotion"][emotion] = {**summary, "n_texts": len(texts[emotion]), "n_others": len(others)}
     return out, info

@@ -32,7 +32,7 @@ import numpy as np
 from emolab.core.bundle import CAPTURE_CONVENTION, CONVENTION_NOTE, INJECT_CONVENTION, EmotionBundle
 from emolab.core.emotions import DEFAULT_EMOTIONS, parse_emotions
 from emolab.core.layers import choose_window, parse_layers
-from emolab.core.models import decoder_layers, load_model
+from emolab.core.models import decoder_layers, load_model, pad_token_id
 from emolab.core.tracked import refuse_tracked
 from emolab.extraction.capture import SINK_RATIO, collect_activations, collect_span_activations
 from emolab.extraction.data import build_dataset, group_texts, load_records, origin
@@ -162,11 +162,11 @@ def _capture_last_and_mean(config: ExtractConfig, model, tokenizer, texts: list[
     """Last-token and mean-over-tokens states of ``texts``, both from one forward per batch: the probe and
     the residual norms read the first, ``positions="mean"`` vectors the second."""
     ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=config.max_length)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     # The first token is left out of the mean: its state is an attention sink whose norm is ~100x the
     # others' in mid layers (SmolLM2: 24000 vs 150 at layer 12), so it would decide the direction.
     spans = [(1 if len(row) > 1 else 0, len(row)) for row in ids]
-    pooled = collect_span_activations(model, ids, spans, search, pad_id=int(pad), batch_size=config.batch_size,
+    pooled = collect_span_activations(model, ids, spans, search, pad_id=pad, batch_size=config.batch_size,
                                       progress=config.progress, desc="capture train")
     return pooled["last"], pooled["mean"]
 

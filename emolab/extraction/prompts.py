@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from emolab.core.models import pad_token_id
 from emolab.extraction.capture import collect_span_activations
 from emolab.extraction.errors import ExtractError
 from emolab.extraction.methods import mean_difference, paired_differences, principal_direction
@@ -94,8 +95,8 @@ def contrastive_prompt_vectors(
     answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in openings]
     instructions = load_instructions(emotions)
     sequences, spans, keys = contrastive_pairs(tokenizer, emotions, turns, answers, instructions)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    acts = collect_span_activations(model, sequences, spans, layers, pad_id=int(pad), batch_size=batch_size)[positions]
+    pad = pad_token_id(tokenizer)
+    acts = collect_span_activations(model, sequences, spans, layers, pad_id=pad, batch_size=batch_size)[positions]
     index = {key: i for i, key in enumerate(keys)}
     vectors = np.empty((len(emotions), len(layers), acts.shape[2]), dtype=np.float32)
     for e, emotion in enumerate(emotions):

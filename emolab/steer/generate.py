@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emolab.core.models import pad_token_id
 from emolab.steer.hf import HFSteerer
 
 __all__ = ["generate", "stop_token_ids"]
@@ -53,7 +54,7 @@ def generate(
     if coeffs is not None and steerer is None:
         raise ValueError("coefficients need a steerer")
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     stops = stop_token_ids(model, tokenizer)
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad)
     if temperature > 0:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from emolab.core.models import ModelError, decoder_layers, load_model, pick_device, pick_dtype, resolve_model
+from emolab.core.models import (
+    ModelError,
+    decoder_layers,
+    load_model,
+    pad_token_id,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+)
 from emolab.core.offline import QWEN3_8B_DIR, tiny_qwen3_config
 
 
@@ -77,3 +86,9 @@ def test_device_and_dtype_choice():
 def test_decoder_layers_refuses_unknown_models():
     with pytest.raises(ModelError, match="decoder blocks"):
         decoder_layers(torch.nn.Linear(2, 2))
+
+
+def test_pad_token_id_falls_back_to_end_of_sequence():
+    assert pad_token_id(SimpleNamespace(pad_token_id=3, eos_token_id=7)) == 3
+    assert pad_token_id(SimpleNamespace(pad_token_id=0, eos_token_id=7)) == 0  # id 0 is a pad id, not "none"
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=7)) == 7

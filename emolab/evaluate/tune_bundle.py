@@ -11,7 +11,7 @@ import numpy as np
 from emolab.core.bundle import NORMALIZED_FRACTION, EmotionBundle
 from emolab.evaluate.selection import Limits, summarize
 
-__all__ = ["DEMO_PROMPT", "GOAL", "heldout_eval", "tuned_bundle"]
+__all__ = ["DEMO_PROMPT", "GOAL", "goal_checks", "heldout_eval", "tuned_bundle"]
 
 DEMO_PROMPT = "Describe your morning in two sentences."  # emolab test-http's prompt
 # The issue's goal per emotion on held-out prompts, besides the fluency limits.
@@ -106,7 +106,7 @@ def heldout_eval(runner: Any, folder: Path, emotions: list[str], bundle: Emotion
         row = summarize(parts[i], parts[0], judge_emotions.index(emotion), judge_emotions, runner.config.seed)
         row.update(emotion=emotion, alpha=alpha, layers=bundle.layers_of(emotion),
                    recipe=bundle.metadata["recipe"][emotion])
-        row["checks"] = _checks(row, base, limits)
+        row["checks"] = goal_checks(row, base, limits)
         row["examples"] = [{"prompt": prompts[p], "baseline": texts[p], "steered": texts[i * width + p],
                             "p_target_baseline": float(parts[0]["proba"][p, judge_emotions.index(emotion)]),
                             "p_target_steered": float(parts[i]["proba"][p, judge_emotions.index(emotion)])}
@@ -133,7 +133,7 @@ def heldout_eval(runner: Any, folder: Path, emotions: list[str], bundle: Emotion
     return out
 
 
-def _checks(row: dict[str, Any], base: dict[str, Any], limits: Limits) -> dict[str, bool]:
+def goal_checks(row: dict[str, Any], base: dict[str, Any], limits: Limits) -> dict[str, bool]:
     """The goal's criteria for one emotion (the "?" share is checked for every emotion, required for surprise)."""
     return {
         "delta": row["delta"] >= GOAL["delta"] and row["delta_ci95"][0] > 0,

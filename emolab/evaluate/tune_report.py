@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 
 from emolab.evaluate.candidates import format_layers
-from emolab.evaluate.selection import score_of
-from emolab.evaluate.tune_bundle import GOAL
+from emolab.evaluate.selection import Limits, score_of
+from emolab.evaluate.tune_bundle import GOAL, goal_checks
 
-__all__ = ["save_tune_report", "search_table", "tune_markdown"]
+__all__ = ["reach_table", "save_tune_report", "search_table", "tune_markdown"]
+
+_EFFECT = ("delta", "hit_rate")  # the goal's effect lines; the other checks are fluency
 
 
 def _ci(row: dict[str, Any]) -> str:
@@ -63,6 +65,38 @@ def search_table(stage: dict[str, Any], top: int = 4) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _recipe(row: dict[str, Any]) -> str:
+    return f"{row['source']} {format_layers(row['layers'])} @ {row['alpha']:g}"
+
+
+def reach_table(stage: dict[str, Any], limits: Limits) -> str:
+    """Effect against fluency over every condition of a stage, per emotion.
+
+    The selection shows the best condition inside the fluency limits; this shows whether the grid holds any
+    condition meeting the effect lines at all, and what the cheapest of them costs in fluency, so a goal the
+    grid cannot reach reads as a trade-off rather than a bad pick.
+    """
+    base = stage["baseline"]
+    lines = ["| emotion | conditions | meet the effect lines | inside the fluency limits | both | "
+             "best inside the limits: Δ, hit | effect lines at least fluency cost: recipe, ppl (x base), degenerate |",
+             "|---|---:|---:|---:|---:|---|---|"]
+    for emotion in dict.fromkeys(r["emotion"] for r in stage["rows"]):
+        rows = [r for r in stage["rows"] if r["emotion"] == emotion]
+        effect = [r for r in rows if all(goal_checks(r, base, limits)[k] for k in _EFFECT)]
+        fluent = [r for r in rows if limits.within(r, base)]
+        both = [r for r in effect if limits.within(r, base)]
+        best = max(fluent, key=score_of, default=None)
+        best_cell = f"{best['delta']:+.3f}, {best['hit_rate']:.2f}" if best else "none"
+        if effect:
+            cheap = min(effect, key=lambda r: (limits.excess(r, base), -score_of(r)))
+            cost_cell = f"{_recipe(cheap)}: {cheap['ppl_median'] / base['ppl_median']:.2f}x, {cheap['degenerate']:.3f}"
+        else:
+            top = max(rows, key=lambda r: (r["hit_rate"], r["delta"]))
+            cost_cell = f"none; highest hit rate {top['hit_rate']:.2f} (Δ {top['delta']:+.3f}) at {_recipe(top)}"
+        lines.append(f"| {emotion} | {len(rows)} | {len(effect)} | {len(fluent)} | {len(both)} | {best_cell} | {cost_cell} |")
+    return "\n".join(lines) + "\n"
+
+
 def tune_markdown(report: dict[str, Any]) -> str:
     """docs/steering-effect.md: recipe, held-out numbers, examples, the demo, how the tune ran."""
     heldout = report["heldout"]
@@ -102,7 +136,11 @@ def tune_markdown(report: dict[str, Any]) -> str:
             + ", ".join(f"{k.replace('_tok_per_s', '')} {v:.0f} tok/s" for k, v in gen.items())
             + (f" (HF and vLLM texts identical for {heldout['hf_identical_share']:.0%} of requests)"
                if "hf_identical_share" in heldout else "") + ".",
-            "", "Best conditions of the confirm stage (tuning prompts):", "", search_table(report["confirm"], top=3)]
+            "", "Best conditions of the confirm stage (tuning prompts):", "", search_table(report["confirm"], top=3),
+            "", f"Effect against fluency over the whole search grid ({report['search']['n_prompts']} tuning prompts; "
+            f"effect lines: Δ >= {GOAL['delta']} with the CI above 0 and hit rate >= {GOAL['hit_rate']}; fluency: "
+            "the limits above, before the selection's margin):", "",
+            reach_table(report["search"], Limits(**cfg["limits"]))]
     return "\n".join(out) + "\n"
 
 

@@ -23,6 +23,7 @@ from emolab.evaluate.candidates import (
 )
 from emolab.evaluate.report import write_recommendations
 from emolab.evaluate.selection import Limits, choose
+from emolab.evaluate.tune_report import reach_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,6 +103,30 @@ def test_choose_by_hand():
     # Nothing inside the limits: the one that breaks them least (4.5 / 4 - 1 = 0.125 < 0.3 / 0.1 excess questions).
     assert choose(rows[1:], base, Limits())["alpha"] == 2.0
     assert choose([], base, Limits()) is None
+
+
+def _cond(emotion: str, alpha: float, delta: float, hit: float, ppl: float, degenerate: float) -> dict:
+    return {"emotion": emotion, "source": "meandiff-mean", "layers": [3, 4, 5], "alpha": alpha, "delta": delta,
+            "delta_ci95": [delta - 0.05, delta + 0.05], "hit_rate": hit, "ppl_median": ppl,
+            "degenerate": degenerate, "question": 0.0}
+
+
+def test_reach_table_by_hand():
+    stage = {"baseline": {"ppl_median": 2.0, "degenerate": 0.0, "question": 0.0}, "rows": [
+        _cond("anger", 0.2, 0.10, 0.20, 3.0, 0.00),  # fluent, too weak
+        _cond("anger", 0.3, 0.20, 0.45, 4.4, 0.15),  # effect lines met; 0.1 past 4.0 and 0.5 past the loop line
+        _cond("anger", 0.4, 0.30, 0.60, 4.2, 0.30),  # effect lines met; 0.05 + 2.0 past
+        _cond("joy", 0.2, 0.40, 0.90, 3.5, 0.05),    # both
+        _cond("joy", 0.3, 0.50, 0.95, 5.0, 0.05),    # effect only
+        _cond("fear", 0.2, 0.04, 0.10, 2.5, 0.00),   # fluent only
+        _cond("fear", 0.3, 0.12, 0.35, 5.0, 0.20),   # neither: the highest hit rate is reported
+    ]}
+    lines = reach_table(stage, Limits()).splitlines()[2:]
+    assert lines == [
+        "| anger | 3 | 2 | 1 | 0 | +0.100, 0.20 | meandiff-mean 3-5 @ 0.3: 2.20x, 0.150 |",
+        "| joy | 2 | 2 | 1 | 1 | +0.400, 0.90 | meandiff-mean 3-5 @ 0.2: 1.75x, 0.050 |",
+        "| fear | 2 | 0 | 1 | 0 | +0.040, 0.10 | none; highest hit rate 0.35 (Δ +0.120) at meandiff-mean 3-5 @ 0.3 |",
+    ]
 
 
 # ------------------------------------------------------------------ no writes into tracked files
@@ -189,7 +214,8 @@ def test_emolab_tune_smoke_on_smollm2(tmp_path, smollm2_bundle_path):
     np.testing.assert_allclose(tuned.steering_basis("raw"), tuned.steering_basis("normalized"), rtol=1e-5)
     saved = json.loads((report / "report.json").read_text())
     assert saved["heldout"]["n_prompts"] == 2 and len(saved["heldout"]["demo"]) == 3
-    assert "| fear |" in (tmp_path / "effect.md").read_text()
+    effect_md = (tmp_path / "effect.md").read_text()
+    assert "| fear |" in effect_md and "Effect against fluency over the whole search grid" in effect_md
     # --evaluate reads the tuned bundle (never writes it) and reports it held-out at its recommended alphas.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert main(["tune", "--evaluate", str(out), "--report", str(tmp_path / "effect"), "--heldout-prompts", "2",

@@ -146,6 +146,19 @@ class EmotionBundle:
     def vector(self, emotion: str, layer: int) -> np.ndarray:
         return self.vectors[emotion][self.chosen_layers.index(layer)]
 
+    def fingerprint(self) -> str:
+        """sha256 of what steers: emotions, chosen layers, metadata (sorted JSON) and every chosen vector's bytes.
+
+        Two bundles with one fingerprint steer identically; a simulation records it beside its trials.
+        """
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps({"emotions": self.emotions, "chosen_layers": self.chosen_layers,
+                                            "metadata": self.metadata}, sort_keys=True, default=str).encode())
+        for emotion in self.emotions:
+            digest.update(np.ascontiguousarray(self.vectors[emotion], dtype=np.float32).tobytes())
+        return digest.hexdigest()
+
     def norms(self) -> dict[str, list[float]]:
         """L2 norm per emotion at each chosen layer."""
         return {e: [float(x) for x in np.linalg.norm(self.vectors[e], axis=1)] for e in self.emotions}

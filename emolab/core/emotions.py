@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from emolab.core.errors import EmolabError
 
-__all__ = ["DEFAULT_EMOTIONS", "EKMAN_GROUPS", "EmotionError", "FINE_TO_EKMAN", "GOEMOTIONS_LABELS", "parse_emotions"]
+__all__ = ["DEFAULT_EMOTIONS", "EKMAN_GROUPS", "EMOTION_ADJECTIVES", "EmotionError", "FINE_TO_EKMAN", "GOEMOTIONS_LABELS", "parse_emotions"]
 
 
 class EmotionError(EmolabError, ValueError):
@@ -33,6 +33,12 @@ GOEMOTIONS_LABELS: tuple[str, ...] = (
     "excitement", "fear", "gratitude", "grief", "joy", "love", "nervousness", "optimism",
     "pride", "realization", "relief", "remorse", "sadness", "surprise", "neutral",
 )
+
+# How a prompt asks for each emotion ("you feel {adjective}"): the prompted baseline steering must beat.
+EMOTION_ADJECTIVES: dict[str, str] = {
+    "anger": "angry", "joy": "joyful", "sadness": "sad", "disgust": "disgusted", "fear": "afraid",
+    "surprise": "surprised",
+}
 
 FINE_TO_EKMAN: dict[str, str] = {fine: ekman for ekman, fines in EKMAN_GROUPS.items() for fine in fines}
 

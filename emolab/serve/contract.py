@@ -239,6 +239,7 @@ def emotions_payload(
         "chosen_layers": list(bundle.chosen_layers),
         "model": served_model_name,
         "bundle_model": bundle.model,
+        "bundle_sha256": bundle.fingerprint(),
         "hidden": bundle.hidden,
         "num_layers": bundle.num_layers,
         "backend": backend,

@@ -2,7 +2,8 @@
 
 Order (a package may import the ones before it, never the ones after)::
 
-    core -> extraction -> steer -> serve -> fastpath -> api_client -> evaluate -> bench -> export -> notebook -> cli
+    core -> extraction -> steer -> serve -> fastpath -> api_client -> evaluate -> bench -> simulate -> export -> notebook
+    -> cli
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "emolab"
-ORDER = ["core", "extraction", "steer", "serve", "fastpath", "api_client", "evaluate", "bench", "export", "notebook", "cli"]
+ORDER = ["core", "extraction", "steer", "serve", "fastpath", "api_client", "evaluate", "bench", "simulate", "export", "notebook",
+         "cli"]
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "assets" not in p.parts and "data" not in p.parts)
 
 

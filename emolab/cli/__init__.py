@@ -20,6 +20,7 @@ from emolab.cli.eval import add_eval
 from emolab.cli.export import add_export_gguf
 from emolab.cli.extract import add_build_model, add_extract, add_test
 from emolab.cli.serve import add_serve
+from emolab.cli.simulate import add_simulate
 from emolab.cli.soak import add_soak
 from emolab.cli.test_http import add_test_http
 from emolab.cli.tune import add_tune
@@ -27,7 +28,7 @@ from emolab.cli.tune import add_tune
 __all__ = ["REFERENCE_PROG", "build_parser", "emotion_steering", "main"]
 
 BUILDERS = (add_extract, add_test, add_build_model, add_serve, add_test_http, add_bench, add_soak, add_eval,
-            add_tune, add_export_gguf)
+            add_tune, add_export_gguf, add_simulate)
 
 
 def build_parser(prog: str = "emolab") -> argparse.ArgumentParser:

@@ -10,25 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from emolab.core.bundle import EmotionBundle
+from emolab.core.figures import EMOTION_COLORS as _COLORS
+from emolab.core.figures import new_figure
 
 __all__ = ["auc_heatmap", "cosine_matrix", "cosine_plot", "mean_auc_curve", "new_figure", "norm_plot",
            "save_inspection_plots", "vector_norms"]
-
-# One colour per emotion, stable across plots (tab10 order).
-_COLORS = ["#d62728", "#2ca02c", "#1f77b4", "#8c564b", "#9467bd", "#ff7f0e", "#17becf", "#7f7f7f", "#bcbd22", "#e377c2"]
-
-
-def new_figure(width: float, height: float, *, constrained: bool = True) -> Figure:
-    """A fresh figure on its own Agg canvas: savefig never consults pyplot's global backend."""
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained" if constrained else None)
-    FigureCanvasAgg(fig)
-    return fig
-
 
 def _title(bundle: EmotionBundle, what: str) -> str:
     return f"{what} — {bundle.model or 'unknown model'}"

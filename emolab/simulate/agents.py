@@ -1,0 +1,179 @@
+"""Multi-agent, multi-turn conversations: N agents share a feed; some carry an emotion, fixed or by a state rule.
+
+One conversation per condition x replicate (a seed). Turn t is synchronous: every agent of every
+conversation reads the feed as it stood at the start of turn t (its last ``window`` messages) and
+replies; all those requests are in flight at once (one wave, so vLLM batches them); then every reply
+is judged (the independent MiniLM judge of ``emolab.evaluate.judge``) and appended to its feed in
+agent order. The seeded agents (the first ``agents.seeded``) carry the condition: steered, prompted
+or both; with ``state.rule: decay`` every agent's emotion level follows ``next_level`` (it decays
+toward a baseline and is nudged by the judged emotion of what the agent read), so affect can persist
+and spread through steering too. Contagion is read from the unseeded agents' judged emotion.
+
+Because turns are synchronous and every input is logged, a resumed run rebuilds each feed and each
+level from ``trials.jsonl`` and asks only for the replies still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from emolab.simulate.design import Condition, emotion_instruction, trial_id
+from emolab.simulate.log import RunLog
+from emolab.simulate.spec import ExperimentSpec, StateSpec
+
+__all__ = ["Conversation", "agent_messages", "next_level", "run_conversations", "trajectory"]
+
+MODERATOR = "Moderator"
+
+
+def next_level(state: StateSpec, level: float, read: float) -> float:
+    """The state rule: decay toward the baseline, nudged by what was read, clipped to [low, high]."""
+    if state.rule == "fixed":
+        return level
+    value = state.baseline + state.decay * (level - state.baseline) + state.gain * (read - state.reference)
+    return min(state.high, max(state.low, value))
+
+
+def trajectory(state: StateSpec, initial: float, reads: list[float]) -> list[float]:
+    """The levels at turns 0..len(reads): ``initial``, then ``next_level`` after each turn's reading."""
+    levels = [initial]
+    for read in reads:
+        levels.append(next_level(state, levels[-1], read))
+    return levels
+
+
+@dataclass
+class Conversation:
+    condition: Condition
+    replicate: int  # index into spec.seeds
+    feed: list[dict[str, Any]] = field(default_factory=list)  # {"speaker", "text", "judged"}
+    levels: list[float] = field(default_factory=list)
+
+    def key(self) -> str:
+        return f"{self.condition.name}#{self.replicate}"
+
+
+def agent_messages(spec: ExperimentSpec, conv: Conversation, agent: int) -> list[dict[str, str]]:
+    """What agent ``agent`` is sent: its persona (and the emotion asked for, when prompted), the recent feed."""
+    a = spec.agents
+    name = a.names[agent]
+    persona = a.personas[(agent + conv.replicate) % len(a.personas)]
+    system = spec.system.format(persona=persona, name=name) if spec.system else (
+        f"You are {name}, {persona}, taking part in a group chat. Reply with one or two short sentences.")
+    if conv.condition.prompted and agent < a.seeded:
+        system = f"{system} {emotion_instruction(spec, conv.condition.emotion)}"
+    recent = "\n".join(f"{m['speaker']}: {m['text']}" for m in conv.feed[-spec.window:])
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": f"The chat so far:\n{recent}\n\nWrite {name}'s next message."}]
+
+
+def _steering(spec: ExperimentSpec, conv: Conversation, agent: int) -> dict[str, float] | None:
+    if not conv.condition.steered:
+        return None
+    if spec.state.rule == "fixed" and agent >= spec.agents.seeded:
+        return None
+    return conv.condition.steering(round(conv.levels[agent], 6))
+
+
+def _initial_levels(spec: ExperimentSpec, condition: Condition) -> list[float]:
+    a, s = spec.agents, spec.state
+    return [s.initial if i < a.seeded and condition.steered else s.baseline for i in range(a.count)]
+
+
+def _read_score(spec: ExperimentSpec, conv: Conversation, emotion: str | None, emotions: list[str]) -> float:
+    """The judged probability of the condition's emotion in the window the agents just read."""
+    if emotion is None or emotion not in emotions:
+        return spec.state.reference
+    seen = [m["judged"][emotion] for m in conv.feed[-spec.window:] if m.get("judged")]
+    return sum(seen) / len(seen) if seen else spec.state.reference
+
+
+async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, conds: list[Condition], *,
+                            progress: bool = True, limit: int | None = None, judge: Any = None) -> None:
+    """Run (or resume) every conversation of the spec, turn by turn; each reply is logged as it lands."""
+    from tqdm.auto import tqdm
+
+    from emolab.simulate.runner import SimulationError, sampling_kwargs
+
+    if judge is None:
+        from emolab.evaluate.judge import load_or_train_judge
+
+        judge = load_or_train_judge()
+    convs = [Conversation(c, r) for c in conds for r in range(len(spec.seeds))]
+    for conv in convs:
+        conv.feed = [{"speaker": MODERATOR, "text": spec.opening, "judged": None}]
+        conv.levels = _initial_levels(spec, conv.condition)
+    logged = {r["trial_id"]: r for r in log.records}
+    total = len(convs) * spec.turns * spec.agents.count
+    log.update_meta(n_trials=total)
+    bar = tqdm(total=total, initial=len(logged), desc=spec.name, unit="reply", disable=not progress)
+    gate = asyncio.Semaphore(spec.concurrency)
+    budget = [limit if limit is not None else total]
+
+    async def reply(conv: Conversation, turn: int, agent: int, tid: str) -> dict[str, Any] | None:
+        async with gate:
+            if budget[0] <= 0:
+                return None
+            budget[0] -= 1
+            messages = agent_messages(spec, conv, agent)
+            steering = _steering(spec, conv, agent)
+            began = time.time()
+            seed = spec.seeds[conv.replicate] * 100_003 + turn * 1009 + agent
+            response = await client.chat_completion(messages, steering, **sampling_kwargs(spec, seed, False))
+            choice = response.choices[0]
+            return {"trial_id": tid, "experiment": spec.name, "kind": spec.kind, "condition": conv.condition.name,
+                    "condition_kind": conv.condition.kind, "emotion": conv.condition.emotion,
+                    "multiple": conv.condition.multiple, "alpha": conv.condition.alpha, "replicate": conv.replicate,
+                    "seed": spec.seeds[conv.replicate], "turn": turn, "agent": agent, "name": spec.agents.names[agent],
+                    "seeded": agent < spec.agents.seeded, "level": round(conv.levels[agent], 6), "steering": steering,
+                    "messages": messages, "reply": (choice.message.content or "").strip(),
+                    "finish_reason": choice.finish_reason,
+                    "usage": response.usage.model_dump() if response.usage is not None else None,
+                    "latency_s": round(time.time() - began, 4), "t_start": round(began, 4)}
+
+    try:
+        for turn in range(spec.turns):
+            jobs, fresh = [], []
+            for conv in convs:
+                for agent in range(spec.agents.count):
+                    tid = trial_id({"experiment": spec.name, "condition": conv.condition.name,
+                                    "replicate": conv.replicate, "turn": turn, "agent": agent})
+                    if tid not in logged:
+                        jobs.append((conv, agent, asyncio.ensure_future(reply(conv, turn, agent, tid))))
+            try:
+                results = await asyncio.gather(*(job for _, _, job in jobs))
+            except Exception as exc:
+                for _, _, job in jobs:
+                    job.cancel()
+                raise SimulationError(f"turn {turn}: a request failed ({type(exc).__name__}: {exc}); run the same "
+                                      "output folder again to resume") from None
+            fresh = [r for r in results if r is not None]
+            if fresh:
+                proba = judge.predict_proba([r["reply"] for r in fresh])
+                for record, row in zip(fresh, proba, strict=True):
+                    record["judged"] = {e: round(float(p), 6) for e, p in zip(judge.emotions, row, strict=True)}
+                    log.append(record)
+                    logged[record["trial_id"]] = record
+                    bar.update(1)
+            complete = True
+            for conv in convs:
+                turn_records = []
+                for agent in range(spec.agents.count):
+                    tid = trial_id({"experiment": spec.name, "condition": conv.condition.name,
+                                    "replicate": conv.replicate, "turn": turn, "agent": agent})
+                    turn_records.append(logged.get(tid))
+                if any(r is None for r in turn_records):
+                    complete = False
+                    continue
+                for record in turn_records:
+                    conv.feed.append({"speaker": record["name"], "text": record["reply"], "judged": record["judged"]})
+                read = _read_score(spec, conv, conv.condition.emotion, list(judge.emotions))
+                conv.levels = [next_level(spec.state, level, read) if conv.condition.steered else level
+                               for level in conv.levels]
+            if not complete:  # the limit ran out inside this turn: the rest waits for a resumed run
+                return
+    finally:
+        bar.close()

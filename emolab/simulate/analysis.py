@@ -1,0 +1,196 @@
+"""A run's trials as a tidy DataFrame, and the effects a researcher reads off it, each with a bootstrap 95% CI.
+
+Effects are paired: every condition runs the same cells (persona x arm x seed, or replicate x agent x
+turn) as the control, so an effect is the mean over cells of (condition - control), resampled by cell,
+stratified by arm so that every resample keeps the counterbalancing. The headline of a choice
+experiment is the **order-corrected** probability of the outcome option (the mean over arms, each
+option shown first and labelled A equally often); beside it, never mixed in, the label bias (how
+much more than chance the label shown as the first label is chosen) and the position bias (the
+option shown first), and the uncorrected value from arm 0 alone, which is what a design without
+counterbalancing would have reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "bootstrap_mean", "choice_effects", "contagion", "dose_response", "effects", "number_effects",
+    "steered_vs_prompted", "trials_frame",
+]
+
+N_BOOT = 2000
+
+
+def trials_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per trial: design columns, readouts (``p_<option>``, ``judged_<emotion>``), timing."""
+    rows = []
+    for r in records:
+        row = {k: r.get(k) for k in ("trial_id", "experiment", "kind", "condition", "condition_kind", "emotion",
+                                      "multiple", "alpha", "persona_index", "arm", "seed", "replicate", "turn",
+                                      "agent", "seeded", "level", "reply", "finish_reason", "latency_s",
+                                      "label_mass", "readout_position", "parsed_choice", "parsed_number")
+               if k in r}
+        row["completion_tokens"] = (r.get("usage") or {}).get("completion_tokens")
+        if r.get("order"):
+            row["first_option"] = r["order"][0]
+            row["option_labelled_first"] = dict(zip(r["labels"], r["order"], strict=True))[sorted(r["labels"])[0]]
+        for option, p in (r.get("option_probs") or {}).items():
+            row[f"p_{option}"] = p
+        for emotion, p in (r.get("judged") or {}).items():
+            row[f"judged_{emotion}"] = p
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if "multiple" in frame:
+        frame["multiple"] = frame["multiple"].astype(float)
+    return frame
+
+
+def bootstrap_mean(values: Sequence[float], strata: Sequence[Any] | None = None, *, n_boot: int = N_BOOT,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean (of stratum means, when ``strata`` are given) and its 95% percentile CI."""
+    values = np.asarray(values, dtype=np.float64)
+    keep = ~np.isnan(values)
+    values = values[keep]
+    if values.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        groups = [values]
+    else:
+        labels = np.asarray(list(strata), dtype=object)[keep]
+        groups = [values[labels == s] for s in dict.fromkeys(labels.tolist())]
+    point = float(np.mean([g.mean() for g in groups]))
+    if all(g.size == 1 for g in groups) and len(groups) == 1:
+        return point, point, point
+    boots = np.zeros(n_boot)
+    for g in groups:
+        boots += rng.choice(g, size=(n_boot, g.size), replace=True).mean(axis=1)
+    boots /= len(groups)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def _paired(frame: pd.DataFrame, name: str, column: str, cells: list[str]) -> pd.DataFrame:
+    """Rows of condition ``name`` joined to the control's row of the same cell: ``value``, ``control``, ``diff``."""
+    treat = frame[frame["condition"] == name].set_index(cells)[column].rename("value")
+    control = frame[frame["condition"] == "control"].set_index(cells)[column].rename("control")
+    joined = pd.concat([treat, control], axis=1, join="inner").reset_index()
+    joined["diff"] = joined["value"] - joined["control"]
+    return joined
+
+
+def effects(frame: pd.DataFrame, column: str, cells: list[str], strata: str | None = None) -> pd.DataFrame:
+    """Per condition: n, mean of ``column`` with CI, and the paired effect against the control with CI."""
+    rows = []
+    meta = frame.drop_duplicates("condition").set_index("condition")
+    for name in frame["condition"].drop_duplicates():
+        sub = frame[frame["condition"] == name]
+        mean, low, high = bootstrap_mean(sub[column], sub[strata] if strata else None)
+        row = {"condition": name, "kind": meta.loc[name, "condition_kind"], "emotion": meta.loc[name, "emotion"],
+               "multiple": meta.loc[name, "multiple"], "alpha": meta.loc[name, "alpha"],
+               "n": int(sub[column].notna().sum()), "mean": mean, "mean_low": low, "mean_high": high}
+        if name != "control":
+            paired = _paired(frame, name, column, cells)
+            eff, elow, ehigh = bootstrap_mean(paired["diff"], paired[strata] if strata else None)
+            row.update(effect=eff, effect_low=elow, effect_high=ehigh, n_pairs=int(paired["diff"].notna().sum()))
+        else:
+            row.update(effect=0.0, effect_low=0.0, effect_high=0.0, n_pairs=int(sub[column].notna().sum()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def choice_effects(frame: pd.DataFrame, outcome: str, n_options: int) -> pd.DataFrame:
+    """The order-corrected P(outcome) per condition and its effect, with the parsed choice and the biases beside."""
+    cells = ["persona_index", "arm", "seed"]
+    table = effects(frame, f"p_{outcome}", cells, strata="arm")
+    extra = []
+    for name, sub in frame.groupby("condition", sort=False):
+        p_first_label = _chosen_prob(sub, "option_labelled_first")
+        p_first_shown = _chosen_prob(sub, "first_option")
+        parsed = sub["parsed_choice"]
+        extra.append({
+            "condition": name,
+            "uncorrected": float(sub.loc[sub["arm"] == 0, f"p_{outcome}"].mean()),
+            "label_bias": float(np.nanmean(p_first_label)) - 1.0 / n_options,
+            "position_bias": float(np.nanmean(p_first_shown)) - 1.0 / n_options,
+            "label_mass": float(sub["label_mass"].mean()),
+            "chose_outcome": float((parsed == outcome).sum() / max(parsed.notna().sum(), 1)),
+            "unparseable": int(parsed.isna().sum()),
+        })
+    return table.merge(pd.DataFrame(extra), on="condition")
+
+
+def _chosen_prob(sub: pd.DataFrame, column: str) -> np.ndarray:
+    """Per trial, the probability of the option named in ``column`` (e.g. the one shown first)."""
+    return np.array([row.get(f"p_{row[column]}", np.nan) for row in sub.to_dict("records")], dtype=np.float64)
+
+
+def number_effects(frame: pd.DataFrame) -> pd.DataFrame:
+    table = effects(frame, "parsed_number", ["persona_index", "arm", "seed"])
+    unparseable = frame.groupby("condition", sort=False)["parsed_number"].apply(lambda s: int(s.isna().sum()))
+    return table.merge(unparseable.rename("unparseable").reset_index(), on="condition")
+
+
+def dose_response(table: pd.DataFrame) -> pd.DataFrame:
+    """The steered conditions' effect against alpha (the control at alpha 0), one row per emotion x alpha."""
+    control = table[table["kind"] == "control"]
+    rows = []
+    for emotion in table.loc[table["kind"] == "steered", "emotion"].drop_duplicates():
+        for _, c in control.iterrows():
+            rows.append({"emotion": emotion, "multiple": 0.0, "alpha": 0.0, "mean": c["mean"], "effect": 0.0,
+                         "effect_low": 0.0, "effect_high": 0.0})
+        steered = table[(table["kind"] == "steered") & (table["emotion"] == emotion)]
+        for _, s in steered.iterrows():
+            rows.append({k: s[k] for k in ("emotion", "multiple", "alpha", "mean", "effect", "effect_low", "effect_high")})
+    return pd.DataFrame(rows).sort_values(["emotion", "multiple"], ignore_index=True) if rows else pd.DataFrame()
+
+
+def steered_vs_prompted(table: pd.DataFrame) -> pd.DataFrame:
+    """Per emotion: the prompted effect beside the steered and steered+prompted effects at each alpha."""
+    rows = []
+    for emotion in table["emotion"].dropna().drop_duplicates():
+        sub = table[table["emotion"] == emotion]
+        prompted = sub[sub["kind"] == "prompted"]
+        for multiple in sorted(sub.loc[sub["kind"] != "prompted", "multiple"].drop_duplicates()) or [np.nan]:
+            row = {"emotion": emotion, "multiple": multiple}
+            for kind, part in (("prompted", prompted), ("steered", sub[(sub["kind"] == "steered") & (sub["multiple"] == multiple)]),
+                               ("steered+prompted", sub[(sub["kind"] == "steered+prompted") & (sub["multiple"] == multiple)])):
+                if len(part):
+                    p = part.iloc[0]
+                    row[kind] = p["effect"]
+                    row[f"{kind}_ci"] = f"[{p['effect_low']:+.3f}, {p['effect_high']:+.3f}]"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def contagion(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(overall, per turn): the unseeded agents' judged emotion against the control, and the seeded agents' beside.
+
+    The emotion judged is each condition's own; cells are replicate x agent x turn, resampled by cell.
+    """
+    overall, by_turn = [], []
+    for name, sub in frame[frame["condition"] != "control"].groupby("condition", sort=False):
+        emotion = sub["emotion"].iloc[0]
+        column = f"judged_{emotion}"
+        if column not in frame:
+            continue
+        for seeded in (False, True):
+            part = frame[frame["seeded"] == seeded]
+            paired = _paired(part, name, column, ["replicate", "agent", "turn"])
+            if paired.empty:
+                continue
+            eff, low, high = bootstrap_mean(paired["diff"])
+            base = {"condition": name, "kind": sub["condition_kind"].iloc[0], "emotion": emotion,
+                    "multiple": sub["multiple"].iloc[0], "agents": "seeded" if seeded else "unseeded"}
+            overall.append({**base, "n_pairs": len(paired), "judged": float(paired["value"].mean()),
+                            "control": float(paired["control"].mean()), "effect": eff, "effect_low": low,
+                            "effect_high": high})
+            for turn, at in paired.groupby("turn"):
+                t_eff, t_low, t_high = bootstrap_mean(at["diff"])
+                by_turn.append({**base, "turn": int(turn), "effect": t_eff, "effect_low": t_low, "effect_high": t_high})
+    return pd.DataFrame(overall), pd.DataFrame(by_turn)

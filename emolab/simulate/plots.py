@@ -1,0 +1,97 @@
+"""Figures of a simulation run (the style of ``emolab.core.figures``: fresh Agg figures, one colour per emotion).
+
+Each function takes the tables of ``emolab.simulate.analysis`` and returns a ``Figure``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emolab.core.emotions import DEFAULT_EMOTIONS
+from emolab.core.figures import EMOTION_COLORS, new_figure
+
+__all__ = ["bias_plot", "condition_plot", "contagion_plot", "dose_plot"]
+
+KIND_COLORS = {"control": "#7f7f7f", "prompted": "#bcbd22", "steered": "#1f77b4", "steered+prompted": "#17becf"}
+
+
+def _emotion_color(emotion: str, order: list[str]) -> str:
+    index = list(DEFAULT_EMOTIONS).index(emotion) if emotion in DEFAULT_EMOTIONS else len(DEFAULT_EMOTIONS) + order.index(emotion)
+    return EMOTION_COLORS[index % len(EMOTION_COLORS)]
+
+
+def condition_plot(table: pd.DataFrame, what: str) -> Any:
+    """Each condition's effect against the control with its 95% CI, coloured by condition kind."""
+    rows = table[table["kind"] != "control"].reset_index(drop=True)
+    fig = new_figure(7.5, 0.9 + 0.24 * max(len(rows), 1))
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))[::-1]
+    for i, row in rows.iterrows():
+        color = KIND_COLORS.get(row["kind"], "#333333")
+        ax.errorbar(row["effect"], y[i], xerr=[[row["effect"] - row["effect_low"]], [row["effect_high"] - row["effect"]]],
+                    fmt="o", color=color, ecolor=color, capsize=2, markersize=4)
+    ax.axvline(0, color="#444444", linewidth=0.8)
+    ax.set_yticks(y, rows["condition"].tolist(), fontsize=7)
+    ax.set_xlabel(f"effect on {what} vs control (95% bootstrap CI)")
+    for kind, color in KIND_COLORS.items():
+        if kind != "control" and (rows["kind"] == kind).any():
+            ax.plot([], [], "o", color=color, label=kind)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def dose_plot(dose: pd.DataFrame, what: str) -> Any:
+    """Effect against alpha (multiples of the recommended alpha) per emotion, with CIs."""
+    fig = new_figure(6.0, 3.6)
+    ax = fig.add_subplot()
+    emotions = dose["emotion"].drop_duplicates().tolist() if len(dose) else []
+    for emotion in emotions:
+        sub = dose[dose["emotion"] == emotion].sort_values("multiple")
+        color = _emotion_color(emotion, emotions)
+        ax.plot(sub["multiple"], sub["effect"], marker="o", markersize=3, color=color, label=emotion)
+        ax.fill_between(sub["multiple"], sub["effect_low"], sub["effect_high"], color=color, alpha=0.12)
+    ax.axhline(0, color="#444444", linewidth=0.8)
+    ax.set_xlabel("alpha (multiple of the recommended alpha; 0 = control)")
+    ax.set_ylabel(f"effect on {what}")
+    if emotions:
+        ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def bias_plot(table: pd.DataFrame) -> Any:
+    """Label bias and position bias under each condition (0 = none): reported beside the effect, never in it."""
+    fig = new_figure(7.5, 0.9 + 0.24 * max(len(table), 1))
+    ax = fig.add_subplot()
+    y = np.arange(len(table))[::-1]
+    ax.barh(y + 0.2, table["label_bias"], height=0.4, color="#9467bd", label="label bias (first label)")
+    ax.barh(y - 0.2, table["position_bias"], height=0.4, color="#ff7f0e", label="position bias (shown first)")
+    ax.axvline(0, color="#444444", linewidth=0.8)
+    ax.set_yticks(y, table["condition"].tolist(), fontsize=7)
+    ax.set_xlabel("probability above chance")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def contagion_plot(by_turn: pd.DataFrame) -> Any:
+    """The unseeded agents' judged emotion against the control, turn by turn, per condition."""
+    fig = new_figure(6.5, 3.6)
+    ax = fig.add_subplot()
+    sub = by_turn[by_turn["agents"] == "unseeded"] if len(by_turn) else by_turn
+    names = sub["condition"].drop_duplicates().tolist() if len(sub) else []
+    emotions = sub["emotion"].drop_duplicates().tolist() if len(sub) else []
+    styles = {"steered": "-", "prompted": "--", "steered+prompted": ":"}
+    for name in names:
+        part = sub[sub["condition"] == name].sort_values("turn")
+        color = _emotion_color(part["emotion"].iloc[0], emotions)
+        ax.plot(part["turn"], part["effect"], styles.get(part["kind"].iloc[0], "-"), marker="o", markersize=3,
+                color=color, label=name)
+        ax.fill_between(part["turn"], part["effect_low"], part["effect_high"], color=color, alpha=0.08)
+    ax.axhline(0, color="#444444", linewidth=0.8)
+    ax.set_xlabel("turn")
+    ax.set_ylabel("judged emotion of unseeded agents\nminus control")
+    if names:
+        ax.legend(fontsize=6, ncol=2)
+    return fig

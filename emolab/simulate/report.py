@@ -1,0 +1,144 @@
+"""A run folder's analysis: ``analyze(folder)`` returns its frames; ``write_report`` writes report.md, CSVs and plots.
+
+Every number of the report comes from one frame: the markdown tables, ``tables/*.csv`` and the plots
+are all written from the same ``RunAnalysis`` tables.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from emolab.simulate import analysis, plots
+from emolab.simulate.log import RUN_FILE, read_trials
+from emolab.simulate.spec import ExperimentSpec
+
+__all__ = ["RunAnalysis", "analyze", "markdown_table", "write_report"]
+
+
+@dataclass
+class RunAnalysis:
+    spec: ExperimentSpec
+    meta: dict[str, Any]
+    trials: pd.DataFrame
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def outcome_label(self) -> str:
+        if self.spec.kind == "choice":
+            return f"P({self.spec.outcome})"
+        if self.spec.kind == "number":
+            return self.spec.outcome
+        return "judged emotion"
+
+    def figures(self) -> dict[str, Any]:
+        """name -> Figure, for every table that has a plot."""
+        figs: dict[str, Any] = {}
+        if "effects" in self.tables:
+            figs["effects"] = plots.condition_plot(self.tables["effects"], self.outcome_label)
+        if len(self.tables.get("dose_response", ())):
+            figs["dose_response"] = plots.dose_plot(self.tables["dose_response"], self.outcome_label)
+        if self.spec.kind == "choice":
+            figs["bias"] = plots.bias_plot(self.tables["effects"])
+        if len(self.tables.get("contagion_by_turn", ())):
+            figs["contagion"] = plots.contagion_plot(self.tables["contagion_by_turn"])
+        return figs
+
+
+def analyze(folder: str | Path) -> RunAnalysis:
+    folder = Path(folder)
+    meta = json.loads((folder / RUN_FILE).read_text())
+    spec = ExperimentSpec.from_dict(meta["spec_source"])
+    frame = analysis.trials_frame(read_trials(folder))
+    result = RunAnalysis(spec, meta, frame)
+    if frame.empty:
+        return result
+    if spec.kind == "choice":
+        table = analysis.choice_effects(frame, spec.outcome, len(spec.options))
+    elif spec.kind == "number":
+        table = analysis.number_effects(frame)
+    else:
+        overall, by_turn = analysis.contagion(frame)
+        result.tables.update(contagion=overall, contagion_by_turn=by_turn)
+        return result
+    result.tables["effects"] = table
+    result.tables["dose_response"] = analysis.dose_response(table)
+    result.tables["steered_vs_prompted"] = analysis.steered_vs_prompted(table)
+    return result
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None) -> str:
+    columns = [c for c in (columns or list(frame.columns)) if c in frame.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in frame[columns].itertuples(index=False):
+        lines.append("| " + " | ".join(_format(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ci(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    out = frame.copy()
+    out[f"{key} [95% CI]"] = [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi in
+                              zip(frame[key], frame[f"{key}_low"], frame[f"{key}_high"], strict=True)]
+    return out
+
+
+def write_report(folder: str | Path, output: str | Path | None = None, *, title: str | None = None) -> Path:
+    """``report.md`` (tables and linked plots), ``tables/*.csv`` and ``plots/*.png`` under ``output`` (default: the run folder)."""
+    result = analyze(folder)
+    out = Path(output or folder)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    spec, meta = result.spec, result.meta
+    server = (meta.get("servers") or [{}])[-1]
+    lines = [f"# {title or spec.name}", "", spec.description.strip(), ""]
+    if spec.reference:
+        lines += [f"Reference: {spec.reference}", ""]
+    lines += [f"- model `{server.get('model')}` on the `{server.get('backend')}` backend; bundle sha256 "
+              f"`{str(server.get('bundle_sha256'))[:16]}`; alpha scale {server.get('alpha_scale')}",
+              f"- spec sha256 `{meta.get('spec_sha256', '')[:16]}`; {len(result.trials)} trials logged of "
+              f"{meta.get('n_trials')}; sampling {spec.sampling.__dict__}", ""]
+    for name, table in result.tables.items():
+        table.to_csv(out / "tables" / f"{name}.csv", index=False)
+    if result.trials.empty:
+        lines.append("No trials logged yet.")
+    elif spec.kind in ("choice", "number"):
+        effects = _ci(_ci(result.tables["effects"], "mean"), "effect")
+        columns = ["condition", "n", "mean [95% CI]", "effect [95% CI]"]
+        if spec.kind == "choice":
+            lines += [f"## {result.outcome_label}, order-corrected, per condition", "",
+                      "`mean`: the probability of the option from the answer token's logprobs, renormalized over "
+                      "the options and averaged over the counterbalanced arms; `effect`: paired against the control. "
+                      "Beside it, never mixed in: `uncorrected` (arm 0 alone), the label and position biases, the "
+                      "label mass (share of the answer distribution on the labels) and the parsed free-text choice.", ""]
+            columns += ["uncorrected", "label_bias", "position_bias", "label_mass", "chose_outcome", "unparseable"]
+        else:
+            lines += [f"## {result.outcome_label} (parsed from the reply) per condition", ""]
+            columns += ["unparseable"]
+        lines += [markdown_table(effects, columns), ""]
+        svp = result.tables["steered_vs_prompted"]
+        if len(svp):
+            lines += ["## Steered vs prompted (effect vs control)", "", markdown_table(svp), ""]
+    else:
+        overall = result.tables.get("contagion", pd.DataFrame())
+        if len(overall):
+            lines += ["## Contagion: judged emotion against the control", "",
+                      "Each condition's own emotion, judged by the independent MiniLM judge on every reply; "
+                      "`unseeded` agents carry no emotion themselves, so their effect is what spread through the "
+                      "conversation.", "", markdown_table(_ci(overall, "effect"),
+                      ["condition", "agents", "n_pairs", "judged", "control", "effect [95% CI]"]), ""]
+    for name, fig in result.figures().items():
+        fig.savefig(out / "plots" / f"{name}.png", dpi=110)
+        lines += [f"![{name}](plots/{name}.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path

@@ -1,0 +1,201 @@
+"""Specs, the design they multiply into, the state rule, the statistics and the trial log: no server needed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emolab.simulate import analysis
+from emolab.simulate.agents import next_level, trajectory
+from emolab.simulate.design import arms, conditions, trials
+from emolab.simulate.log import RunLog, RunLogError, read_trials
+from emolab.simulate.spec import ExperimentSpec, SpecError, StateSpec, shipped_specs
+
+EMOTIONS = ["anger", "joy", "sadness", "disgust", "fear", "surprise"]
+RECOMMENDED = {"anger": 0.36, "joy": 0.36, "sadness": 0.19, "disgust": 0.28, "fear": 0.33, "surprise": 0.21}
+CHOICE = {
+    "name": "t", "kind": "choice", "prompt": "Pick.\n{options}\nLetter only.",
+    "options": {"safe": "Take $50.", "gamble": "Flip for $120."}, "outcome": "safe",
+    "personas": ["p1", "p2"], "system": "You are {persona}.",
+    "conditions": {"emotions": ["fear", "anger"], "alphas": [1, -2]},
+}
+
+
+def test_every_shipped_spec_loads():
+    names = set(shipped_specs())
+    assert {"risk", "ultimatum", "dictator", "trust", "contagion"} <= names
+    for name in names:
+        assert ExperimentSpec.load(name).name == name
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"kind": "poll"}, "kind"),
+    ({"options": {"only": "one"}}, "options"),
+    ({"labels": ["A", "A"]}, "labels"),
+    ({"outcome": "nothing"}, "outcome"),
+    ({"prompt": "no placeholder"}, "prompt"),
+    ({"conditions": {"alphas": [1, "big"]}}, "conditions.alphas[1]"),
+    ({"conditions": {"alphas": [0]}}, "conditions.alphas[0]"),
+    ({"conditions": {"alpha_unit": "huge"}}, "conditions.alpha_unit"),
+    ({"conditions": {"emotions": []}}, "conditions.emotions"),
+    ({"conditions": {"colour": "red"}}, "conditions.colour"),
+    ({"sampling": {"top_logprobs": 50}}, "sampling.top_logprobs"),
+    ({"sampling": {"max_tokens": True}}, "sampling.max_tokens"),
+    ({"seeds": [1, 1]}, "seeds"),
+    ({"keywords": {"other": ["x"]}}, "keywords.other"),
+    ({"extra": 1}, "extra"),
+    ({"personas": None}, "personas"),
+])
+def test_a_bad_spec_names_its_field(change, field):
+    data = {**CHOICE, **change}
+    if change.get("personas", 0) is None:
+        data.pop("personas")
+    with pytest.raises(SpecError) as err:
+        ExperimentSpec.from_dict(data)
+    assert err.value.field == field
+    assert str(err.value).startswith(f"{field}: ")
+
+
+def test_a_bad_spec_file_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nkind: number\nprompt: How much?\nrange: [10, 1]\n")
+    with pytest.raises(SpecError, match=r"bad\.yaml: range: must be \[low, high\]"):
+        ExperimentSpec.load(path)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(SpecError, match="broken.json: not valid JSON"):
+        ExperimentSpec.load(tmp_path / "broken.json")
+    with pytest.raises(SpecError, match="no shipped experiment"):
+        ExperimentSpec.load("no-such-spec")
+
+
+def test_conditions_control_steered_prompted_both():
+    spec = ExperimentSpec.from_dict(CHOICE)
+    conds = conditions(spec, EMOTIONS, RECOMMENDED)
+    assert [c.name for c in conds] == [
+        "control", "prompted:fear", "steered:fear@1", "steered+prompted:fear@1", "steered:fear@-2",
+        "steered+prompted:fear@-2", "prompted:anger", "steered:anger@1", "steered+prompted:anger@1",
+        "steered:anger@-2", "steered+prompted:anger@-2"]
+    by_name = {c.name: c for c in conds}
+    assert by_name["steered:fear@-2"].steering() == {"fear": -0.66}  # -2 x the recommended 0.33
+    assert by_name["prompted:fear"].steering() is None and by_name["control"].steering() is None
+    with pytest.raises(SpecError, match="recommends no alpha for 'fear'"):
+        conditions(spec, EMOTIONS, {})
+    raw = ExperimentSpec.from_dict({**CHOICE, "conditions": {"emotions": ["fear"], "alphas": [0.5], "alpha_unit": "raw"}})
+    assert conditions(raw, EMOTIONS, {})[2].steering() == {"fear": 0.5}
+    with pytest.raises(SpecError, match="has no 'fear'"):
+        conditions(spec, ["anger", "joy"], RECOMMENDED)
+
+
+def test_counterbalanced_arms_separate_label_from_position():
+    spec = ExperimentSpec.from_dict({**CHOICE, "options": {"x": "X", "y": "Y", "z": "Z"}, "outcome": "x"})
+    full = arms(spec)
+    assert len(full) == 6
+    for option in "xyz":  # each option is shown first, and labelled A, equally often
+        assert sum(a.order[0] == option for a in full) == 2
+        assert sum(a.label_to_option["A"] == option for a in full) == 2
+    # and "A" is not always the first position: the label can be told apart from the position
+    assert {a.labels[0] for a in full} == {"A", "C"}
+    assert len(arms(ExperimentSpec.from_dict({**CHOICE, "counterbalance": "order"}))) == 2
+    assert len(arms(ExperimentSpec.from_dict({**CHOICE, "counterbalance": "none"}))) == 1
+
+
+def test_trials_render_prompts_and_are_shuffled_reproducibly():
+    spec = ExperimentSpec.from_dict(CHOICE)
+    conds = conditions(spec, EMOTIONS, RECOMMENDED)
+    first, again = trials(spec, conds), trials(spec, conds)
+    assert len(first) == len(conds) * 2 * 4 and [t.trial_id for t in first] == [t.trial_id for t in again]
+    assert len({t.trial_id for t in first}) == len(first)
+    assert [t.condition.name for t in first[:len(conds)]] != [c.name for c in conds]  # not in design order
+    prompted = next(t for t in first if t.condition.name == "prompted:fear" and t.arm_index == 3 and t.persona_index == 1)
+    assert prompted.messages[0]["content"].startswith("You are p2. Right now you feel very afraid")
+    assert prompted.messages[1]["content"] == "Pick.\nB. Flip for $120.\nA. Take $50.\nLetter only."
+
+
+def test_state_rule_on_a_hand_computed_trajectory():
+    state = StateSpec(rule="decay", baseline=0.0, decay=0.5, gain=2.0, reference=0.2, low=-1.0, high=1.5)
+    # 1.0 -> 0.5*1.0 + 2*(0.5-0.2)=1.1 -> 0.55 + 2*(0.2-0.2)=0.55 -> 0.275 + 2*(0.0-0.2)=-0.125 -> clipped high
+    levels = trajectory(state, 1.0, [0.5, 0.2, 0.0, 1.0])
+    assert levels == pytest.approx([1.0, 1.1, 0.55, -0.125, 1.5])
+    assert next_level(StateSpec(rule="fixed"), 0.7, 0.9) == 0.7
+    assert next_level(state, -1.0, 0.0) == pytest.approx(-0.9)  # -0.5 + 2 * (0 - 0.2)
+    assert next_level(replace(state, reference=0.6), -1.0, 0.0) == -1.0  # -1.7, clipped low
+
+
+def test_bootstrap_mean_exact_cases():
+    assert analysis.bootstrap_mean([0.25]) == (0.25, 0.25, 0.25)
+    assert analysis.bootstrap_mean([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
+    mean, low, high = analysis.bootstrap_mean([0.0, 1.0] * 50)
+    assert mean == 0.5 and 0.39 < low < 0.5 < high < 0.61
+    # strata: the mean of stratum means, not of all values
+    assert analysis.bootstrap_mean([1, 1, 1, 0], strata=["a", "a", "a", "b"])[0] == 0.5
+    assert np.isnan(analysis.bootstrap_mean([float("nan")])[0])
+
+
+def _record(condition, kind, arm, order, labels, p_safe, persona=0, emotion="fear", parsed="safe"):
+    return {"trial_id": f"{condition}-{arm}-{persona}", "experiment": "t", "kind": "choice", "condition": condition,
+            "condition_kind": kind, "emotion": None if kind == "control" else emotion, "multiple": 0.0 if kind == "control" else 1.0,
+            "alpha": 0.0, "persona_index": persona, "arm": arm, "seed": 0, "order": order, "labels": labels,
+            "option_probs": {"safe": p_safe, "gamble": 1 - p_safe}, "label_mass": 0.9, "parsed_choice": parsed}
+
+
+def test_choice_effects_order_corrected_with_label_bias_apart():
+    # A model that likes the label "A" by 0.2 whatever it means; fear adds 0.1 to P(safe).
+    arms_ = [(["safe", "gamble"], ["A", "B"]), (["gamble", "safe"], ["A", "B"]),
+             (["safe", "gamble"], ["B", "A"]), (["gamble", "safe"], ["B", "A"])]
+    records = []
+    for condition, kind, shift in (("control", "control", 0.0), ("steered:fear@1", "steered", 0.1)):
+        for arm, (order, labels) in enumerate(arms_):
+            safe_is_a = dict(zip(labels, order, strict=True))["A"] == "safe"
+            records.append(_record(condition, kind, arm, order, labels, 0.5 + (0.2 if safe_is_a else -0.2) + shift))
+    table = analysis.choice_effects(analysis.trials_frame(records), "safe", 2).set_index("condition")
+    assert table.loc["control", "mean"] == pytest.approx(0.5)
+    assert table.loc["steered:fear@1", "mean"] == pytest.approx(0.6)
+    assert table.loc["steered:fear@1", "effect"] == pytest.approx(0.1)
+    assert table.loc["steered:fear@1", "effect_low"] == pytest.approx(0.1)  # the same shift in every cell
+    assert table.loc["control", "label_bias"] == pytest.approx(0.2)
+    assert table.loc["control", "position_bias"] == pytest.approx(0.0)
+    assert table.loc["control", "uncorrected"] == pytest.approx(0.7)  # arm 0 alone: safe shown first as A
+    assert table.loc["control", "chose_outcome"] == 1.0 and table.loc["control", "unparseable"] == 0
+
+
+def test_dose_response_and_steered_vs_prompted_tables():
+    table = pd.DataFrame([
+        {"condition": "control", "kind": "control", "emotion": None, "multiple": 0.0, "alpha": 0.0, "mean": 0.5,
+         "effect": 0.0, "effect_low": 0.0, "effect_high": 0.0},
+        {"condition": "prompted:fear", "kind": "prompted", "emotion": "fear", "multiple": 0.0, "alpha": 0.0,
+         "mean": 0.55, "effect": 0.05, "effect_low": 0.0, "effect_high": 0.1},
+        {"condition": "steered:fear@2", "kind": "steered", "emotion": "fear", "multiple": 2.0, "alpha": 0.66,
+         "mean": 0.7, "effect": 0.2, "effect_low": 0.1, "effect_high": 0.3},
+        {"condition": "steered:fear@1", "kind": "steered", "emotion": "fear", "multiple": 1.0, "alpha": 0.33,
+         "mean": 0.6, "effect": 0.1, "effect_low": 0.0, "effect_high": 0.2},
+    ])
+    dose = analysis.dose_response(table)
+    assert dose["multiple"].tolist() == [0.0, 1.0, 2.0] and dose["effect"].tolist() == [0.0, 0.1, 0.2]
+    svp = analysis.steered_vs_prompted(table).set_index("multiple")
+    assert svp.loc[1.0, "prompted"] == 0.05 and svp.loc[2.0, "steered"] == 0.2
+    assert svp.loc[2.0, "steered_ci"] == "[+0.100, +0.300]"
+
+
+def test_run_log_resumes_without_losing_or_repeating(tmp_path):
+    spec = ExperimentSpec.from_dict(CHOICE)
+    log = RunLog(tmp_path, spec, {"model": "m"})
+    log.append({"trial_id": "a", "x": 1})
+    log.append({"trial_id": "b", "x": 2})
+    with pytest.raises(RunLogError):
+        log.append({"trial_id": "a", "x": 3})
+    log._handle.write('{"trial_id": "c", "x"')  # killed mid-write
+    log._handle.flush()
+    again = RunLog(tmp_path, spec)
+    assert again.done == {"a", "b"}
+    again.append({"trial_id": "c", "x": 3})
+    again.close(finished=True)
+    assert [r["trial_id"] for r in read_trials(tmp_path)] == ["a", "b", "c"]
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["spec_sha256"] == spec.digest() and len(meta["resumed"]) == 1 and meta["n_trials_logged"] == 3
+    other = ExperimentSpec.from_dict({**CHOICE, "name": "other"})
+    with pytest.raises(RunLogError, match="holds a run of another spec"):
+        RunLog(tmp_path, other)

@@ -18,6 +18,9 @@ from emolab.cli.common import UsageError, number_list, positive_int, word_list
 
 __all__ = ["add_simulate", "spec_with_overrides"]
 
+OVERRIDE_FLAGS = {"conditions.emotions": "--emotions", "conditions.alphas": "--alphas", "personas": "--personas",
+                  "seeds": "--seeds", "turns": "--turns"}
+
 
 def add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="emotion-steered agent simulations and behavioural experiments")
@@ -41,9 +44,11 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--turns", type=positive_int("--turns"), default=None, help="override turns (conversations)")
     run.add_argument("--limit", type=positive_int("--limit"), default=None,
                      help="run at most N of the trials still owed, then stop (resumable)")
+    run.add_argument("--no-judge", action="store_true",
+                     help="conversations: log replies unjudged (the report judges them later); not with state.rule decay")
     run.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
     run.add_argument("--no-progress", action="store_true")
-    run.set_defaults(func=run_simulate, flags={"spec": "spec"})
+    run.set_defaults(func=run_simulate)
 
     report = inner.add_parser("report", help="report.md, tables/*.csv and plots/*.png of a run folder")
     report.add_argument("folder")
@@ -61,30 +66,18 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def spec_with_overrides(source: str, args: argparse.Namespace) -> Any:
-    """The spec with the command line's overrides applied to its data (so they are recorded and hashed)."""
-    from emolab.simulate.spec import ExperimentSpec
+    """The spec named on the command line, with the flags' overrides applied."""
+    from emolab.simulate.spec import ExperimentSpec, SpecError
 
     spec = ExperimentSpec.load(source)
-    data = dict(spec.source)
-    conditions = dict(data.get("conditions") or {})
-    if args.emotions is not None:
-        conditions["emotions"] = args.emotions
-    if args.alphas is not None:
-        conditions["alphas"] = args.alphas
-    data["conditions"] = conditions
-    if args.personas is not None:
-        if "personas" not in data:
-            raise UsageError("--personas: this spec has no personas")
-        if args.personas > len(data["personas"]):
-            raise UsageError(f"--personas: the spec has {len(data['personas'])} personas, asked for {args.personas}")
-        data["personas"] = data["personas"][:args.personas]
-    if args.seeds is not None:
-        data["seeds"] = args.seeds
-    if args.turns is not None:
-        if spec.kind != "conversation":
-            raise UsageError("--turns: only conversation experiments have turns")
-        data["turns"] = args.turns
-    return ExperimentSpec.from_dict(data) if data != spec.source else spec
+    try:
+        return spec.with_overrides(emotions=args.emotions, alphas=args.alphas, personas=args.personas,
+                                   seeds=args.seeds, turns=args.turns)
+    except SpecError as exc:  # an override at fault: name its flag
+        flag = OVERRIDE_FLAGS.get((exc.field or "").split("[")[0])
+        if flag is None:
+            raise
+        raise UsageError(f"{flag}: {exc.message}") from None
 
 
 @contextlib.contextmanager
@@ -118,7 +111,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     with _server(args) as base_url:
         try:
             log = run_experiment(spec, output, base_url=base_url, api_key=args.api_key,
-                                 progress=not args.no_progress, limit=args.limit)
+                                 progress=not args.no_progress, limit=args.limit,
+                                 judge=None if args.no_judge else "auto")
         except SimulationError:
             print(f"trials logged so far are kept in {output}/trials.jsonl")
             raise

@@ -24,7 +24,7 @@ from emolab.simulate.design import Condition, emotion_instruction, trial_id
 from emolab.simulate.log import RunLog
 from emolab.simulate.spec import ExperimentSpec, StateSpec
 
-__all__ = ["Conversation", "agent_messages", "next_level", "run_conversations", "trajectory"]
+__all__ = ["Conversation", "agent_messages", "judge_texts", "next_level", "run_conversations", "trajectory"]
 
 MODERATOR = "Moderator"
 
@@ -83,22 +83,37 @@ def _initial_levels(spec: ExperimentSpec, condition: Condition) -> list[float]:
     return [s.initial if i < a.seeded and condition.steered else s.baseline for i in range(a.count)]
 
 
-def _read_score(spec: ExperimentSpec, conv: Conversation, emotion: str | None, emotions: list[str]) -> float:
+def judge_texts(judge: Any, texts: list[str]) -> list[dict[str, float] | None]:
+    """The judge's probability of each emotion for each text (``None`` each when there is no judge)."""
+    if judge is None:
+        return [None] * len(texts)
+    proba = judge.predict_proba(texts)
+    return [{e: round(float(p), 6) for e, p in zip(judge.emotions, row, strict=True)} for row in proba]
+
+
+def _read_score(spec: ExperimentSpec, conv: Conversation, emotion: str | None) -> float:
     """The judged probability of the condition's emotion in the window the agents just read."""
-    if emotion is None or emotion not in emotions:
+    if emotion is None:
         return spec.state.reference
-    seen = [m["judged"][emotion] for m in conv.feed[-spec.window:] if m.get("judged")]
+    seen = [m["judged"][emotion] for m in conv.feed[-spec.window:] if m.get("judged") and emotion in m["judged"]]
     return sum(seen) / len(seen) if seen else spec.state.reference
 
 
 async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, conds: list[Condition], *,
-                            progress: bool = True, limit: int | None = None, judge: Any = None) -> None:
-    """Run (or resume) every conversation of the spec, turn by turn; each reply is logged as it lands."""
+                            progress: bool = True, limit: int | None = None, judge: Any = "auto") -> None:
+    """Run (or resume) every conversation of the spec, turn by turn; each reply is logged as it lands.
+
+    ``judge``: an ``EmotionJudge``, ``"auto"`` (the cached MiniLM judge), or ``None`` to judge later
+    (``emolab simulate report`` judges what the log lacks); the decay rule reads the judge every turn,
+    so it cannot go without one.
+    """
     from tqdm.auto import tqdm
 
     from emolab.simulate.runner import SimulationError, sampling_kwargs
 
-    if judge is None:
+    if judge is None and spec.state.rule != "fixed":
+        raise SimulationError("state.rule: decay reads the judged emotion every turn; it needs the judge")
+    if judge == "auto":
         from emolab.evaluate.judge import load_or_train_judge
 
         judge = load_or_train_judge()
@@ -152,9 +167,8 @@ async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, cond
                                       "output folder again to resume") from None
             fresh = [r for r in results if r is not None]
             if fresh:
-                proba = judge.predict_proba([r["reply"] for r in fresh])
-                for record, row in zip(fresh, proba, strict=True):
-                    record["judged"] = {e: round(float(p), 6) for e, p in zip(judge.emotions, row, strict=True)}
+                for record, judged in zip(fresh, judge_texts(judge, [r["reply"] for r in fresh]), strict=True):
+                    record["judged"] = judged
                     log.append(record)
                     logged[record["trial_id"]] = record
                     bar.update(1)
@@ -170,7 +184,7 @@ async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, cond
                     continue
                 for record in turn_records:
                     conv.feed.append({"speaker": record["name"], "text": record["reply"], "judged": record["judged"]})
-                read = _read_score(spec, conv, conv.condition.emotion, list(judge.emotions))
+                read = _read_score(spec, conv, conv.condition.emotion)
                 conv.levels = [next_level(spec.state, level, read) if conv.condition.steered else level
                                for level in conv.levels]
             if not complete:  # the limit ran out inside this turn: the rest waits for a resumed run

@@ -1,8 +1,9 @@
 """A run's trials as a tidy DataFrame, and the effects a researcher reads off it, each with a bootstrap 95% CI.
 
 Effects are paired: every condition runs the same cells (persona x arm x seed, or replicate x agent x
-turn) as the control, so an effect is the mean over cells of (condition - control), resampled by cell,
-stratified by arm so that every resample keeps the counterbalancing. The headline of a choice
+turn) as the control, so an effect is the mean over cells of (condition - control). CIs resample whole
+independent units (a persona x seed with all its arms, so every resample keeps the counterbalancing; a
+conversation), never single dependent rows; with one unit there is no CI (NaN). The headline of a choice
 experiment is the **order-corrected** probability of the outcome option (the mean over arms, each
 option shown first and labelled A equally often); beside it, never mixed in, the label bias (how
 much more than chance the label shown as the first label is chosen) and the position bias (the
@@ -20,7 +21,7 @@ import pandas as pd
 
 __all__ = [
     "bootstrap_mean", "choice_effects", "contagion", "dose_response", "effects", "number_effects",
-    "steered_vs_prompted", "trials_frame",
+    "steered_vs_prompted", "trials_frame", "units",
 ]
 
 N_BOOT = 2000
@@ -50,29 +51,35 @@ def trials_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def bootstrap_mean(values: Sequence[float], strata: Sequence[Any] | None = None, *, n_boot: int = N_BOOT,
+def bootstrap_mean(values: Sequence[float], clusters: Sequence[Any] | None = None, *, n_boot: int = N_BOOT,
                    seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): the mean (of stratum means, when ``strata`` are given) and its 95% percentile CI."""
+    """(mean, low, high): the mean and its 95% percentile CI, resampling ``clusters`` whole when given.
+
+    With clusters the mean is the mean of cluster means (a cluster is one independent unit, e.g. a
+    persona x seed holding every counterbalanced arm, so each resample stays balanced). With fewer than
+    two units there is nothing to resample: the CI is NaN, not a zero-width interval.
+    """
     values = np.asarray(values, dtype=np.float64)
     keep = ~np.isnan(values)
-    values = values[keep]
+    if clusters is not None:
+        labels = pd.Series(list(clusters), dtype=object)[keep].tolist()
+        values = pd.Series(values[keep]).groupby(pd.Series(labels).astype(str), sort=False).mean().to_numpy()
+    else:
+        values = values[keep]
     if values.size == 0:
         return float("nan"), float("nan"), float("nan")
+    point = float(values.mean())
+    if values.size < 2:
+        return point, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    if strata is None:
-        groups = [values]
-    else:
-        labels = np.asarray(list(strata), dtype=object)[keep]
-        groups = [values[labels == s] for s in dict.fromkeys(labels.tolist())]
-    point = float(np.mean([g.mean() for g in groups]))
-    if all(g.size == 1 for g in groups) and len(groups) == 1:
-        return point, point, point
-    boots = np.zeros(n_boot)
-    for g in groups:
-        boots += rng.choice(g, size=(n_boot, g.size), replace=True).mean(axis=1)
-    boots /= len(groups)
+    boots = rng.choice(values, size=(n_boot, values.size), replace=True).mean(axis=1)
     low, high = np.percentile(boots, [2.5, 97.5])
     return point, float(low), float(high)
+
+
+def units(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """One label per row naming its independent unit (the values of ``columns``)."""
+    return frame[columns].astype(str).agg("|".join, axis=1).tolist() if len(frame) else []
 
 
 def _paired(frame: pd.DataFrame, name: str, column: str, cells: list[str]) -> pd.DataFrame:
@@ -84,19 +91,24 @@ def _paired(frame: pd.DataFrame, name: str, column: str, cells: list[str]) -> pd
     return joined
 
 
-def effects(frame: pd.DataFrame, column: str, cells: list[str], strata: str | None = None) -> pd.DataFrame:
-    """Per condition: n, mean of ``column`` with CI, and the paired effect against the control with CI."""
+def effects(frame: pd.DataFrame, column: str, cells: list[str], unit: list[str]) -> pd.DataFrame:
+    """Per condition: n, mean of ``column`` with CI, and the paired effect against the control with CI.
+
+    ``cells``: the columns that pair a row with the control's; ``unit``: those that make one independent
+    unit, resampled whole (``n_units`` of them).
+    """
     rows = []
     meta = frame.drop_duplicates("condition").set_index("condition")
     for name in frame["condition"].drop_duplicates():
         sub = frame[frame["condition"] == name]
-        mean, low, high = bootstrap_mean(sub[column], sub[strata] if strata else None)
+        mean, low, high = bootstrap_mean(sub[column], units(sub, unit))
         row = {"condition": name, "kind": meta.loc[name, "condition_kind"], "emotion": meta.loc[name, "emotion"],
                "multiple": meta.loc[name, "multiple"], "alpha": meta.loc[name, "alpha"],
-               "n": int(sub[column].notna().sum()), "mean": mean, "mean_low": low, "mean_high": high}
+               "n": int(sub[column].notna().sum()), "n_units": len(set(units(sub, unit))),
+               "mean": mean, "mean_low": low, "mean_high": high}
         if name != "control":
             paired = _paired(frame, name, column, cells)
-            eff, elow, ehigh = bootstrap_mean(paired["diff"], paired[strata] if strata else None)
+            eff, elow, ehigh = bootstrap_mean(paired["diff"], units(paired, unit))
             row.update(effect=eff, effect_low=elow, effect_high=ehigh, n_pairs=int(paired["diff"].notna().sum()))
         else:
             row.update(effect=0.0, effect_low=0.0, effect_high=0.0, n_pairs=int(sub[column].notna().sum()))
@@ -106,8 +118,7 @@ def effects(frame: pd.DataFrame, column: str, cells: list[str], strata: str | No
 
 def choice_effects(frame: pd.DataFrame, outcome: str, n_options: int) -> pd.DataFrame:
     """The order-corrected P(outcome) per condition and its effect, with the parsed choice and the biases beside."""
-    cells = ["persona_index", "arm", "seed"]
-    table = effects(frame, f"p_{outcome}", cells, strata="arm")
+    table = effects(frame, f"p_{outcome}", ["persona_index", "arm", "seed"], unit=["persona_index", "seed"])
     extra = []
     for name, sub in frame.groupby("condition", sort=False):
         p_first_label = _chosen_prob(sub, "option_labelled_first")
@@ -119,7 +130,7 @@ def choice_effects(frame: pd.DataFrame, outcome: str, n_options: int) -> pd.Data
             "label_bias": float(np.nanmean(p_first_label)) - 1.0 / n_options,
             "position_bias": float(np.nanmean(p_first_shown)) - 1.0 / n_options,
             "label_mass": float(sub["label_mass"].mean()),
-            "chose_outcome": float((parsed == outcome).sum() / max(parsed.notna().sum(), 1)),
+            "chose_outcome": float((parsed == outcome).sum() / parsed.notna().sum()) if parsed.notna().any() else np.nan,
             "unparseable": int(parsed.isna().sum()),
         })
     return table.merge(pd.DataFrame(extra), on="condition")
@@ -131,7 +142,7 @@ def _chosen_prob(sub: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def number_effects(frame: pd.DataFrame) -> pd.DataFrame:
-    table = effects(frame, "parsed_number", ["persona_index", "arm", "seed"])
+    table = effects(frame, "parsed_number", ["persona_index", "arm", "seed"], unit=["persona_index", "seed"])
     unparseable = frame.groupby("condition", sort=False)["parsed_number"].apply(lambda s: int(s.isna().sum()))
     return table.merge(unparseable.rename("unparseable").reset_index(), on="condition")
 
@@ -171,9 +182,13 @@ def steered_vs_prompted(table: pd.DataFrame) -> pd.DataFrame:
 def contagion(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(overall, per turn): the unseeded agents' judged emotion against the control, and the seeded agents' beside.
 
-    The emotion judged is each condition's own; cells are replicate x agent x turn, resampled by cell.
+    The emotion judged is each condition's own; a reply is paired with the control's reply of the same
+    replicate, agent and turn. The unit resampled is the replicate (one conversation) when there are
+    two or more; with one, the agent (turns of one agent stay together), and ``ci_unit`` says so:
+    agents of one conversation are not independent, so that CI is a within-run one.
     """
     overall, by_turn = [], []
+    unit = ["replicate"] if frame["replicate"].nunique() >= 2 else ["agent"]
     for name, sub in frame[frame["condition"] != "control"].groupby("condition", sort=False):
         emotion = sub["emotion"].iloc[0]
         column = f"judged_{emotion}"
@@ -184,13 +199,14 @@ def contagion(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             paired = _paired(part, name, column, ["replicate", "agent", "turn"])
             if paired.empty:
                 continue
-            eff, low, high = bootstrap_mean(paired["diff"])
+            eff, low, high = bootstrap_mean(paired["diff"], units(paired, unit))
             base = {"condition": name, "kind": sub["condition_kind"].iloc[0], "emotion": emotion,
                     "multiple": sub["multiple"].iloc[0], "agents": "seeded" if seeded else "unseeded"}
-            overall.append({**base, "n_pairs": len(paired), "judged": float(paired["value"].mean()),
+            overall.append({**base, "n_pairs": len(paired), "ci_unit": unit[0],
+                            "n_units": len(set(units(paired, unit))), "judged": float(paired["value"].mean()),
                             "control": float(paired["control"].mean()), "effect": eff, "effect_low": low,
                             "effect_high": high})
             for turn, at in paired.groupby("turn"):
-                t_eff, t_low, t_high = bootstrap_mean(at["diff"])
+                t_eff, t_low, t_high = bootstrap_mean(at["diff"], units(at, unit))
                 by_turn.append({**base, "turn": int(turn), "effect": t_eff, "effect_low": t_low, "effect_high": t_high})
     return pd.DataFrame(overall), pd.DataFrame(by_turn)

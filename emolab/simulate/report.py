@@ -53,7 +53,10 @@ def analyze(folder: str | Path) -> RunAnalysis:
     folder = Path(folder)
     meta = json.loads((folder / RUN_FILE).read_text())
     spec = ExperimentSpec.from_dict(meta["spec_source"])
-    frame = analysis.trials_frame(read_trials(folder))
+    records = read_trials(folder)
+    if spec.kind == "conversation":
+        records = _judged(folder, records)
+    frame = analysis.trials_frame(records)
     result = RunAnalysis(spec, meta, frame)
     if frame.empty:
         return result
@@ -65,10 +68,34 @@ def analyze(folder: str | Path) -> RunAnalysis:
         overall, by_turn = analysis.contagion(frame)
         result.tables.update(contagion=overall, contagion_by_turn=by_turn)
         return result
+    order = [c["name"] for c in meta.get("conditions") or []]  # the design's order: control first
+    table = table.sort_values("condition", key=lambda names: names.map({n: i for i, n in enumerate(order)}),
+                              ignore_index=True)
     result.tables["effects"] = table
     result.tables["dose_response"] = analysis.dose_response(table)
     result.tables["steered_vs_prompted"] = analysis.steered_vs_prompted(table)
     return result
+
+
+def _judged(folder: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill in the judge's reading of replies logged without one (a run with no judge), cached in judged.jsonl."""
+    missing = [r for r in records if not r.get("judged")]
+    if not missing:
+        return records
+    cache_file = folder / "judged.jsonl"
+    cache = {}
+    if cache_file.is_file():
+        cache = {d["trial_id"]: d["judged"] for d in map(json.loads, cache_file.read_text().splitlines()) if d}
+    todo = [r for r in missing if r["trial_id"] not in cache]
+    if todo:
+        from emolab.evaluate.judge import load_or_train_judge
+        from emolab.simulate.agents import judge_texts
+
+        with open(cache_file, "a") as handle:
+            for record, judged in zip(todo, judge_texts(load_or_train_judge(), [r["reply"] for r in todo]), strict=True):
+                cache[record["trial_id"]] = judged
+                handle.write(json.dumps({"trial_id": record["trial_id"], "judged": judged}) + "\n")
+    return [r if r.get("judged") else {**r, "judged": cache[r["trial_id"]]} for r in records]
 
 
 def _format(value: Any) -> str:
@@ -113,7 +140,7 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
         lines.append("No trials logged yet.")
     elif spec.kind in ("choice", "number"):
         effects = _ci(_ci(result.tables["effects"], "mean"), "effect")
-        columns = ["condition", "n", "mean [95% CI]", "effect [95% CI]"]
+        columns = ["condition", "n", "n_units", "mean [95% CI]", "effect [95% CI]"]
         if spec.kind == "choice":
             lines += [f"## {result.outcome_label}, order-corrected, per condition", "",
                       "`mean`: the probability of the option from the answer token's logprobs, renormalized over "
@@ -135,7 +162,8 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
                       "Each condition's own emotion, judged by the independent MiniLM judge on every reply; "
                       "`unseeded` agents carry no emotion themselves, so their effect is what spread through the "
                       "conversation.", "", markdown_table(_ci(overall, "effect"),
-                      ["condition", "agents", "n_pairs", "judged", "control", "effect [95% CI]"]), ""]
+                      ["condition", "agents", "n_pairs", "ci_unit", "n_units", "judged", "control",
+                       "effect [95% CI]"]), ""]
     for name, fig in result.figures().items():
         fig.savefig(out / "plots" / f"{name}.png", dpi=110)
         lines += [f"![{name}](plots/{name}.png)", ""]

@@ -148,7 +148,7 @@ async def _run_trials(spec: ExperimentSpec, client: AsyncSteeringClient, log: Ru
 
 
 async def run_experiment_async(spec: ExperimentSpec, folder: str | Path, *, base_url: str, api_key: str | None = None,
-                               progress: bool = True, limit: int | None = None,
+                               progress: bool = True, limit: int | None = None, judge: Any = "auto",
                                on_record: Callable[[dict[str, Any]], None] | None = None) -> RunLog:
     client = AsyncSteeringClient(base_url, api_key=api_key, timeout=600.0)
     try:
@@ -161,7 +161,7 @@ async def run_experiment_async(spec: ExperimentSpec, folder: str | Path, *, base
             if spec.kind == "conversation":
                 from emolab.simulate.agents import run_conversations
 
-                await run_conversations(spec, client, log, conds, progress=progress, limit=limit)
+                await run_conversations(spec, client, log, conds, progress=progress, limit=limit, judge=judge)
             else:
                 todo = [t for t in trials(spec, conds) if t.trial_id not in log.done]
                 total = len(todo) + len(log.done)
@@ -176,12 +176,14 @@ async def run_experiment_async(spec: ExperimentSpec, folder: str | Path, *, base
 
 
 def run_experiment(spec: ExperimentSpec, folder: str | Path, *, base_url: str, api_key: str | None = None,
-                   progress: bool = True, limit: int | None = None) -> RunLog:
+                   progress: bool = True, limit: int | None = None, judge: Any = "auto") -> RunLog:
     """Run (or resume) ``spec`` into ``folder`` against the server at ``base_url``; returns the log.
 
-    ``limit``: run at most this many of the trials still owed (then stop, resumable).
+    ``limit``: run at most this many of the trials still owed (then stop, resumable). ``judge``
+    (conversations): ``"auto"``, an ``EmotionJudge``, or ``None`` to judge at report time.
     """
-    job = run_experiment_async(spec, folder, base_url=base_url, api_key=api_key, progress=progress, limit=limit)
+    job = run_experiment_async(spec, folder, base_url=base_url, api_key=api_key, progress=progress, limit=limit,
+                               judge=judge)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -37,7 +37,7 @@ class SpecError(EmolabError, ValueError):
     def __init__(self, message: str, field: str | None = None, path: str | Path | None = None) -> None:
         where = f"{path}: " if path else ""
         at = f"{field}: " if field else ""
-        super().__init__(f"{where}{at}{message}", setting="spec")
+        super().__init__(f"{where}{at}{message}")
         self.field = field
         self.message = message
 
@@ -232,6 +232,34 @@ class ExperimentSpec:
         spec["order_seed"] = r.get("order_seed", int, 0)
         r.finish()
         return cls(**spec, source=json.loads(json.dumps(data)))
+
+    def with_overrides(self, *, emotions: list[str] | None = None, alphas: list[float] | None = None,
+                       personas: int | None = None, seeds: list[int] | None = None,
+                       turns: int | None = None) -> ExperimentSpec:
+        """The spec with a smaller or other design, applied to its data (so they are recorded and hashed).
+
+        ``personas``: keep the first N. Each override is checked like the field itself.
+        """
+        data = json.loads(json.dumps(self.source))
+        conditions = dict(data.get("conditions") or {})
+        if emotions is not None:
+            conditions["emotions"] = list(emotions)
+        if alphas is not None:
+            conditions["alphas"] = list(alphas)
+        data["conditions"] = conditions
+        if personas is not None:
+            if "personas" not in data:
+                raise SpecError("this spec has no personas to keep", "personas")
+            if not 1 <= personas <= len(data["personas"]):
+                raise SpecError(f"the spec has {len(data['personas'])} personas, asked for {personas}", "personas")
+            data["personas"] = data["personas"][:personas]
+        if seeds is not None:
+            data["seeds"] = list(seeds)
+        if turns is not None:
+            if self.kind != "conversation":
+                raise SpecError("only conversation experiments have turns", "turns")
+            data["turns"] = turns
+        return ExperimentSpec.from_dict(data) if data != self.source else self
 
     # ----------------------------------------------------------------------------------- identity
     def to_dict(self) -> dict[str, Any]:

@@ -126,12 +126,16 @@ def test_state_rule_on_a_hand_computed_trajectory():
 
 
 def test_bootstrap_mean_exact_cases():
-    assert analysis.bootstrap_mean([0.25]) == (0.25, 0.25, 0.25)
+    mean, low, high = analysis.bootstrap_mean([0.25])
+    assert mean == 0.25 and np.isnan(low) and np.isnan(high)  # one unit: no interval, not a zero-width one
     assert analysis.bootstrap_mean([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
     mean, low, high = analysis.bootstrap_mean([0.0, 1.0] * 50)
     assert mean == 0.5 and 0.39 < low < 0.5 < high < 0.61
-    # strata: the mean of stratum means, not of all values
-    assert analysis.bootstrap_mean([1, 1, 1, 0], strata=["a", "a", "a", "b"])[0] == 0.5
+    # clusters: the mean of cluster means, resampled whole
+    assert analysis.bootstrap_mean([1, 1, 1, 0], ["a", "a", "a", "b"])[0] == 0.5
+    assert analysis.bootstrap_mean([1, 0, 1, 0], ["a", "a", "b", "b"]) == (0.5, 0.5, 0.5)  # both units mean 0.5
+    mean, low, high = analysis.bootstrap_mean([1, 0, 1, 0], ["a", "b", "a", "b"])
+    assert (mean, low, high) == (0.5, 0.0, 1.0)
     assert np.isnan(analysis.bootstrap_mean([float("nan")])[0])
 
 
@@ -148,17 +152,21 @@ def test_choice_effects_order_corrected_with_label_bias_apart():
              (["safe", "gamble"], ["B", "A"]), (["gamble", "safe"], ["B", "A"])]
     records = []
     for condition, kind, shift in (("control", "control", 0.0), ("steered:fear@1", "steered", 0.1)):
-        for arm, (order, labels) in enumerate(arms_):
-            safe_is_a = dict(zip(labels, order, strict=True))["A"] == "safe"
-            records.append(_record(condition, kind, arm, order, labels, 0.5 + (0.2 if safe_is_a else -0.2) + shift))
+        for persona in (0, 1):
+            for arm, (order, labels) in enumerate(arms_):
+                safe_is_a = dict(zip(labels, order, strict=True))["A"] == "safe"
+                records.append(_record(condition, kind, arm, order, labels,
+                                       0.5 + (0.2 if safe_is_a else -0.2) + shift + 0.05 * persona, persona))
     table = analysis.choice_effects(analysis.trials_frame(records), "safe", 2).set_index("condition")
-    assert table.loc["control", "mean"] == pytest.approx(0.5)
-    assert table.loc["steered:fear@1", "mean"] == pytest.approx(0.6)
+    assert table.loc["control", "mean"] == pytest.approx(0.525)  # persona means 0.5 and 0.55
+    assert table.loc["control", "n_units"] == 2 and table.loc["control", "n"] == 8
+    assert table.loc["steered:fear@1", "mean"] == pytest.approx(0.625)
     assert table.loc["steered:fear@1", "effect"] == pytest.approx(0.1)
     assert table.loc["steered:fear@1", "effect_low"] == pytest.approx(0.1)  # the same shift in every cell
+    assert table.loc["steered:fear@1", "effect_high"] == pytest.approx(0.1)
     assert table.loc["control", "label_bias"] == pytest.approx(0.2)
     assert table.loc["control", "position_bias"] == pytest.approx(0.0)
-    assert table.loc["control", "uncorrected"] == pytest.approx(0.7)  # arm 0 alone: safe shown first as A
+    assert table.loc["control", "uncorrected"] == pytest.approx(0.725)  # arm 0 alone: safe shown first as A
     assert table.loc["control", "chose_outcome"] == 1.0 and table.loc["control", "unparseable"] == 0
 
 

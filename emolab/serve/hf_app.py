@@ -33,7 +33,8 @@ from emolab.serve.contract import (
     models_payload,
     read_json_body,
 )
-from emolab.serve.hf_backend import GenerationParams, HFBackend
+from emolab.serve.hf_backend import Delta, GenerationParams, HFBackend
+from emolab.serve.logprobs import chat_logprobs, completion_logprobs
 from emolab.serve.schema import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -51,7 +52,7 @@ logger = logging.getLogger("emolab.hf")
 
 # Fields accepted when they ask for nothing but the default: an openai client may send them as such.
 DEFAULT_ONLY_FIELDS: dict[str, tuple[Any, ...]] = {
-    "n": (None, 1), "logprobs": (None, False), "echo": (None, False), "best_of": (None, 1),
+    "n": (None, 1), "echo": (None, False), "best_of": (None, 1),
     "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "store": (None, False),
     "parallel_tool_calls": (None,), "metadata": (None, {}),
 }
@@ -139,7 +140,7 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
         check_hf_support(validated)
         return validated
 
-    def params_for(req: Any, prompt_ids: list[int], pairs) -> GenerationParams:
+    def params_for(req: Any, prompt_ids: list[int], pairs, logprobs: int | None) -> GenerationParams:
         max_tokens = backend.check_lengths(prompt_ids, req.max_completion_tokens or req.max_tokens)
         temperature, top_p = backend.sampling_defaults()
         coeffs = coefficients(pairs, len(bundle.emotions))
@@ -148,6 +149,7 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
             temperature=temperature if req.temperature is None else req.temperature,
             top_p=top_p if req.top_p is None else req.top_p, seed=req.seed,
             stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []), coeffs=coeffs,
+            logprobs=logprobs,
         )
 
     async def answer(request: Request, req: Any, params: GenerationParams, kind: str, id_prefix: str,
@@ -156,10 +158,10 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
         rid, model = f"{id_prefix}-{uuid.uuid4().hex}", req.model or served_model_name
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse(chunks(backend.stream(params), rid, model, created, include_usage))
+            return sse(chunks(backend.stream(params), rid, model, created, include_usage, params.logprobs))
         result = await backend.complete(params, disconnected=request.is_disconnected)
         return {"id": rid, "object": kind, "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, **choice(result), "finish_reason": result.finish_reason, "logprobs": None}],
+                "choices": [{"index": 0, "logprobs": None, **choice(result), "finish_reason": result.finish_reason}],
                 "usage": usage(result)}
 
     @app.post(CHAT_PATH)
@@ -168,9 +170,14 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
         req, pairs = validated.request, validated.pairs
         messages = [message_dict(m) for m in req.messages]
         prompt_ids = backend.chat_prompt(messages, req.chat_template_kwargs)
-        params = params_for(req, prompt_ids, pairs)
-        return await answer(request, req, params, "chat.completion", "chatcmpl", chat_chunks,
-                            lambda result: {"message": {"role": "assistant", "content": result.text}})
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        params = params_for(req, prompt_ids, pairs, top)
+
+        def choice(result) -> dict[str, Any]:
+            logprobs = None if top is None else chat_logprobs(result.logprobs, top)
+            return {"message": {"role": "assistant", "content": result.text}, "logprobs": logprobs}
+
+        return await answer(request, req, params, "chat.completion", "chatcmpl", chat_chunks, choice)
 
     @app.post(COMPLETIONS_PATH)
     async def completions(request: Request):
@@ -181,9 +188,13 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
             if len(prompt) != 1:
                 raise APIError(400, "prompt: one prompt per request (batches are not supported)", param="prompt")
             prompt = prompt[0]
-        params = params_for(req, backend.text_prompt(prompt), pairs)
-        return await answer(request, req, params, "text_completion", "cmpl", completion_chunks,
-                            lambda result: {"text": result.text})
+        top = req.logprobs
+        params = params_for(req, backend.text_prompt(prompt), pairs, top)
+
+        def choice(result) -> dict[str, Any]:
+            return {"text": result.text, "logprobs": None if top is None else completion_logprobs(result.logprobs, top)}
+
+        return await answer(request, req, params, "text_completion", "cmpl", completion_chunks, choice)
 
     return BearerAuthMiddleware(app, api_key) if api_key else app
 
@@ -217,18 +228,19 @@ def sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def chat_chunks(stream, rid: str, model: str, created: int, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+async def chat_chunks(stream, rid: str, model: str, created: int, include_usage: bool,
+                      top: int | None) -> AsyncIterator[dict[str, Any]]:
+    def chunk(delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]}
         if include_usage:
             event["usage"] = None
         return event
 
     yield chunk({"role": "assistant", "content": ""}, None)
     async for item in stream:
-        if isinstance(item, str):
-            yield chunk({"content": item}, None)
+        if isinstance(item, Delta):
+            yield chunk({"content": item.text}, None, None if top is None else chat_logprobs(item.logprobs, top))
             continue
         yield chunk({}, item.finish_reason)
         if include_usage:
@@ -236,17 +248,21 @@ async def chat_chunks(stream, rid: str, model: str, created: int, include_usage:
                    "choices": [], "usage": usage(item)}
 
 
-async def completion_chunks(stream, rid: str, model: str, created: int, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-    def chunk(text: str, finish: str | None) -> dict[str, Any]:
+async def completion_chunks(stream, rid: str, model: str, created: int, include_usage: bool,
+                            top: int | None) -> AsyncIterator[dict[str, Any]]:
+    def chunk(text: str, finish: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         event = {"id": rid, "object": "text_completion", "created": created, "model": model,
-                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}]}
         if include_usage:
             event["usage"] = None
         return event
 
+    offset = 0  # text_offset runs on across chunks, over the tokens' own strings (as vLLM counts it)
     async for item in stream:
-        if isinstance(item, str):
-            yield chunk(item, None)
+        if isinstance(item, Delta):
+            logprobs = None if top is None else completion_logprobs(item.logprobs, top, offset)
+            offset += sum(len(s.tokens[0]) for s in item.logprobs)
+            yield chunk(item.text, None, logprobs)
             continue
         yield chunk("", item.finish_reason)
         if include_usage:

@@ -5,7 +5,9 @@ validation) stays responsive while a generation is in flight. Steering hooks are
 duration of one ``model.generate`` call, so they cover every position: prompt and generated tokens.
 Text is streamed by decoding the generated ids after each step; stop strings are cut the way
 OpenAI does (the stop string itself is not returned) and a tail that might still become a stop
-string is held back until it can't.
+string is held back until it can't. When logprobs are asked for, each step's raw logits become that
+token's ``StepLogprobs`` (``emolab.serve.logprobs``) as the step is taken, and every step is a delta
+of its own (its text may be empty), as vLLM streams them.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from emolab.core.bundle import EmotionBundle
 from emolab.core.models import chat_prompt_ids, decoder_layers, load_model
 from emolab.serve.contract import APIError
+from emolab.serve.logprobs import StepLogprobs, TokenRenderer
 from emolab.steer import HFSteerer, generate
 
-__all__ = ["GenerationParams", "GenerationResult", "HFBackend"]
+__all__ = ["Delta", "GenerationParams", "GenerationResult", "HFBackend"]
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none (CPU-friendly; vLLM would use the whole context)
 DEFAULT_MAX_QUEUE = 64
@@ -44,6 +47,7 @@ class GenerationParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     coeffs: np.ndarray | None = None  # [n_emotions]; None or zeros = the plain model
+    logprobs: int | None = None  # top alternatives per token (0..20); None = no logprobs
 
 
 @dataclass
@@ -53,12 +57,22 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     token_ids: list[int]
+    logprobs: list[StepLogprobs] | None = None  # one per generated token (the stop token too) when asked for
+
+
+@dataclass
+class Delta:
+    """What one streaming step adds: text (may be empty) and, when asked for, the steps' logprobs."""
+
+    text: str
+    logprobs: list[StepLogprobs] = field(default_factory=list)
 
 
 class _TextWatcher(StoppingCriteria):
     """Called by ``generate`` after every step: decodes, cuts at stop strings, emits safe text deltas."""
 
-    def __init__(self, tokenizer, prompt_len: int, stop: list[str], emit: Callable[[str], None], cancel: threading.Event):
+    def __init__(self, tokenizer, prompt_len: int, stop: list[str], emit: Callable[[Delta], None],
+                 cancel: threading.Event, renderer: TokenRenderer | None = None, top: int = 0):
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.stop = stop
@@ -66,6 +80,9 @@ class _TextWatcher(StoppingCriteria):
         self.cancel = cancel
         self.emitted = 0
         self.stop_hit = False
+        self.renderer, self.top = renderer, top  # renderer None: no logprobs
+        self.logits: list[torch.Tensor] = []  # the step just taken's raw logits, from generate's on_logits
+        self.steps: list[StepLogprobs] = []
 
     def text_of(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -87,15 +104,20 @@ class _TextWatcher(StoppingCriteria):
                     break
         return end
 
-    def push(self, text: str, final: bool) -> None:
-        end = len(text) if final else self.safe_length(text)
-        if end > self.emitted:
-            self.emit(text[self.emitted : end])
+    def push(self, text: str, final: bool, steps: list[StepLogprobs] | None = None) -> None:
+        end = max(len(text) if final else self.safe_length(text), self.emitted)
+        if end > self.emitted or steps:
+            self.emit(Delta(text[self.emitted : end], steps or []))
             self.emitted = end
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        text = self.text_of(input_ids[0, self.prompt_len :].tolist())
-        self.push(text, final=False)
+        ids = input_ids[0, self.prompt_len :].tolist()
+        steps = None
+        if self.renderer is not None and self.logits:  # one forward pass per step: its logits chose ids[-1]
+            steps = [self.renderer.step(self.logits[-1][0], ids[-1], self.top, ids[:-1])]
+            self.logits.clear()
+            self.steps.extend(steps)
+        self.push(self.text_of(ids), final=False, steps=steps)
         done = self.stop_hit or self.cancel.is_set()
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
@@ -112,6 +134,7 @@ class HFBackend:
         limit = getattr(model.config, "max_position_embeddings", None) or 4096
         self.max_model_len = min(max_model_len, limit) if max_model_len else limit
         self.max_queue = max_queue
+        self.renderer = TokenRenderer(tokenizer)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emolab-generate")
         self.pending = 0  # requests waiting or running
         self.cancel_events: set[threading.Event] = set()
@@ -167,15 +190,17 @@ class HFBackend:
         return float(config.temperature or 1.0), float(config.top_p or 1.0)
 
     # ---------------------------------------------------------------------------- generation
-    def _generate(self, params: GenerationParams, emit: Callable[[str], None], cancel: threading.Event) -> GenerationResult:
+    def _generate(self, params: GenerationParams, emit: Callable[[Delta], None], cancel: threading.Event) -> GenerationResult:
+        wanted = params.logprobs is not None
         if cancel.is_set():  # the client left while this request waited in the queue
-            return GenerationResult("", "abort", len(params.prompt_ids), 0, [])
-        watcher = _TextWatcher(self.tokenizer, len(params.prompt_ids), params.stop, emit, cancel)
+            return GenerationResult("", "abort", len(params.prompt_ids), 0, [], [] if wanted else None)
+        watcher = _TextWatcher(self.tokenizer, len(params.prompt_ids), params.stop, emit, cancel,
+                               self.renderer if wanted else None, params.logprobs or 0)
         # One generation at a time on this thread, so seeding torch's global RNG is safe.
         generated = generate(
             self.model, self.tokenizer, [params.prompt_ids], steerer=self.steerer, coeffs=params.coeffs,
             max_new_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, seed=params.seed,
-            stopping_criteria=StoppingCriteriaList([watcher]),
+            stopping_criteria=StoppingCriteriaList([watcher]), on_logits=watcher.logits.append if wanted else None,
         )[0]
         text = watcher.text_of(generated)
         watcher.push(text, final=True)
@@ -188,7 +213,8 @@ class HFBackend:
             reason = "length"
         # The stop token is cut from the text but was generated: it counts, as in vLLM's usage.
         n_tokens = len(generated) + (1 if ended_early and not watcher.stop_hit and not cancel.is_set() else 0)
-        return GenerationResult(text, reason, len(params.prompt_ids), n_tokens, generated)
+        return GenerationResult(text, reason, len(params.prompt_ids), n_tokens, generated,
+                                watcher.steps if wanted else None)
 
     def _admit(self) -> None:
         if self.pending >= self.max_queue:
@@ -223,18 +249,18 @@ class HFBackend:
             self.cancel_events.discard(cancel)
             self.pending -= 1
 
-    async def stream(self, params: GenerationParams) -> AsyncIterator[str | GenerationResult]:
-        """Yields text deltas as they are decoded, then the final ``GenerationResult``.
+    async def stream(self, params: GenerationParams) -> AsyncIterator[Delta | GenerationResult]:
+        """Yields ``Delta``s as they are decoded, then the final ``GenerationResult``.
 
         Closing the iterator early (client gone) cancels the generation at its next step.
         """
         self._admit()
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str] = asyncio.Queue()
+        queue: asyncio.Queue[Delta] = asyncio.Queue()
         cancel = threading.Event()
         self.cancel_events.add(cancel)
 
-        def emit(delta: str) -> None:
+        def emit(delta: Delta) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
         future = loop.run_in_executor(self.executor, self._generate, params, emit, cancel)

@@ -18,8 +18,8 @@ from emolab.core.steering import SteeringError, SteeringLimits
 from emolab.serve.contract import APIError, check_model_name, json_type, steering_error, validate_steering
 
 __all__ = [
-    "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "ChatMessage", "ChatRequest", "CompletionRequest",
-    "RequestContract", "ValidatedRequest", "validate_generation", "validation_message",
+    "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "ChatMessage", "ChatRequest",
+    "CompletionRequest", "RequestContract", "ValidatedRequest", "validate_generation", "validation_message",
 ]
 
 CHAT_PATH = "/v1/chat/completions"
@@ -27,6 +27,7 @@ COMPLETIONS_PATH = "/v1/completions"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_TOKENS_BOUND = 2**31 - 1  # far beyond any context; keeps integers inside what engines store
+MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs
 
 
 class _Strict(BaseModel):
@@ -69,10 +70,13 @@ class _Sampling(_Strict):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     chat_template_kwargs: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # the top-k size, as OpenAI's legacy API
 
 
 GENERATION_SCHEMAS: dict[str, type[_Sampling]] = {CHAT_PATH: ChatRequest, COMPLETIONS_PATH: CompletionRequest}
@@ -119,6 +123,9 @@ def validate_generation(body: dict[str, Any], path: str, contract: RequestContra
     if pairs and body.get("use_beam_search"):
         # vLLM builds beam-search requests without extra_args: the steering would silently vanish.
         raise APIError(400, "steering cannot be combined with use_beam_search", param="use_beam_search")
+    if isinstance(request, ChatRequest) and request.top_logprobs and not request.logprobs:
+        # As vLLM: 0 asks for nothing and passes; any other value needs logprobs: true.
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     if request.stream_options is not None and not request.stream:
         raise APIError(400, "stream_options needs stream: true", param="stream_options")
     stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])

@@ -7,8 +7,8 @@ per batch, one steering per row) and the notebook widgets all generate through `
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ def generate(
     batch_size: int = 64,
     stopping_criteria: Any = None,
     progress: Callable[[str], None] | None = None,
+    on_logits: Callable[[torch.Tensor], None] | None = None,
 ) -> list[list[int]]:
     """Continuation token ids for each prompt, cut before its first stop token.
 
@@ -50,6 +51,9 @@ def generate(
     steering per row, so many conditions share one batch (far faster on CPU than a batch each).
     ``temperature`` 0 is greedy; otherwise sampling with ``top_p`` (and ``top_k`` when given; None
     keeps the model's generation config). ``seed`` seeds torch's global RNG once, before the first batch.
+    ``on_logits``: called at every step, before the token is chosen, with that step's next-token logits
+    ``[rows, vocab]`` (float32) as the model made them, before temperature, top_p or any processor (the
+    tensor transformers keeps under ``output_logits``, seen as it is made, so a streaming caller can use it).
     """
     if coeffs is not None and steerer is None:
         raise ValueError("coefficients need a steerer")
@@ -80,7 +84,7 @@ def generate(
             mask[i, width - len(row):] = 1
         chunk = np.asarray(coeffs)[start:start + len(batch)] if per_row else coeffs
         steering = steerer.steer(chunk) if steerer is not None else nullcontext()
-        with torch.inference_mode(), steering:
+        with torch.inference_mode(), steering, _logits_hook(model, on_logits):
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         for row in generated[:, width:].tolist():
             cut = next((k for k, token in enumerate(row) if token in stops), len(row))
@@ -88,3 +92,20 @@ def generate(
         if progress is not None:
             progress(f"generated {start + len(batch)}/{len(prompt_ids)} rows ({time.perf_counter() - began:.1f}s)")
     return out
+
+
+@contextmanager
+def _logits_hook(model: torch.nn.Module, on_logits: Callable[[torch.Tensor], None] | None) -> Iterator[None]:
+    """Hand ``on_logits`` each forward pass's last-position logits (one pass per generated token)."""
+    if on_logits is None:
+        yield
+        return
+
+    def hook(module, args, output) -> None:
+        on_logits(output.logits[:, -1].to(torch.float32, copy=True))
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -104,7 +104,7 @@ def test_after_the_fuzzing_a_normal_request_still_works(client):
     ({"structured_outputs": {"json": {"type": "object"}}}, "structured_outputs", "not supported by the HF backend"),
     ({"prompt_embeds": "AAAA"}, "prompt_embeds", "not supported"),
     ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
-    ({"logprobs": True}, "logprobs", "not supported"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "less than or equal"),
     ({"n": 2}, "n", "n > 1"),
     ({"Steering": ["fear", 1.0]}, "Steering", "did you mean 'steering'"),
     ({"steer": ["fear", 1.0]}, "steer", "did you mean 'steering'"),

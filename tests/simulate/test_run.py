@@ -1,0 +1,141 @@
+"""Experiments run against a real `emolab serve` (SmolLM2, the committed bundle, HF backend): the trial log
+survives a kill without losing or repeating a trial, a resumed conversation equals an uninterrupted one reply
+for reply, the CLI names a bad spec's field in one line, and the report's numbers are the frames'."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import run_cli, running_server
+
+from emolab.simulate import ExperimentSpec, analyze, read_trials, run_experiment
+from emolab.simulate.design import conditions, trials
+
+pytestmark = pytest.mark.slow
+KEY = "sim-key"
+NUMBER = {
+    "name": "offer", "kind": "number", "system": "You are {persona}.", "personas": ["a nurse", "a teacher", "a cook"],
+    "prompt": "You have $10. How many dollars do you give to a stranger? Answer with a number only.",
+    "range": [0, 10], "conditions": {"emotions": ["fear", "joy"], "alphas": [1], "steered_prompted": False},
+    "sampling": {"max_tokens": 6}, "concurrency": 4,
+}
+TALK = {
+    "name": "talk", "kind": "conversation", "opening": "The bus is late again. How is everyone?",
+    "agents": {"count": 3, "seeded": 1, "names": ["Ana", "Ben", "Cy"]}, "turns": 2, "window": 4,
+    "state": {"rule": "decay", "initial": 1.5, "decay": 0.5, "gain": 2.0},
+    "conditions": {"emotions": ["fear"], "alphas": [1], "prompted": False, "steered_prompted": False},
+    "sampling": {"max_tokens": 10},
+}
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path, smollm2_bundle_path):
+    with running_server(vectors=smollm2_bundle_path, model=str(smollm2_path), backend="hf", api_key=KEY,
+                        extra_args=["--dtype", "float32", "--served-model-name", "smollm2"]) as url:
+        yield url + "/v1"
+
+
+def _spec_file(tmp_path, data, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_killed_run_resumes_without_losing_or_repeating_a_trial(server, tmp_path):
+    spec_file, out = _spec_file(tmp_path, NUMBER), tmp_path / "run"
+    cmd = [sys.executable, "-m", "emolab.cli", "simulate", "run", str(spec_file), "--base-url", server,
+           "--output", str(out), "--no-progress", "--no-report"]
+    env = {**os.environ, "EMOLAB_API_KEY": KEY}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "trials.jsonl").is_file() and len((out / "trials.jsonl").read_bytes().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_trials(out)
+    spec = ExperimentSpec.load(spec_file)
+    expected = {t.trial_id for t in trials(spec, conditions(spec, ["anger", "joy", "sadness", "disgust", "fear",
+                                                                   "surprise"], {"fear": 0.33, "joy": 0.36}))}
+    assert 4 <= len(before) < len(expected) == 5 * 3  # control, prompted x2, steered x2; 3 personas
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = read_trials(out)
+    assert [r["trial_id"] for r in after[:len(before)]] == [r["trial_id"] for r in before]  # nothing rewritten
+    assert len(after) == len(expected) and {r["trial_id"] for r in after} == expected
+    meta = json.loads((out / "run.json").read_text())
+    assert len(meta["resumed"]) == 1 and meta["finished"] and meta["n_trials_logged"] == 15
+    assert meta["servers"][-1]["bundle_sha256"] and meta["servers"][-1]["backend"] == "hf"
+
+
+@pytest.fixture(scope="module")
+def judge():
+    from emolab.evaluate.judge import JudgeConfig, load_or_train_judge
+
+    return load_or_train_judge(JudgeConfig(max_train_per_class=60, max_test_per_class=20))
+
+
+def test_a_resumed_conversation_equals_an_uninterrupted_one(server, judge, smollm2_bundle_path, tmp_path):
+    spec = ExperimentSpec.from_dict(TALK)
+    run = dict(base_url=server, api_key=KEY, progress=False, judge=judge)
+    whole = run_experiment(spec, tmp_path / "whole", **run)
+    part = run_experiment(spec, tmp_path / "part", limit=4, **run)
+    assert len(part.done) == 4 and not part.meta.get("finished")
+    resumed = run_experiment(spec, tmp_path / "part", **run)
+    assert resumed.meta["finished"]
+    key = lambda r: (r["condition"], r["turn"], r["agent"])  # noqa: E731
+    a = {key(r): r for r in read_trials(tmp_path / "whole")}
+    b = {key(r): r for r in read_trials(tmp_path / "part")}
+    assert len(a) == len(whole.done) == 2 * 3 * 2 and a.keys() == b.keys()
+    for k in a:
+        assert (a[k]["reply"], a[k]["level"], a[k]["steering"], a[k]["messages"]) == \
+            (b[k]["reply"], b[k]["level"], b[k]["steering"], b[k]["messages"])
+    # the decay rule, by hand: the seeded agent starts at 1.5; after turn 0 its level is
+    # 0.5 * 1.5 + 2 * (read - 1/6), read = mean judged fear of the opening (unjudged) and the three replies
+    turn0 = [a[("steered:fear@1", 0, i)] for i in range(3)]
+    read = sum(r["judged"]["fear"] for r in turn0) / 3
+    expected = max(-2.0, min(2.0, 0.5 * 1.5 + 2.0 * (read - 1 / 6)))
+    assert a[("steered:fear@1", 1, 0)]["level"] == pytest.approx(expected, abs=1e-6)
+    fear = json.loads((smollm2_bundle_path / "metadata.json").read_text())["alpha_recommendations"]["fear"]
+    assert a[("steered:fear@1", 0, 0)]["steering"] == {"fear": pytest.approx(1.5 * fear, abs=1e-6)}
+    assert a[("steered:fear@1", 0, 1)]["steering"] is None  # unseeded agents start at the baseline 0
+    assert all(r["steering"] is None for k, r in a.items() if k[0] == "control")
+
+
+def test_the_cli_names_a_bad_spec_field_in_one_line(tmp_path, capsys):
+    bad = _spec_file(tmp_path, {**NUMBER, "sampling": {"max_tokens": 0}}, "bad.yaml")
+    code, out, err = run_cli(["simulate", "run", str(bad), "--base-url", "http://127.0.0.1:9/v1"], capsys)
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "bad.yaml: sampling.max_tokens: must be 1..8192" in err
+    code, _, err = run_cli(["simulate", "run", "risk", "--personas", "99", "--base-url", "http://127.0.0.1:9/v1"], capsys)
+    assert code == 2 and "--personas: the spec has 8 personas, asked for 99" in err
+    code, _, err = run_cli(["simulate", "run", "risk"], capsys)
+    assert code == 2 and "give --base-url, or --serve-model and --serve-vectors" in err
+
+
+def test_the_report_is_written_from_the_frames(server, tmp_path, capsys):
+    spec_file, out = _spec_file(tmp_path, {**NUMBER, "personas": ["a nurse", "a teacher"]}), tmp_path / "run"
+    os.environ["EMOLAB_API_KEY"] = KEY
+    try:
+        code, stdout, err = run_cli(["simulate", "run", str(spec_file), "--base-url", server, "--output", str(out),
+                                     "--no-progress"], capsys)
+    finally:
+        del os.environ["EMOLAB_API_KEY"]
+    assert code == 0, err
+    result = analyze(out)
+    table = result.tables["effects"]
+    assert table["condition"].tolist()[0] == "control" and len(table) == 5
+    csv = (out / "tables" / "effects.csv").read_text().splitlines()
+    assert csv[0].startswith("condition,kind,emotion") and len(csv) == 6
+    report = (out / "report.md").read_text()
+    for row in table.itertuples():
+        assert f"| {row.condition} | {row.n} |" in report
+    assert "![effects](plots/effects.png)" in report and (out / "plots" / "effects.png").is_file()

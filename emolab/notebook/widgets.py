@@ -3,22 +3,23 @@
 A *generator* turns ``(prompt, {emotion: alpha})`` into a reply. Two exist: ``HFGenerator`` steers a
 transformers model in this process (``emolab.steer``), ``ServerGenerator`` asks a running
 ``emolab serve`` through ``SteeringClient``. Both decode greedily and format the prompt with
-the model's chat template the same way the server does, so for the HF backend they give the
-same text. ``SteeringPanel`` is the UI: a prompt box, one alpha slider per emotion, a generate
-button, baseline and steered replies side by side.
+the model's chat template the same way the server does, so in the same dtype (float32 here) they
+give the same tokens, from the HF backend and the vLLM one alike (``ServerGenerator.reply`` returns
+vLLM's token ids to show it). ``SteeringPanel`` is the UI: a prompt box, one alpha slider per
+emotion, a generate button, baseline and steered replies side by side.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.steering import Steering
 
-__all__ = ["DEFAULT_ALPHA_LIMIT", "DEFAULT_PROMPT", "Generator", "HFGenerator", "ServerGenerator", "SteeringPanel",
-           "alpha_range", "recommended_alphas", "slider_step"]
+__all__ = ["DEFAULT_ALPHA_LIMIT", "DEFAULT_PROMPT", "Generator", "HFGenerator", "ServerGenerator", "ServedReply",
+           "SteeringPanel", "alpha_range", "recommended_alphas", "slider_step"]
 
 DEFAULT_ALPHA_LIMIT = 3.0  # slider bound when the bundle carries no validated_alpha_range
 DEFAULT_PROMPT = "Write one sentence about your morning."
@@ -82,6 +83,7 @@ class HFGenerator:
         self.alpha_range = alpha_range(bundle.metadata)
         self.recommended = recommended_alphas(bundle.metadata, self.alpha_scale)
         self.max_new_tokens = max_new_tokens
+        self._last: tuple[tuple[Any, ...], list[int]] | None = None  # (arguments, ids) of the last generation
 
     @classmethod
     def load(cls, bundle: EmotionBundle, model: str | None = None, **kwargs: Any) -> HFGenerator:
@@ -101,14 +103,29 @@ class HFGenerator:
             return chat_prompt_ids(self.tokenizer, [{"role": "user", "content": prompt}])
         return self.tokenizer(prompt).input_ids
 
-    def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str:
+    def token_ids(self, prompt: str, alphas: Mapping[str, float]) -> list[int]:
+        """The generated token ids (the prompt's not included). Greedy decoding makes them a function of the
+        arguments, so the last answer is kept: asking again for the reply just shown costs nothing."""
         from emolab.steer import generate
 
+        key = (prompt, tuple(sorted((e, float(a)) for e, a in alphas.items())), self.max_new_tokens)
+        if self._last is not None and self._last[0] == key:
+            return list(self._last[1])
         steering = Steering.from_mapping(alphas, self.emotions)  # same unknown-emotion check as the server path
         ids = generate(self.model, self.tokenizer, [self.prompt_ids(prompt)], steerer=self.steerer,
                        coeffs=steering.coefficients(len(self.emotions)) if steering else None,
                        max_new_tokens=self.max_new_tokens)[0]
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        self._last = (key, [int(i) for i in ids])
+        return list(self._last[1])
+
+    def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str:
+        return self.tokenizer.decode(self.token_ids(prompt, alphas), skip_special_tokens=True)
+
+
+class ServedReply(NamedTuple):
+    text: str
+    token_ids: list[int] | None  # generated tokens, when the server reports them (vLLM backend)
+    prompt_ids: list[int] | None  # the prompt as the server tokenized it (chat template applied)
 
 
 class ServerGenerator:
@@ -125,10 +142,22 @@ class ServerGenerator:
         self.alpha_range = alpha_range(self.info)
         self.alpha_scale = str(self.info.get("alpha_scale", "raw"))
         self.recommended = recommended_alphas(self.info)
+        self.backend = str(self.info.get("backend", "unknown"))  # which emolab backend serves: "hf" or "vllm"
         self.max_new_tokens = max_new_tokens
 
     def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str:
-        return self.client.chat(prompt, dict(alphas), max_tokens=self.max_new_tokens, temperature=0.0)
+        return self.reply(prompt, alphas).text
+
+    def reply(self, prompt: str, alphas: Mapping[str, float]) -> ServedReply:
+        """The reply's text and, from the vLLM backend (``return_token_ids``), its prompt and generated token ids;
+        the HF backend refuses fields it does not know, so there they are None."""
+        extra = {"return_token_ids": True} if self.backend == "vllm" else None
+        completion = self.client.chat_completion(prompt, dict(alphas), max_tokens=self.max_new_tokens,
+                                                 temperature=0.0, extra_body=extra)
+        choice = completion.choices[0]
+        ids, prompt_ids = getattr(choice, "token_ids", None), getattr(completion, "prompt_token_ids", None)
+        return ServedReply(choice.message.content or "", None if ids is None else [int(i) for i in ids],
+                           None if prompt_ids is None else [int(i) for i in prompt_ids])
 
 
 class SteeringPanel:

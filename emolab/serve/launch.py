@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOOPBACK_HOSTS", "free_port", "launch_server", "log_tail", "stop_server", "wait_for_health"]
+__all__ = ["LOOPBACK_HOSTS", "free_port", "launch_server", "log_tail", "session_processes",
+           "stop_server", "wait_for_health"]
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -81,8 +83,28 @@ def log_tail(process: subprocess.Popen | None, lines: int = 40) -> str:
     return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
 
 
+def session_processes(session_id: int) -> list[int]:
+    """Live (non-zombie) processes of a session, from ``/proc`` (Linux; elsewhere ``[]``).
+
+    ``launch_server`` starts each server in a session of its own (its id is the server's pid), and
+    the vLLM backend's engine core and workers are children in it: this is what must be gone after
+    ``stop_server``.
+    """
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, session, ...
+        if int(fields[3]) == session_id and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
 def stop_server(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """Terminate a server started by ``launch_server`` (kill if it does not exit in time)."""
+    """Terminate a server started by ``launch_server`` (kill if it does not exit in time), then any process
+    left in its session (a vLLM engine core that outlived its front end), so nothing of it keeps running."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -90,3 +112,14 @@ def stop_server(process: subprocess.Popen, timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout)
+    deadline = time.monotonic() + timeout
+    while (left := session_processes(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the engine core shuts down on its own once the front end has gone
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5.0
+    while left and (left := session_processes(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # SIGKILL is delivered asynchronously: return once they are gone

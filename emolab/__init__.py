@@ -2,7 +2,8 @@
 
 The pipeline, one subpackage per stage (``docs/architecture.md`` has the map)::
 
-    core  ->  extraction  ->  steer  ->  serve / fastpath  ->  client  ->  evaluate / bench  ->  notebook  ->  cli
+    core  ->  extraction  ->  steer  ->  serve / fastpath  ->  api_client  ->  evaluate / bench / simulate
+          ->  export  ->  notebook  ->  cli
 
 The names below are the public API. Heavy ones (torch, transformers, openai) load on first use,
 so ``import emolab`` stays fast.
@@ -39,6 +40,9 @@ _PUBLIC = {
     "AsyncSteeringClient": "emolab.api_client",
     "EvalConfig": "emolab.evaluate",
     "run_eval": "emolab.evaluate",
+    "ExperimentSpec": "emolab.simulate",
+    "run_experiment": "emolab.simulate",
+    "analyze": "emolab.simulate",
 }
 
 __all__ = sorted([*_PUBLIC, "__version__"])

@@ -6,33 +6,16 @@ from __future__ import annotations
 
 import re
 import socket
-from pathlib import Path
 
 import pytest
 import yaml
 from conftest import free_port
 from test_notebooks import NOTEBOOKS, assert_no_errors, printed_value, run_notebook, text_of
 
+from emolab.serve.launch import session_processes
 from emolab.simulate import ExperimentSpec, read_trials
 
 pytestmark = pytest.mark.slow
-
-
-def session_processes(sid: int) -> list[str]:
-    """Live processes of the server's session (launch_server starts it as a session leader; vLLM's engine
-    and workers are its children), as "pid command"."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[3]) == sid and fields[0] != "Z":  # field 6 of stat: the session id
-                found.append(f"{proc.name} {(proc / 'comm').read_text().strip()}")
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def test_05_simulate_through_the_vllm_server_it_starts(tmp_path):

@@ -60,13 +60,13 @@ def resolve_alpha(spec: ExperimentSpec, emotion: str, multiple: float, recommend
 
 
 def conditions(spec: ExperimentSpec, server_emotions: list[str], recommended: dict[str, float]) -> list[Condition]:
-    """Every condition of the spec, checked against the server's emotions (control first)."""
+    """Every condition of the spec, checked against the server's emotions (control first, unless left out)."""
     c = spec.conditions
     for i, emotion in enumerate(c.emotions):
         if emotion not in server_emotions and (c.steered or c.steered_prompted):
             raise SpecError(f"the server's bundle has no {emotion!r} (it has {', '.join(server_emotions)})",
                             f"conditions.emotions[{i}]")
-    out = [Condition("control", "control")]
+    out = [Condition("control", "control")] if c.control else []
     for emotion in c.emotions:
         if c.prompted:
             out.append(Condition(f"prompted:{emotion}", "prompted", emotion))
@@ -78,6 +78,8 @@ def conditions(spec: ExperimentSpec, server_emotions: list[str], recommended: di
             if c.steered_prompted:
                 out.append(Condition(f"steered+prompted:{emotion}@{label}", "steered+prompted", emotion, multiple,
                                      resolve_alpha(spec, emotion, multiple, recommended)))
+    if not out:
+        raise SpecError("no condition left: enable control, steered, prompted or steered_prompted", "conditions")
     return out
 
 

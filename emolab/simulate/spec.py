@@ -106,6 +106,7 @@ class ConditionsSpec:
     emotions: tuple[str, ...] = DEFAULT_EMOTIONS
     alphas: tuple[float, ...] = (1.0,)
     alpha_unit: str = "recommended"  # alphas are multiples of the server's recommended alpha, or "raw"
+    control: bool = True  # the unsteered, unprompted control (effects are measured against it)
     steered: bool = True
     prompted: bool = True
     steered_prompted: bool = True
@@ -352,7 +353,8 @@ def _conditions(r: _Reader) -> ConditionsSpec:
         emotions=tuple(e.strip().lower() for e in emotions), alphas=tuple(float(a) for a in alphas),
         alpha_unit=c.get("alpha_unit", str, "recommended", check=lambda v: v in ("recommended", "raw"),
                          why="must be recommended or raw"),
-        steered=c.get("steered", bool, True), prompted=c.get("prompted", bool, True),
+        control=c.get("control", bool, True), steered=c.get("steered", bool, True),
+        prompted=c.get("prompted", bool, True),
         steered_prompted=c.get("steered_prompted", bool, True), emotion_prompt=prompt)
     unknown = [e for e in spec.emotions if e not in EMOTION_ADJECTIVES and "{adjective}" in prompt
                and (spec.prompted or spec.steered_prompted)]

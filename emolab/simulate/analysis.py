@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emolab.simulate.readout import copied_share
+
 __all__ = [
     "bootstrap_mean", "choice_effects", "contagion", "dose_response", "effects", "number_effects",
     "steered_vs_prompted", "trials_frame", "units",
@@ -44,6 +46,8 @@ def trials_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             row[f"p_{option}"] = p
         for emotion, p in (r.get("judged") or {}).items():
             row[f"judged_{emotion}"] = p
+        if r.get("kind") == "conversation" and r.get("messages"):
+            row["copied"] = copied_share(r.get("reply") or "", r["messages"][-1]["content"])
         rows.append(row)
     frame = pd.DataFrame(rows)
     if "multiple" in frame:
@@ -183,7 +187,8 @@ def contagion(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(overall, per turn): the unseeded agents' judged emotion against the control, and the seeded agents' beside.
 
     The emotion judged is each condition's own; a reply is paired with the control's reply of the same
-    replicate, agent and turn. The unit resampled is the replicate (one conversation) when there are
+    replicate, agent and turn. ``copied`` (beside the control's) is the mean share of a reply's word
+    trigrams found in what the agent read: an emotion can spread into new words or by being copied. The unit resampled is the replicate (one conversation) when there are
     two or more; with one, the agent (turns of one agent stay together), and ``ci_unit`` says so:
     agents of one conversation are not independent, so that CI is a within-run one.
     """
@@ -202,10 +207,13 @@ def contagion(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             eff, low, high = bootstrap_mean(paired["diff"], units(paired, unit))
             base = {"condition": name, "kind": sub["condition_kind"].iloc[0], "emotion": emotion,
                     "multiple": sub["multiple"].iloc[0], "agents": "seeded" if seeded else "unseeded"}
+            copied = _paired(part, name, "copied", ["replicate", "agent", "turn"]) if "copied" in part else None
             overall.append({**base, "n_pairs": len(paired), "ci_unit": unit[0],
                             "n_units": len(set(units(paired, unit))), "judged": float(paired["value"].mean()),
                             "control": float(paired["control"].mean()), "effect": eff, "effect_low": low,
-                            "effect_high": high})
+                            "effect_high": high,
+                            "copied": float(copied["value"].mean()) if copied is not None else np.nan,
+                            "copied_control": float(copied["control"].mean()) if copied is not None else np.nan})
             for turn, at in paired.groupby("turn"):
                 t_eff, t_low, t_high = bootstrap_mean(at["diff"], units(at, unit))
                 by_turn.append({**base, "turn": int(turn), "effect": t_eff, "effect_low": t_low, "effect_high": t_high})

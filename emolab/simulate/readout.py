@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "OptionReadout", "answer_position", "label_of_token", "option_probabilities", "parse_choice", "parse_number",
-    "read_options",
+    "OptionReadout", "answer_position", "copied_share", "label_of_token", "option_probabilities", "parse_choice",
+    "parse_number", "read_options",
 ]
 
 _STRIP = " \t\n\r\"'`*([{<:.)]}>,;!?-_\u2581\u0120"  # \u2581 / \u0120: sentencepiece / byte-level space marks
@@ -138,3 +138,21 @@ def parse_number(text: str, low: float | None = None, high: float | None = None)
             return None
         return value
     return None
+
+
+def copied_share(reply: str, source: str, n: int = 3) -> float:
+    """The share of the reply's word n-grams that also occur in ``source`` (what the agent read): 1.0 is a copy.
+
+    A small model in a group chat often repeats what it read; an emotion that "spreads" by copying is
+    not the same finding as one that spreads into new words, so reports show this beside contagion.
+    A reply shorter than ``n`` words counts as copied when all its words occur in the source.
+    """
+    words = re.findall(r"\w+", reply.casefold())
+    seen = re.findall(r"\w+", source.casefold())
+    if not words:
+        return float("nan")
+    if len(words) < n:
+        return float(all(w in set(seen) for w in words))
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    known = {tuple(seen[i:i + n]) for i in range(len(seen) - n + 1)}
+    return sum(g in known for g in grams) / len(grams)

@@ -161,9 +161,11 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
             lines += ["## Contagion: judged emotion against the control", "",
                       "Each condition's own emotion, judged by the independent MiniLM judge on every reply; "
                       "`unseeded` agents carry no emotion themselves, so their effect is what spread through the "
-                      "conversation.", "", markdown_table(_ci(overall, "effect"),
+                      "conversation. `copied`: the share of a reply's word trigrams found in what the agent read "
+                      "(1 = a copy), beside the control's: an emotion can spread into new words, or by being "
+                      "repeated.", "", markdown_table(_ci(overall, "effect"),
                       ["condition", "agents", "n_pairs", "ci_unit", "n_units", "judged", "control",
-                       "effect [95% CI]"]), ""]
+                       "effect [95% CI]", "copied", "copied_control"]), ""]
     for name, fig in result.figures().items():
         fig.savefig(out / "plots" / f"{name}.png", dpi=110)
         lines += [f"![{name}](plots/{name}.png)", ""]

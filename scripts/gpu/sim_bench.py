@@ -53,12 +53,17 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steered + unsteered pairs first (graphs, caches)")
     p.add_argument("--emotion", default="fear")
     p.add_argument("--alpha", type=float, default=4.0)
     p.add_argument("--out", required=True)
     args = p.parse_args()
     results = []
     for agents in args.agents:
+        for w in range(args.warmup):
+            for steered in (False, True):
+                s = spec(agents, args.turns, args.max_tokens, steered, args.emotion, args.alpha, args.window)
+                print(json.dumps({"warmup": w, **asyncio.run(one(args.base_url, Path(args.out) / f"warm-{s.name}-{w}", s))}))
         for repeat in range(args.repeats):
             for steered in ((False, True) if repeat % 2 == 0 else (True, False)):
                 s = spec(agents, args.turns, args.max_tokens, steered, args.emotion, args.alpha, args.window)

@@ -8,6 +8,7 @@ import pytest
 
 from emolab.simulate.readout import (
     answer_position,
+    copied_share,
     label_of_token,
     option_probabilities,
     parse_choice,
@@ -99,3 +100,13 @@ def test_parse_number(text, value):
 def test_parse_number_out_of_range_is_unparseable():
     assert parse_number("150", 0, 100) is None
     assert parse_number("100", 0, 100) == 100.0
+
+
+def test_copied_share_counts_word_trigrams_found_in_what_was_read():
+    read = "Ana: The garden will close next month. Ben: I am so sad about it."
+    assert copied_share("I am so sad about it.", read) == 1.0
+    assert copied_share("What a lovely sunny day outside", read) == 0.0
+    # "the garden will" / "garden will close" found; "will close soon" / "close soon friends" not
+    assert copied_share("The garden will close soon friends", read) == 0.5
+    assert copied_share("so sad", read) == 1.0 and copied_share("so happy", read) == 0.0  # shorter than n
+    assert math.isnan(copied_share("...", read))

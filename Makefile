@@ -14,7 +14,7 @@ OUT    ?= runs/extract-$(notdir $(MODEL))
 PORT   ?= 8000
 BACKEND ?= auto
 
-.PHONY: setup setup-test test demo lint clean smollm2 extract inspect serve test-http notebooks bench lab strip-notebooks effect tune
+.PHONY: setup setup-test test demo lint clean smollm2 extract inspect serve test-http notebooks bench lab strip-notebooks effect tune simulate
 
 setup: $(STAMP)
 
@@ -91,6 +91,14 @@ BENCH_ARGS ?= --agents 1,4 --scenarios none,mixed,churn --prompt-tokens 64 --max
 bench: setup
 	$(BIN)/emolab bench --serve-model $(MODEL) --serve-vectors $(BUNDLE) --model $(MODEL) \
 		--output runs/bench-$(MODEL).json $(BENCH_ARGS)
+
+# A shipped experiment (or a spec file) against a server it starts itself: runs/sim-<spec>/ holds the trial log
+# (resumed when run again), report.md, tables/ and plots/. SIM_ARGS e.g. --emotions fear,anger --personas 2.
+SPEC ?= risk
+SIM_ARGS ?=
+simulate: setup
+	$(BIN)/emolab simulate run $(SPEC) --serve-model $(MODEL) --serve-vectors $(BUNDLE) --backend $(BACKEND) \
+		--output runs/sim-$(notdir $(basename $(SPEC))) $(SIM_ARGS)
 
 # All notebooks, headless, with their default parameters (executed copies in executed/, git-ignored).
 notebooks: setup

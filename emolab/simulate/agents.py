@@ -2,9 +2,9 @@
 
 One conversation per condition x replicate (a seed). Turn t is synchronous: every agent of every
 conversation reads the feed as it stood at the start of turn t (its last ``window`` messages) and
-replies; all those requests are in flight at once (one wave, so vLLM batches them); then every reply
-is judged (the independent MiniLM judge of ``emolab.evaluate.judge``) and appended to its feed in
-agent order. The seeded agents (the first ``agents.seeded``) carry the condition: steered, prompted
+replies; all those requests are in flight at once (one wave, so vLLM batches them); each reply is
+judged (the independent MiniLM judge of ``emolab.evaluate.judge``) and logged as it lands, and once
+the wave is in, the replies join their feeds in agent order. The seeded agents (the first ``agents.seeded``) carry the condition: steered, prompted
 or both; with ``state.rule: decay`` every agent's emotion level follows ``next_level`` (it decays
 toward a baseline and is nudged by the judged emotion of what the agent read), so affect can persist
 and spread through steering too. Contagion is read from the unseeded agents' judged emotion.
@@ -78,6 +78,11 @@ def _steering(spec: ExperimentSpec, conv: Conversation, agent: int) -> dict[str,
     return conv.condition.steering(round(conv.levels[agent], 6))
 
 
+def _reply_id(spec: ExperimentSpec, conv: Conversation, turn: int, agent: int) -> str:
+    return trial_id({"experiment": spec.name, "condition": conv.condition.name, "replicate": conv.replicate,
+                     "turn": turn, "agent": agent})
+
+
 def _initial_levels(spec: ExperimentSpec, condition: Condition) -> list[float]:
     a, s = spec.agents, spec.state
     return [s.initial if i < a.seeded and condition.steered else s.baseline for i in range(a.count)]
@@ -128,10 +133,10 @@ async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, cond
     gate = asyncio.Semaphore(spec.concurrency)
     budget = [limit if limit is not None else total]
 
-    async def reply(conv: Conversation, turn: int, agent: int, tid: str) -> dict[str, Any] | None:
+    async def reply(conv: Conversation, turn: int, agent: int, tid: str) -> None:
         async with gate:
             if budget[0] <= 0:
-                return None
+                return
             budget[0] -= 1
             messages = agent_messages(spec, conv, agent)
             steering = _steering(spec, conv, agent)
@@ -139,46 +144,40 @@ async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, cond
             seed = spec.seeds[conv.replicate] * 100_003 + turn * 1009 + agent
             response = await client.chat_completion(messages, steering, **sampling_kwargs(spec, seed, False))
             choice = response.choices[0]
-            return {"trial_id": tid, "experiment": spec.name, "kind": spec.kind, "condition": conv.condition.name,
-                    "condition_kind": conv.condition.kind, "emotion": conv.condition.emotion,
-                    "multiple": conv.condition.multiple, "alpha": conv.condition.alpha, "replicate": conv.replicate,
-                    "seed": spec.seeds[conv.replicate], "turn": turn, "agent": agent, "name": spec.agents.names[agent],
-                    "seeded": agent < spec.agents.seeded, "level": round(conv.levels[agent], 6), "steering": steering,
-                    "messages": messages, "reply": (choice.message.content or "").strip(),
-                    "finish_reason": choice.finish_reason,
-                    "usage": response.usage.model_dump() if response.usage is not None else None,
-                    "latency_s": round(time.time() - began, 4), "t_start": round(began, 4)}
+            record = {
+                "trial_id": tid, "experiment": spec.name, "kind": spec.kind, "condition": conv.condition.name,
+                "condition_kind": conv.condition.kind, "emotion": conv.condition.emotion,
+                "multiple": conv.condition.multiple, "alpha": conv.condition.alpha, "replicate": conv.replicate,
+                "seed": spec.seeds[conv.replicate], "turn": turn, "agent": agent, "name": spec.agents.names[agent],
+                "seeded": agent < spec.agents.seeded, "level": round(conv.levels[agent], 6), "steering": steering,
+                "messages": messages, "reply": (choice.message.content or "").strip(),
+                "finish_reason": choice.finish_reason,
+                "usage": response.usage.model_dump() if response.usage is not None else None,
+                "latency_s": round(time.time() - began, 4), "t_start": round(began, 4)}
+            # judged and logged the moment it lands: a kill mid-turn loses no finished reply
+            record["judged"] = judge_texts(judge, [record["reply"]])[0]
+            log.append(record)
+            logged[tid] = record
+            bar.update(1)
 
     try:
         for turn in range(spec.turns):
-            jobs, fresh = [], []
+            jobs = []
             for conv in convs:
                 for agent in range(spec.agents.count):
-                    tid = trial_id({"experiment": spec.name, "condition": conv.condition.name,
-                                    "replicate": conv.replicate, "turn": turn, "agent": agent})
+                    tid = _reply_id(spec, conv, turn, agent)
                     if tid not in logged:
                         jobs.append((conv, agent, asyncio.ensure_future(reply(conv, turn, agent, tid))))
             try:
-                results = await asyncio.gather(*(job for _, _, job in jobs))
+                await asyncio.gather(*(job for _, _, job in jobs))
             except Exception as exc:
                 for _, _, job in jobs:
                     job.cancel()
                 raise SimulationError(f"turn {turn}: a request failed ({type(exc).__name__}: {exc}); run the same "
                                       "output folder again to resume") from None
-            fresh = [r for r in results if r is not None]
-            if fresh:
-                for record, judged in zip(fresh, judge_texts(judge, [r["reply"] for r in fresh]), strict=True):
-                    record["judged"] = judged
-                    log.append(record)
-                    logged[record["trial_id"]] = record
-                    bar.update(1)
             complete = True
             for conv in convs:
-                turn_records = []
-                for agent in range(spec.agents.count):
-                    tid = trial_id({"experiment": spec.name, "condition": conv.condition.name,
-                                    "replicate": conv.replicate, "turn": turn, "agent": agent})
-                    turn_records.append(logged.get(tid))
+                turn_records = [logged.get(_reply_id(spec, conv, turn, agent)) for agent in range(spec.agents.count)]
                 if any(r is None for r in turn_records):
                     complete = False
                     continue

@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emolab.core.bundle_checks import ALPHA_SCALES, BundleError, check_auc_shape, check_metadata, check_names_to_save
 from emolab.core.bundle_files import check_magnitudes, contained_file, read_metadata_bytes, read_npy
 from emolab.core.names import same_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "ALPHA_SCALES", "BundleError", "EmotionBundle", "ModelMismatchError", "NORMALIZED_FRACTION", "normalize_metadata",
@@ -167,6 +170,44 @@ class EmotionBundle:
         """Validation ROC-AUC ``[len(search_layers), n_emotions]`` if the bundle records it."""
         matrix = self.metadata.get("auc_matrix")
         return None if matrix is None else np.asarray(matrix, dtype=np.float64)
+
+    def auc_frame(self) -> pd.DataFrame | None:
+        """The validation ROC-AUC as a DataFrame, or None when the bundle records none.
+
+        Rows: the searched layers (index ``layer``); columns: one per emotion (``auc_matrix()``, unchanged),
+        ``mean`` (the row's mean over the emotions) and ``chosen`` (True for the layers the bundle steers).
+        ``emolab test`` prints and writes its AUC numbers from this frame.
+        """
+        import pandas as pd
+
+        auc = self.auc_matrix()
+        if auc is None:
+            return None
+        search = self.search_layers
+        if {"mean", "chosen"} & set(self.emotions):
+            raise BundleError("an emotion named 'mean' or 'chosen' would share a column of the AUC frame")
+        if auc.shape != (len(search), len(self.emotions)):
+            raise BundleError(f"auc_matrix has shape {list(auc.shape)}; the bundle has {len(search)} search layers "
+                              f"and {len(self.emotions)} emotions")
+        frame = pd.DataFrame(auc, index=pd.Index(search, name="layer"), columns=list(self.emotions))
+        frame["mean"] = auc.mean(axis=1)
+        frame["chosen"] = [layer in self.chosen_layers for layer in search]
+        return frame
+
+    def norms_frame(self, sweep: bool = False) -> pd.DataFrame:
+        """L2 norm of every vector as a DataFrame: rows the chosen layers (index ``layer``), columns the emotions.
+
+        The same numbers as ``norms()``. With ``sweep`` and a full sweep loaded, rows are the searched layers
+        and the norms those of the full sweep's vectors.
+        """
+        import pandas as pd
+
+        if sweep and self.full_sweep is not None:
+            layers = self.search_layers
+            norms = {e: [float(x) for x in np.linalg.norm(self.full_sweep[e], axis=1)] for e in self.emotions}
+        else:
+            layers, norms = self.chosen_layers, self.norms()
+        return pd.DataFrame(norms, index=pd.Index(layers, name="layer"), columns=list(self.emotions))
 
     def check_model(self, num_layers: int, hidden: int) -> None:
         """Refuse a bundle whose shape does not fit a model of ``num_layers`` blocks of ``hidden``."""

@@ -1,6 +1,8 @@
 """What a bundle holds, without loading any model: ``summary`` (data) and ``print_report`` (tables).
 
-``emolab test BUNDLE`` prints the report; the inspection notebook and ``/v1/emotions`` read the data.
+``emolab test BUNDLE`` prints the report (``--json``: the summary); the inspection notebook reads the data.
+The AUC and norm numbers of both come from the bundle's frames (``EmotionBundle.auc_frame`` and
+``norms_frame``), so the printed tables and the JSON show the same numbers.
 """
 
 from __future__ import annotations
@@ -17,20 +19,20 @@ __all__ = ["print_report", "summary"]
 def summary(bundle: EmotionBundle) -> dict[str, Any]:
     """Everything the report shows, as plain JSON-able data."""
     meta = bundle.metadata
-    auc = bundle.auc_matrix()
-    search = bundle.search_layers
+    auc = bundle.auc_frame()
+    norms = bundle.norms_frame()
     out: dict[str, Any] = {
         "model": bundle.model,
         "emotions": bundle.emotions,
         "id_map": bundle.id_map,
         "num_layers": bundle.num_layers,
         "hidden": bundle.hidden,
-        "search_layers": search,
+        "search_layers": bundle.search_layers,
         "chosen_layers": bundle.chosen_layers,
         "n_train": meta.get("n_train"),
         "n_val": meta.get("n_val"),
         "chosen_mean_auc": meta.get("chosen_mean_auc"),
-        "norms": bundle.norms(),
+        "norms": {emotion: norms[emotion].tolist() for emotion in norms.columns},
         "alpha_recommendations": meta.get("alpha_recommendations"),
         # Recommendations are alphas on some scale; without a recorded scale they are raw (reference tool).
         "alpha_recommendations_scale": meta.get("alpha_recommendations_scale", "raw") if meta.get("alpha_recommendations") else None,
@@ -40,18 +42,19 @@ def summary(bundle: EmotionBundle) -> dict[str, Any]:
         "has_full_sweep": bundle.full_sweep is not None,
     }
     if auc is not None:
-        out["auc_matrix"] = auc.tolist()
-        out["mean_auc_per_layer"] = auc.mean(axis=1).tolist()
-        if out["chosen_mean_auc"] is None and len(auc) == len(search):
-            rows = [search.index(layer) for layer in bundle.chosen_layers if layer in search]
-            out["chosen_mean_auc"] = float(auc[rows].mean()) if rows else None
+        out["auc_matrix"] = auc[bundle.emotions].to_numpy().tolist()
+        out["mean_auc_per_layer"] = auc["mean"].tolist()
+        if out["chosen_mean_auc"] is None:
+            rows = [layer for layer in bundle.chosen_layers if layer in auc.index]  # in the chosen layers' order
+            values = np.ascontiguousarray(auc.loc[rows, bundle.emotions].to_numpy())  # row-major: summed as the matrix
+            out["chosen_mean_auc"] = float(values.mean()) if rows else None
     if "families" in meta:
         out["families"] = meta["families"]
     return out
 
 
-def print_report(bundle: EmotionBundle, console=None, *, norms: bool = True) -> None:
-    """The bundle's summary, AUC table and (unless ``norms`` is False) its table of vector norms."""
+def print_report(bundle: EmotionBundle, console=None, *, norms: bool = True, auc: bool = True) -> None:
+    """The bundle's summary, AUC table (unless ``auc`` is False) and table of vector norms (unless ``norms`` is)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -73,24 +76,25 @@ def print_report(bundle: EmotionBundle, console=None, *, norms: bool = True) -> 
         head.add_row(f"alpha_recommendations ({info['alpha_recommendations_scale']} scale)", str(info["alpha_recommendations"]))
     console.print(head)
 
-    if "auc_matrix" in info:
-        auc = np.asarray(info["auc_matrix"])
+    frame = bundle.auc_frame() if auc else None
+    if frame is not None:
         table = Table(title="validation ROC-AUC per searched layer (* = chosen window)")
         table.add_column("layer", justify="right")
         for emotion in bundle.emotions:
             table.add_column(emotion, justify="right")
         table.add_column("mean", justify="right", style="bold")
-        for layer, row in zip(info["search_layers"], auc, strict=True):
-            mark = "*" if layer in bundle.chosen_layers else ""
-            table.add_row(f"{mark}{layer}", *(f"{x:.3f}" for x in row), f"{row.mean():.3f}")
+        for layer, row, mean, chosen in zip(frame.index, frame[bundle.emotions].to_numpy(), frame["mean"],
+                                            frame["chosen"], strict=True):
+            table.add_row(f"{'*' if chosen else ''}{layer}", *(f"{x:.3f}" for x in row), f"{mean:.3f}")
         console.print(table)
 
     if not norms:
         return
+    frame = bundle.norms_frame()
     table = Table(title="L2 norm of each vector at the chosen layers")
     table.add_column("emotion")
-    for layer in bundle.chosen_layers:
+    for layer in frame.index:
         table.add_column(f"L{layer}", justify="right")
-    for emotion, values in info["norms"].items():
-        table.add_row(emotion, *(f"{x:.3f}" for x in values))
+    for emotion in frame.columns:
+        table.add_row(emotion, *(f"{x:.3f}" for x in frame[emotion]))
     console.print(table)

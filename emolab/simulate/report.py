@@ -1,7 +1,7 @@
 """A run folder's analysis: ``analyze(folder)`` returns its frames; ``write_report`` writes report.md, CSVs and plots.
 
-Every number of the report comes from one frame: the markdown tables, ``tables/*.csv`` and the plots
-are all written from the same ``RunAnalysis`` tables.
+Every number of the report comes from one frame: the markdown tables (``emolab.core.tables.markdown_table``),
+``tables/*.csv`` and the plots are all written from the same ``RunAnalysis`` tables.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import Any
 
 import pandas as pd
 
+from emolab.core.tables import markdown_table
 from emolab.simulate import analysis, plots
 from emolab.simulate.log import RUN_FILE, read_trials
 from emolab.simulate.spec import ExperimentSpec
 
-__all__ = ["RunAnalysis", "analyze", "markdown_table", "write_report"]
+__all__ = ["RunAnalysis", "analyze", "write_report"]
 
 
 @dataclass
@@ -98,23 +99,15 @@ def _judged(folder: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [r if r.get("judged") else {**r, "judged": cache[r["trial_id"]]} for r in records]
 
 
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if value != value else f"{value:.3f}"
-    return "" if value is None else str(value)
-
-
-def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None) -> str:
-    columns = [c for c in (columns or list(frame.columns)) if c in frame.columns]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in frame[columns].itertuples(index=False):
-        lines.append("| " + " | ".join(_format(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _ci(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """A ``<key> [95% CI]`` column: ``+0.029 [+0.014, +0.043]``; n/a where there is no number or no interval."""
+    def cell(m: float, lo: float, hi: float) -> str:
+        if m != m:
+            return "n/a"
+        return f"{m:+.3f} " + ("[n/a]" if lo != lo or hi != hi else f"[{lo:+.3f}, {hi:+.3f}]")
+
     out = frame.copy()
-    out[f"{key} [95% CI]"] = [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi in
+    out[f"{key} [95% CI]"] = [cell(m, lo, hi) for m, lo, hi in
                               zip(frame[key], frame[f"{key}_low"], frame[f"{key}_high"], strict=True)]
     return out
 

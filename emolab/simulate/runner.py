@@ -150,7 +150,9 @@ async def _run_trials(spec: ExperimentSpec, client: AsyncSteeringClient, log: Ru
 async def run_experiment_async(spec: ExperimentSpec, folder: str | Path, *, base_url: str, api_key: str | None = None,
                                progress: bool = True, limit: int | None = None, judge: Any = "auto",
                                on_record: Callable[[dict[str, Any]], None] | None = None) -> RunLog:
-    client = AsyncSteeringClient(base_url, api_key=api_key, timeout=600.0)
+    # The openai client retries a dropped connection, a 429 and a 5xx (3 times, backing off); what still fails
+    # is reported, and the next run of the folder retries it.
+    client = AsyncSteeringClient(base_url, api_key=api_key, timeout=600.0, max_retries=3)
     try:
         info = await server_info(client)
         log = RunLog(folder, spec, info)

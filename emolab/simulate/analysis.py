@@ -108,7 +108,7 @@ def effects(frame: pd.DataFrame, column: str, cells: list[str], unit: list[str])
         mean, low, high = bootstrap_mean(sub[column], units(sub, unit))
         row = {"condition": name, "kind": meta.loc[name, "condition_kind"], "emotion": meta.loc[name, "emotion"],
                "multiple": meta.loc[name, "multiple"], "alpha": meta.loc[name, "alpha"],
-               "n": int(sub[column].notna().sum()), "n_units": len(set(units(sub, unit))),
+               "n": int(sub[column].notna().sum()), "n_units": len(set(units(sub[sub[column].notna()], unit))),
                "mean": mean, "mean_low": low, "mean_high": high}
         if name != "control":
             paired = _paired(frame, name, column, cells)

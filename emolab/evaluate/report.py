@@ -1,5 +1,7 @@
-"""Reports of an eval run: per-condition summaries, the confusion matrix, Markdown tables, files.
+"""Reports of an eval run: per-condition summaries, the confusion matrix, the report as a frame, files.
 
+``eval_frame(report)`` is the report's table as a DataFrame (one row per emotion x alpha); the Markdown
+(``markdown_tables``, ``tables.md``) is written from it, and it rebuilds from a saved ``report.json``.
 ``write_recommendations`` is the one function that writes into a bundle's ``metadata.json``.
 """
 
@@ -8,14 +10,24 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emolab.core.tracked import refuse_tracked
 from emolab.evaluate.metrics import bootstrap_ci, ngrams, recommend_alpha, words
 
-__all__ = ["confusion", "markdown_tables", "save_report", "summarize_conditions", "write_recommendations"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["confusion", "eval_frame", "markdown_tables", "save_report", "summarize_conditions", "write_recommendations"]
+
+# eval_frame's columns; the curve's keys where they have the same name.
+_CURVE = ("alpha", "target", "target_delta", "hit_rate", "perplexity_median", "distinct_1", "distinct_2",
+          "distinct_2_pooled", "degenerate_rate", "mean_tokens")
+_COLUMNS = ["emotion", "alpha", "recommended", "target", "target_delta", "target_delta_low", "target_delta_high",
+            "hit_rate", "off_target", "off_target_delta", "perplexity_median", "distinct_1", "distinct_2",
+            "distinct_2_pooled", "degenerate_rate", "mean_tokens"]
 
 
 def summarize_conditions(results: list[dict], judge: Any, emotions: list[str], alphas: list[float],
@@ -144,27 +156,56 @@ def write_recommendations(bundle_path: str | Path, report: dict[str, Any]) -> Pa
     return path
 
 
-def markdown_tables(report: dict[str, Any]) -> str:
-    """The report's numbers as Markdown tables (what docs/steering-effect.md shows)."""
-    lines = []
-    base = report["baseline"]
-    lines.append(f"Baseline (unsteered): median perplexity {base['perplexity_median']}, "
-                 f"degenerate rate {base['degenerate_rate']}, distinct-2 {base['distinct_2']}, "
-                 f"judge means {base['judge_mean']}.\n")
-    lines.append("| emotion | alpha | P(target) | Δ vs baseline [95% CI] | hit rate | largest off-target Δ | "
-                 "median ppl | distinct-2 | pooled distinct-2 | degenerate |")
-    lines.append("|---|---:|---:|---|---:|---|---:|---:|---:|---:|")
+def eval_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """The report's steered conditions as a DataFrame: one row per emotion x alpha, in the report's order.
+
+    Columns: ``emotion``, ``alpha``, ``recommended`` (the emotion's recommended alpha), ``target``,
+    ``target_delta`` with ``target_delta_low`` / ``target_delta_high`` (its 95% CI), ``hit_rate``,
+    ``off_target`` / ``off_target_delta`` (the judge emotion that moved most besides the target),
+    ``perplexity_median``, ``distinct_1``, ``distinct_2``, ``distinct_2_pooled``, ``degenerate_rate``,
+    ``mean_tokens``. The numbers are the report's, unchanged; the baseline is ``report["baseline"]``.
+    """
+    import pandas as pd
+
+    rows = []
     for emotion, info in report["per_emotion"].items():
         for c in info["curve"]:
-            off = max(c["off_target_delta"].items(), key=lambda kv: abs(kv[1]))
-            mark = " **(rec.)**" if c["alpha"] == info["recommended_alpha"] else ""
-            lines.append(
-                f"| {emotion} | {c['alpha']:g}{mark} | {c['target']:.3f} | {c['target_delta']:+.3f} "
-                f"[{c['target_delta_ci95'][0]:+.3f}, {c['target_delta_ci95'][1]:+.3f}] | {c['hit_rate']:.2f} | "
-                f"{off[0]} {off[1]:+.3f} | {c['perplexity_median']:.1f} | {c['distinct_2']:.2f} | "
-                f"{c['distinct_2_pooled']:.2f} | {c['degenerate_rate']:.2f} |"
-            )
-    return "\n".join(lines) + "\n"
+            off, off_delta = max(c["off_target_delta"].items(), key=lambda kv: abs(kv[1]))
+            low, high = c["target_delta_ci95"]
+            rows.append({"emotion": emotion, **{k: c[k] for k in _CURVE}, "target_delta_low": low,
+                         "target_delta_high": high, "recommended": c["alpha"] == info["recommended_alpha"],
+                         "off_target": off, "off_target_delta": off_delta})
+    return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+def markdown_tables(report: dict[str, Any]) -> str:
+    """The report's numbers as Markdown tables (what docs/steering-effect.md shows), written from ``eval_frame``."""
+    import pandas as pd
+
+    from emolab.core.tables import markdown_table
+
+    base = report["baseline"]
+    frame = eval_frame(report)
+    marks = [" **(rec.)**" if rec else "" for rec in frame["recommended"]]
+    shown = pd.DataFrame({  # the frame's numbers as the table shows them
+        "emotion": frame["emotion"],
+        "alpha": [f"{a:g}{mark}" for a, mark in zip(frame["alpha"], marks, strict=True)],
+        "P(target)": frame["target"],
+        "Δ vs baseline [95% CI]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in zip(
+            frame["target_delta"], frame["target_delta_low"], frame["target_delta_high"], strict=True)],
+        "hit rate": frame["hit_rate"],
+        "largest off-target Δ": [f"{e} {d:+.3f}" for e, d in zip(frame["off_target"], frame["off_target_delta"],
+                                                                  strict=True)],
+        "median ppl": frame["perplexity_median"],
+        "distinct-2": frame["distinct_2"],
+        "pooled distinct-2": frame["distinct_2_pooled"],
+        "degenerate": frame["degenerate_rate"],
+    })
+    formats = {"P(target)": ".3f", "hit rate": ".2f", "median ppl": ".1f", "distinct-2": ".2f",
+               "pooled distinct-2": ".2f", "degenerate": ".2f"}
+    return (f"Baseline (unsteered): median perplexity {base['perplexity_median']}, "
+            f"degenerate rate {base['degenerate_rate']}, distinct-2 {base['distinct_2']}, "
+            f"judge means {base['judge_mean']}.\n\n" + markdown_table(shown, floatfmt=formats, align="lrrlrlrrrr"))
 
 
 def save_report(report: dict[str, Any], output: str | Path) -> Path:

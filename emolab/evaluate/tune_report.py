@@ -1,10 +1,15 @@
-"""A tune's report as files (``report.json``, ``tables.md``) and as the Markdown of docs/steering-effect.md."""
+"""A tune's report as frames, as files (``report.json``, ``tables.md``) and as the Markdown of docs/steering-effect.md.
+
+``tune_frames(report)`` holds its tables as DataFrames (``heldout_frame``, ``stage_frame``, ``reach_frame``,
+``demo_frame``); every Markdown table here is written from one of them, and they rebuild from a saved
+``report.json``.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,89 +17,194 @@ from emolab.evaluate.candidates import format_layers
 from emolab.evaluate.selection import Limits, score_of
 from emolab.evaluate.tune_bundle import GOAL, goal_checks
 
-__all__ = ["reach_table", "save_tune_report", "search_table", "tune_markdown"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["demo_frame", "heldout_frame", "heldout_table", "reach_frame", "reach_table", "save_tune_report",
+           "search_table", "stage_frame", "tune_frames", "tune_markdown"]
 
 _EFFECT = ("delta", "hit_rate")  # the goal's effect lines; the other checks are fluency
+_MEASURES = ("alpha", "delta", "delta_low", "delta_high", "hit_rate", "ppl_median", "degenerate", "question")
 
 
-def _ci(row: dict[str, Any]) -> str:
-    lo, hi = row["delta_ci95"]
-    return f"{row['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+def _measures(row: dict[str, Any]) -> dict[str, Any]:
+    low, high = row["delta_ci95"]
+    return {"alpha": row["alpha"], "delta": row["delta"], "delta_low": low, "delta_high": high,
+            "hit_rate": row["hit_rate"], "ppl_median": row["ppl_median"], "degenerate": row["degenerate"],
+            "question": row["question"]}
+
+
+def _ci(frame: pd.DataFrame, prefix: str = "delta") -> list[str]:
+    return [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in
+            zip(frame[prefix], frame[f"{prefix}_low"], frame[f"{prefix}_high"], strict=True)]
 
 
 def _text(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip()
 
 
+def _table(columns: dict[str, Any], align: str, floatfmt: dict[str, str] | None = None) -> str:
+    """A table of ``columns`` (header -> cells, strings or numbers), by ``core.tables.markdown_table``."""
+    import pandas as pd
+
+    from emolab.core.tables import markdown_table
+
+    return markdown_table(pd.DataFrame({k: list(v) for k, v in columns.items()}, columns=list(columns)),
+                          floatfmt=floatfmt or {}, align=align)
+
+
+def heldout_frame(heldout: dict[str, Any]) -> pd.DataFrame:
+    """Held-out numbers per emotion (index ``emotion``): recipe, effect with CI, fluency, goal checks.
+
+    Columns: ``source``, ``layers`` (as ``format_layers`` writes them), ``alpha``, ``delta`` with
+    ``delta_low`` / ``delta_high``, ``hit_rate``, ``ppl_median``, ``ppl_ratio`` (x the baseline's),
+    ``degenerate``, ``question``, one ``meets_<check>`` per goal check and ``goal_met``.
+    """
+    import pandas as pd
+
+    base = heldout["baseline"]
+    rows = []
+    for emotion, row in heldout["rows"].items():
+        checks = {f"meets_{k}": bool(ok) for k, ok in row["checks"].items()}
+        rows.append({"emotion": emotion, "source": row["recipe"]["source"], "layers": format_layers(row["layers"]),
+                     **_measures(row), "ppl_ratio": row["ppl_median"] / base["ppl_median"], **checks,
+                     "goal_met": all(checks.values())})
+    empty = ["emotion", "source", "layers", *_MEASURES, "ppl_ratio", "goal_met"]  # the columns of no rows
+    return pd.DataFrame(rows, columns=None if rows else empty).set_index("emotion")
+
+
 def heldout_table(heldout: dict[str, Any]) -> str:
     """Per emotion: recipe, held-out delta with CI, hit rate, fluency, "?" share, goal checks."""
     base = heldout["baseline"]
-    lines = [
-        f"Baseline (unsteered, {heldout['n_prompts']} held-out prompts): median perplexity {base['ppl_median']:.2f} "
-        f"(limit {2 * base['ppl_median']:.2f}), degenerate {base['degenerate']:.3f}, \"?\" share {base['question']:.3f}, "
-        f"judge argmax counts {base['argmax_counts']}.",
-        "",
-        "| emotion | method | layers | alpha (normalized) | Δ target [95% CI] | hit rate | median ppl (x base) "
-        "| degenerate | \"?\" share | goal met? |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---|",
-    ]
-    for emotion, row in heldout["rows"].items():
-        recipe = row["recipe"]
-        failed = [k for k, ok in row["checks"].items() if not ok]
-        lines.append(
-            f"| {emotion} | {recipe['source']} | {format_layers(row['layers'])} | {row['alpha']:g} | {_ci(row)} | "
-            f"{row['hit_rate']:.2f} | {row['ppl_median']:.2f} ({row['ppl_median'] / base['ppl_median']:.2f}x) | "
-            f"{row['degenerate']:.3f} | {row['question']:.3f} | {'yes' if not failed else 'no: ' + ', '.join(failed)} |")
-    lines.append(f"| **mean** | | | | **{heldout['mean_delta']:+.3f}** (goal {GOAL['mean_delta']:+.2f}) | "
-                 f"{np.mean([r['hit_rate'] for r in heldout['rows'].values()]):.2f} | | | | |")
-    return "\n".join(lines) + "\n"
+    frame = heldout_frame(heldout)
+    checks = [c for c in frame.columns if c.startswith("meets_")]
+    failed = [[c.removeprefix("meets_") for c in checks if not row[c]] for _, row in frame[checks].iterrows()]
+    table = _table({
+        "emotion": frame.index, "method": frame["source"], "layers": frame["layers"],
+        "alpha (normalized)": [f"{a:g}" for a in frame["alpha"]], "Δ target [95% CI]": _ci(frame),
+        "hit rate": frame["hit_rate"],
+        "median ppl (x base)": [f"{p:.2f} ({r:.2f}x)" for p, r in zip(frame["ppl_median"], frame["ppl_ratio"],
+                                                                       strict=True)],
+        "degenerate": frame["degenerate"], "\"?\" share": frame["question"],
+        "goal met?": ["yes" if not f else "no: " + ", ".join(f) for f in failed],
+    }, align="lllrlrrrrl", floatfmt={"hit rate": ".2f"})
+    mean_delta = float(np.mean(frame["delta"].to_numpy())) if len(frame) else heldout["mean_delta"]  # = mean_delta
+    mean_hit = np.mean(frame["hit_rate"].to_numpy())
+    return (f"Baseline (unsteered, {heldout['n_prompts']} held-out prompts): median perplexity "
+            f"{base['ppl_median']:.2f} (limit {2 * base['ppl_median']:.2f}), degenerate {base['degenerate']:.3f}, "
+            f"\"?\" share {base['question']:.3f}, judge argmax counts {base['argmax_counts']}.\n\n" + table
+            + f"| **mean** | | | | **{mean_delta:+.3f}** (goal {GOAL['mean_delta']:+.2f}) | {mean_hit:.2f} | | | | |\n")
+
+
+def stage_frame(stage: dict[str, Any]) -> pd.DataFrame:
+    """Every condition of a tuning stage (``search`` or ``confirm``), in the stage's order.
+
+    Columns: ``emotion``, ``source``, ``layers``, the measures (``alpha``, ``delta`` with ``delta_low`` /
+    ``delta_high``, ``hit_rate``, ``ppl_median``, ``degenerate``, ``question``) and ``score``
+    (what the selection maximizes, ``score_of``).
+    """
+    import pandas as pd
+
+    rows = [{"emotion": r["emotion"], "source": r["source"], "layers": format_layers(r["layers"]), **_measures(r),
+             "score": score_of(r)} for r in stage["rows"]]
+    return pd.DataFrame(rows, columns=["emotion", "source", "layers", *_MEASURES, "score"])
 
 
 def search_table(stage: dict[str, Any], top: int = 4) -> str:
     """The best few conditions per emotion of a tuning stage (score = Δ + 0.5 hit), with fluency."""
+    import pandas as pd
+
     base = stage["baseline"]
-    lines = [f"Baseline: median perplexity {base['ppl_median']:.2f}, degenerate {base['degenerate']:.3f}, "
-             f"\"?\" share {base['question']:.3f} ({stage['n_prompts']} prompts).", "",
-             "| emotion | source | layers | alpha | Δ [95% CI] | hit | ppl | degenerate | \"?\" |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|"]
-    for emotion in dict.fromkeys(r["emotion"] for r in stage["rows"]):
-        rows = sorted((r for r in stage["rows"] if r["emotion"] == emotion), key=score_of, reverse=True)[:top]
-        for r in rows:
-            lines.append(f"| {emotion} | {r['source']} | {format_layers(r['layers'])} | {r['alpha']:g} | {_ci(r)} | "
-                         f"{r['hit_rate']:.2f} | {r['ppl_median']:.2f} | {r['degenerate']:.3f} | {r['question']:.3f} |")
-    return "\n".join(lines) + "\n"
+    frame = stage_frame(stage)
+    best = [frame[frame["emotion"] == e].sort_values("score", ascending=False, kind="stable").head(top)
+            for e in frame["emotion"].unique()]
+    frame = pd.concat(best) if best else frame
+    table = _table({
+        "emotion": frame["emotion"], "source": frame["source"], "layers": frame["layers"],
+        "alpha": [f"{a:g}" for a in frame["alpha"]], "Δ [95% CI]": _ci(frame), "hit": frame["hit_rate"],
+        "ppl": frame["ppl_median"], "degenerate": frame["degenerate"], "\"?\"": frame["question"],
+    }, align="lllrlrrrr", floatfmt={"hit": ".2f", "ppl": ".2f"})
+    return (f"Baseline: median perplexity {base['ppl_median']:.2f}, degenerate {base['degenerate']:.3f}, "
+            f"\"?\" share {base['question']:.3f} ({stage['n_prompts']} prompts).\n\n" + table)
 
 
 def _recipe(row: dict[str, Any]) -> str:
     return f"{row['source']} {format_layers(row['layers'])} @ {row['alpha']:g}"
 
 
+def reach_frame(stage: dict[str, Any], limits: Limits) -> pd.DataFrame:
+    """Effect against fluency over every condition of a stage, one row per emotion (index ``emotion``).
+
+    Columns: ``conditions``; how many meet the effect lines (``meet_effect``), are inside the fluency
+    limits (``inside_limits``) or both (``both``); the best inside the limits (``best_delta``,
+    ``best_hit_rate``; NaN: none); among those meeting the effect lines, the one of least fluency cost
+    (``cheapest``, its ``cheapest_ppl_ratio``, ``cheapest_degenerate``; None/NaN: none); and the condition
+    of the highest hit rate (``top``, ``top_hit_rate``, ``top_delta``).
+    """
+    import pandas as pd
+
+    base = stage["baseline"]
+    out = []
+    for emotion in dict.fromkeys(r["emotion"] for r in stage["rows"]):
+        rows = [r for r in stage["rows"] if r["emotion"] == emotion]
+        effect = [r for r in rows if all(goal_checks(r, base, limits)[k] for k in _EFFECT)]
+        fluent = [r for r in rows if limits.within(r, base)]
+        best = max(fluent, key=score_of, default=None)
+        cheap = min(effect, key=lambda r: (limits.excess(r, base), -score_of(r)), default=None)
+        top = max(rows, key=lambda r: (r["hit_rate"], r["delta"]))
+        nan = float("nan")
+        out.append({"emotion": emotion, "conditions": len(rows), "meet_effect": len(effect),
+                    "inside_limits": len(fluent), "both": sum(limits.within(r, base) for r in effect),
+                    "best_delta": best["delta"] if best else nan, "best_hit_rate": best["hit_rate"] if best else nan,
+                    "cheapest": _recipe(cheap) if cheap else None,
+                    "cheapest_ppl_ratio": cheap["ppl_median"] / base["ppl_median"] if cheap else nan,
+                    "cheapest_degenerate": cheap["degenerate"] if cheap else nan,
+                    "top": _recipe(top), "top_hit_rate": top["hit_rate"], "top_delta": top["delta"]})
+    columns = ["emotion", "conditions", "meet_effect", "inside_limits", "both", "best_delta", "best_hit_rate",
+               "cheapest", "cheapest_ppl_ratio", "cheapest_degenerate", "top", "top_hit_rate", "top_delta"]
+    return pd.DataFrame(out, columns=columns).set_index("emotion")
+
+
 def reach_table(stage: dict[str, Any], limits: Limits) -> str:
-    """Effect against fluency over every condition of a stage, per emotion.
+    """Effect against fluency over every condition of a stage, per emotion (``reach_frame``).
 
     The selection shows the best condition inside the fluency limits; this shows whether the grid holds any
     condition meeting the effect lines at all, and what the cheapest of them costs in fluency, so a goal the
     grid cannot reach reads as a trade-off rather than a bad pick.
     """
-    base = stage["baseline"]
-    lines = ["| emotion | conditions | meet the effect lines | inside the fluency limits | both | "
-             "best inside the limits: Δ, hit | effect lines at least fluency cost: recipe, ppl (x base), degenerate |",
-             "|---|---:|---:|---:|---:|---|---|"]
-    for emotion in dict.fromkeys(r["emotion"] for r in stage["rows"]):
-        rows = [r for r in stage["rows"] if r["emotion"] == emotion]
-        effect = [r for r in rows if all(goal_checks(r, base, limits)[k] for k in _EFFECT)]
-        fluent = [r for r in rows if limits.within(r, base)]
-        both = [r for r in effect if limits.within(r, base)]
-        best = max(fluent, key=score_of, default=None)
-        best_cell = f"{best['delta']:+.3f}, {best['hit_rate']:.2f}" if best else "none"
-        if effect:
-            cheap = min(effect, key=lambda r: (limits.excess(r, base), -score_of(r)))
-            cost_cell = f"{_recipe(cheap)}: {cheap['ppl_median'] / base['ppl_median']:.2f}x, {cheap['degenerate']:.3f}"
-        else:
-            top = max(rows, key=lambda r: (r["hit_rate"], r["delta"]))
-            cost_cell = f"none; highest hit rate {top['hit_rate']:.2f} (Δ {top['delta']:+.3f}) at {_recipe(top)}"
-        lines.append(f"| {emotion} | {len(rows)} | {len(effect)} | {len(fluent)} | {len(both)} | {best_cell} | {cost_cell} |")
-    return "\n".join(lines) + "\n"
+    frame = reach_frame(stage, limits)
+    best = ["none" if np.isnan(d) else f"{d:+.3f}, {h:.2f}"
+            for d, h in zip(frame["best_delta"], frame["best_hit_rate"], strict=True)]
+    cost = [f"{c}: {r:.2f}x, {g:.3f}" if isinstance(c, str) else f"none; highest hit rate {h:.2f} (Δ {d:+.3f}) at {t}"
+            for c, r, g, h, d, t in zip(frame["cheapest"], frame["cheapest_ppl_ratio"], frame["cheapest_degenerate"],
+                                        frame["top_hit_rate"], frame["top_delta"], frame["top"], strict=True)]
+    return _table({
+        "emotion": frame.index, "conditions": frame["conditions"], "meet the effect lines": frame["meet_effect"],
+        "inside the fluency limits": frame["inside_limits"], "both": frame["both"],
+        "best inside the limits: Δ, hit": best,
+        "effect lines at least fluency cost: recipe, ppl (x base), degenerate": cost,
+    }, align="lrrrrll")
+
+
+def demo_frame(heldout: dict[str, Any]) -> pd.DataFrame:
+    """The demo prompt's replies: ``steering``, ``reply``, ``judge_top``, ``judge_top_p``, one row per steering."""
+    import pandas as pd
+
+    return pd.DataFrame(heldout["demo"], columns=["steering", "reply", "judge_top", "judge_top_p"])
+
+
+def tune_frames(report: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """A tune report's tables as DataFrames: ``heldout`` and ``demo`` (when evaluated held-out), ``confirm``,
+    ``search`` and ``reach`` (over the search grid; when the report has a search)."""
+    frames: dict[str, pd.DataFrame] = {}
+    if "heldout" in report:
+        frames.update(heldout=heldout_frame(report["heldout"]), demo=demo_frame(report["heldout"]))
+    if "confirm" in report:
+        frames["confirm"] = stage_frame(report["confirm"])
+    if "search" in report:
+        frames["search"] = stage_frame(report["search"])
+        frames["reach"] = reach_frame(report["search"], Limits(**report["config"]["limits"]))
+    return frames
 
 
 def tune_markdown(report: dict[str, Any]) -> str:
@@ -111,10 +221,11 @@ def tune_markdown(report: dict[str, Any]) -> str:
                        f"\"{_text(ex['baseline'])}\"\n  - steered (P({emotion}) {ex['p_target_steered']:.2f}): "
                        f"\"{_text(ex['steered'])}\"")
         out.append("")
+    demo = demo_frame(heldout)
     out += ["### The demo prompt, \"Describe your morning in two sentences.\" (recommended alphas)", "",
-            "| steering | reply | judge's top emotion |", "|---|---|---|"]
-    for d in heldout["demo"]:
-        out.append(f"| {d['steering']} | \"{_text(d['reply'])}\" | {d['judge_top']} {d['judge_top_p']:.2f} |")
+            _table({"steering": demo["steering"], "reply": [f"\"{_text(r)}\"" for r in demo["reply"]],
+                    "judge's top emotion": [f"{e} {p:.2f}" for e, p in zip(demo["judge_top"], demo["judge_top_p"],
+                                                                           strict=True)]}, align="lll").rstrip("\n")]
     gen = {k: v for k, v in (t.get("heldout") or {}).items() if k.endswith("tok_per_s")}
     if "search" not in report:  # an evaluation of a tuned bundle only
         out += ["", "Held-out generation throughput: " + ", ".join(f"{k.replace('_tok_per_s', '')} {v:.0f} tok/s"

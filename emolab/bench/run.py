@@ -4,68 +4,26 @@ Each agent sends chat requests one after another (streaming, ``ignore_eos``, fix
 output lengths). Scenarios (``emolab.bench.load``) pick each request's steering; every ratio is
 taken against the unsteered run of the same server, in the same run, interleaved across repeats.
 With ``serve_model`` the bench starts the servers itself (``emolab.bench.servers``), timing start-up.
+The summary (the printed table and the JSON's ``summary``) is one frame, ``emolab.bench.tables.bench_frame``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from emolab.api_client import AsyncSteeringClient
 from emolab.bench.clients import ClientPool
-from emolab.bench.load import SCENARIOS, RunResult, calibrate_prompt_words, run_scenario, to_result
+from emolab.bench.config import BenchConfig, BenchError
+from emolab.bench.load import RunResult, calibrate_prompt_words, run_scenario, to_result
 from emolab.bench.servers import start_bench_server
 from emolab.bench.tables import summarize_runs
-from emolab.core.errors import EmolabError
 from emolab.serve.launch import free_port, stop_server
 
-__all__ = ["BenchConfig", "BenchError", "bench_server", "run_bench"]
-
-
-class BenchError(EmolabError, ValueError):
-    """Bench settings that cannot run."""
-
-
-@dataclass
-class BenchConfig:
-    base_url: str | None = None  # a running server, e.g. http://127.0.0.1:8000/v1
-    api_key: str = ""
-    model: str = "emolab"  # the served model name requested
-    agents: list[int] = field(default_factory=lambda: [1, 20, 64])
-    scenarios: list[str] = field(default_factory=lambda: ["none", "mixed", "churn"])
-    prompt_tokens: int = 200
-    max_tokens: int = 256
-    requests_per_agent: int = 2
-    repeats: int = 2
-    alpha: float = 1.0  # alpha of 'same'; bound of the random alphas
-    seed: int = 0
-    output: str | None = None  # JSON results file
-    serve_model: str | None = None  # start servers for this model (with serve_vectors)
-    serve_vectors: str | None = None
-    serve_backend: str = "vllm"
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    server_args: list[str] = field(default_factory=list)  # extra arguments for emolab serve
-    server_args_plain: list[str] = field(default_factory=list)  # extra arguments for the plain vLLM server
-    compare_plain: bool = False
-    compare_eager: bool = False
-    compare_agents: list[int] | None = None
-    startup_timeout: float = 900.0
-    log_dir: str = "runs/bench-logs"
-    client_processes: int = 1  # spread the agents over this many client processes (N = 64-256 on a GPU)
-
-    def checked_scenarios(self) -> list[str]:
-        """The scenarios to run, with ``churn-none`` (churn's own baseline) added when churn is asked for."""
-        scenarios = list(self.scenarios)
-        if "churn" in scenarios and "churn-none" not in scenarios:
-            scenarios.insert(scenarios.index("churn"), "churn-none")
-        bad = [s for s in scenarios if s not in SCENARIOS]
-        if bad:
-            raise BenchError(f"unknown scenarios {bad}; choose from {SCENARIOS}", setting="scenarios")
-        return scenarios
+__all__ = ["bench_server", "run_bench"]
 
 
 def bench_server(base_url: str, config: BenchConfig, label: str, scenarios: list[str],

@@ -7,12 +7,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from emolab.bench.config import BenchConfig
 from emolab.serve.launch import launch_server, wait_for_health
-
-if TYPE_CHECKING:
-    from emolab.bench.run import BenchConfig
 
 __all__ = ["LABELS", "start_bench_server"]
 

@@ -1,54 +1,80 @@
-"""The tables of ``emolab bench``: medians over repeats, ratios taken side by side in one run."""
+"""The tables of ``emolab bench``: medians over repeats, ratios taken side by side in one run.
+
+``bench_frame(results)`` is the summary as a DataFrame; the JSON's ``summary`` (``summarize_runs``) and the
+printed table (``print_table``) are both written from it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from emolab.bench.load import BASELINE, SCENARIOS, RunResult
+from emolab.core.tables import json_records
 
-__all__ = ["print_table", "summarize_runs"]
+__all__ = ["SUMMARY_COLUMNS", "bench_frame", "print_table", "summarize_runs"]
+
+SUMMARY_COLUMNS = ["label", "scenario", "agents", "repeats", "tok_per_s", "per_agent_tok_per_s", "ttft_p50_ms",
+                   "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "errors", "prompt_tokens_mean", "ratio_vs_unsteered",
+                   "ratio_vs_plain_vllm"]
+_RATIOS = ("ratio_vs_unsteered", "ratio_vs_plain_vllm")  # NaN: no ratio (null in the JSON)
 
 
-def summarize_runs(results: list[RunResult]) -> list[dict[str, Any]]:
-    """Median over repeats per (label, scenario, N), with the ratio to ``none`` of the same label and N."""
+def bench_frame(results: list[RunResult]) -> pd.DataFrame:
+    """One row per (label, scenario, N), in the order first run: medians over repeats and the ratios.
+
+    ``ratio_vs_unsteered``: against the unsteered scenario of the same label and N (``none``; churn's is
+    ``churn-none``); ``ratio_vs_plain_vllm``: against plain vLLM's ``none`` at the same N, for ``none``,
+    ``same`` and ``mixed``. A ratio that cannot be taken is NaN.
+    """
     groups: dict[tuple, list[RunResult]] = {}
     for r in results:
         groups.setdefault((r.label, r.scenario, r.agents), []).append(r)
     rows = []
     for (label, scenario, agents), runs in groups.items():
-        row = {"label": label, "scenario": scenario, "agents": agents, "repeats": len(runs),
-               "tok_per_s": float(np.median([r.tok_per_s for r in runs])),
-               "per_agent_tok_per_s": float(np.median([r.per_agent_tok_per_s for r in runs])),
-               "ttft_p50_ms": float(np.median([r.ttft_p50_ms for r in runs])),
-               "ttft_p99_ms": float(np.median([r.ttft_p99_ms for r in runs])),
-               "itl_p50_ms": float(np.median([r.itl_p50_ms for r in runs])),
-               "itl_p99_ms": float(np.median([r.itl_p99_ms for r in runs])),
-               "errors": sum(r.errors for r in runs),
-               "prompt_tokens_mean": float(np.mean([r.prompt_tokens_mean for r in runs]))}
-        rows.append(row)
+        rows.append({"label": label, "scenario": scenario, "agents": agents, "repeats": len(runs),
+                     "tok_per_s": float(np.median([r.tok_per_s for r in runs])),
+                     "per_agent_tok_per_s": float(np.median([r.per_agent_tok_per_s for r in runs])),
+                     "ttft_p50_ms": float(np.median([r.ttft_p50_ms for r in runs])),
+                     "ttft_p99_ms": float(np.median([r.ttft_p99_ms for r in runs])),
+                     "itl_p50_ms": float(np.median([r.itl_p50_ms for r in runs])),
+                     "itl_p99_ms": float(np.median([r.itl_p99_ms for r in runs])),
+                     "errors": sum(r.errors for r in runs),
+                     "prompt_tokens_mean": float(np.mean([r.prompt_tokens_mean for r in runs]))})
     base = {(r["label"], r["scenario"], r["agents"]): r["tok_per_s"] for r in rows}
     for row in rows:
         own = base.get((row["label"], BASELINE[row["scenario"]], row["agents"]))
         plain = base.get(("plain-vllm", "none", row["agents"]))
-        row["ratio_vs_unsteered"] = row["tok_per_s"] / own if own else None
-        row["ratio_vs_plain_vllm"] = row["tok_per_s"] / plain if plain and row["scenario"] in ("none", "same", "mixed") else None
-    return rows
+        row["ratio_vs_unsteered"] = row["tok_per_s"] / own if own else float("nan")
+        row["ratio_vs_plain_vllm"] = (row["tok_per_s"] / plain if plain and row["scenario"] in ("none", "same", "mixed")
+                                      else float("nan"))
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def summarize_runs(results: list[RunResult] | pd.DataFrame) -> list[dict[str, Any]]:
+    """The JSON's ``summary``: the rows of ``bench_frame`` (given, or built from ``results``), ratios None where NaN."""
+    frame = results if isinstance(results, pd.DataFrame) else bench_frame(results)
+    return json_records(frame, optional=_RATIOS)
+
+
+def print_table(summary: pd.DataFrame | list[dict[str, Any]]) -> None:
+    """The summary (``bench_frame``, or the JSON's ``summary`` rows) as a table on the console."""
     from rich.console import Console
     from rich.table import Table
 
+    frame = summary if isinstance(summary, pd.DataFrame) else pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
     table = Table(title="emolab bench (median over repeats)")
     for col in ("server", "scenario", "N", "tok/s", "ratio", "vs plain", "per agent", "TTFT p50/p99 ms",
                 "ITL p50/p99 ms", "err"):
         table.add_column(col, justify="right")
-    for r in sorted(rows, key=lambda r: (r["label"], r["agents"], SCENARIOS.index(r["scenario"]))):
+    order = frame.assign(_scenario=frame["scenario"].map(SCENARIOS.index))
+    order = order.sort_values(["label", "agents", "_scenario"], kind="stable")
+    for _, r in order.iterrows():
         ratio, plain = r["ratio_vs_unsteered"], r["ratio_vs_plain_vllm"]
         table.add_row(r["label"], r["scenario"], str(r["agents"]), f"{r['tok_per_s']:.1f}",
-                      "" if ratio is None else f"{ratio:.3f}", "" if plain is None else f"{plain:.3f}",
+                      "" if pd.isna(ratio) else f"{ratio:.3f}", "" if pd.isna(plain) else f"{plain:.3f}",
                       f"{r['per_agent_tok_per_s']:.1f}",
                       f"{r['ttft_p50_ms']:.0f}/{r['ttft_p99_ms']:.0f}", f"{r['itl_p50_ms']:.1f}/{r['itl_p99_ms']:.1f}",
                       str(r["errors"]))

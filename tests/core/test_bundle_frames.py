@@ -15,7 +15,8 @@ from emolab.core.summary import print_report, summary
 
 
 def toy_bundle(**meta) -> EmotionBundle:
-    vectors = {"anger": np.array([[3.0, 4.0], [0.0, 1.0]], np.float32), "joy": np.array([[1.0, 0.0], [6.0, 8.0]], np.float32)}
+    vectors = {"anger": np.array([[3.0, 4.0], [0.0, 1.0]], np.float32),
+               "joy": np.array([[1.0, 0.0], [6.0, 8.0]], np.float32)}
     metadata = {"model": "toy-model", "num_layers": 8, "search_layers": [4, 5, 6],
                 "auc_matrix": [[0.5, 0.7], [0.8, 0.9], [0.6, 1.0]], "n_train": 40, "n_val": 10, **meta}
     return EmotionBundle(emotions=["anger", "joy"], chosen_layers=[5, 6], vectors=vectors, metadata=metadata)
@@ -59,7 +60,8 @@ def round_trip(bundle: EmotionBundle) -> None:
     assert auc[bundle.emotions].to_numpy().tolist() == bundle.metadata["auc_matrix"] == info["auc_matrix"]
     assert auc["mean"].tolist() == info["mean_auc_per_layer"]
     assert auc.index.tolist() == info["search_layers"]
-    assert auc.index[auc["chosen"]].tolist() == [layer for layer in info["search_layers"] if layer in info["chosen_layers"]]
+    chosen = [layer for layer in info["search_layers"] if layer in info["chosen_layers"]]
+    assert auc.index[auc["chosen"]].tolist() == chosen
     assert {e: norms[e].tolist() for e in norms.columns} == info["norms"] == bundle.norms()
     assert norms.index.tolist() == info["chosen_layers"]
 

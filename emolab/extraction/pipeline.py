@@ -32,7 +32,7 @@ import numpy as np
 from emolab.core.bundle import CAPTURE_CONVENTION, CONVENTION_NOTE, INJECT_CONVENTION, EmotionBundle
 from emolab.core.emotions import DEFAULT_EMOTIONS, parse_emotions
 from emolab.core.layers import choose_window, parse_layers
-from emolab.core.models import decoder_layers, load_model, pad_token_id
+from emolab.core.models import check_model_cache, decoder_layers, load_model, pad_token_id
 from emolab.core.tracked import refuse_tracked
 from emolab.extraction.capture import SINK_RATIO, collect_activations, collect_span_activations
 from emolab.extraction.data import build_dataset, group_texts, load_records, origin
@@ -63,6 +63,7 @@ class ExtractConfig:
     test_size: float = 0.2
     seed: int = 42
     data: str = "auto"
+    label_map: str | None = None  # a YAML/JSON file mapping a dataset of your own onto the emotions (labelled)
     max_per_class: int | None = None
     output: str | None = None
     save_full_sweep: bool = True
@@ -185,7 +186,7 @@ def _answer_texts(config: ExtractConfig, recipe: dict, emotions: list[str], sour
     """The learned method's answer texts: each emotion's (and neutral) texts of the ``learn.split`` split,
     read from where the training texts came from (``source``, ``load_records``' answer)."""
     split = config.learn.split
-    records, _ = load_records(origin(source), (split,))
+    records, _ = load_records(origin(source), (split,), config.label_map)
     texts, _ = group_texts(records, emotions, recipe["labels"], neutral=True)
     empty = [name for name in emotions if not texts[name]]  # neutral texts are welcome, not required
     if empty:
@@ -212,9 +213,11 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
     recipe = config.recipe()
     if config.output:
         refuse_tracked(config.output)  # a committed bundle changes only by a deliberate copy
+    if model is None:  # a hub model online: its download cache must be writable, known before the data loads
+        check_model_cache(config.model)
     t0 = time.perf_counter()
     emotions = parse_emotions(list(config.emotions))
-    records, source = load_records(config.data)
+    records, source = load_records(config.data, label_map=config.label_map)
     dataset = build_dataset(
         records, emotions, max_per_class=config.max_per_class, test_size=config.test_size, seed=config.seed,
         source=source, labels=recipe["labels"],
@@ -285,6 +288,7 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
         "counts_available": dataset.counts_available,
         "dropped": dataset.dropped,
         "data_source": dataset.source,
+        **({"label_map": str(Path(config.label_map).resolve())} if config.label_map else {}),
         "max_per_class": config.max_per_class,
         "test_size": config.test_size,
         "max_length": config.max_length,

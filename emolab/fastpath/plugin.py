@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.models import FASTPATH_ARCHITECTURES, decoder_layers
-from emolab.core.steering import Steering, SteeringLimits, combine_cache_salt, steering_field
+from emolab.core.steering import (
+    SALT_SECRET_ENV,
+    Steering,
+    SteeringLimits,
+    combine_cache_salt,
+    new_salt_secret,
+    steering_field,
+)
 from emolab.serve.settings import ENV, ServeSettings, check_bundle_model
 
 __all__ = ["install", "register"]
@@ -34,6 +42,9 @@ def register() -> None:
     from emolab.fastpath import adapters
 
     adapters.check_version(adapters.installed_version())
+    # vLLM loads plugins in the launcher before it spawns API servers (`vllm serve --api-server-count N`):
+    # a secret drawn here is inherited by each, so a steering's cache salt is the same in all of them.
+    os.environ.setdefault(SALT_SECRET_ENV, new_salt_secret())
     adapters.patch_worker_load_model(install)
     adapters.patch_input_processor(_cache_salt)
     _registered = True

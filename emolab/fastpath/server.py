@@ -1,9 +1,14 @@
-"""``emolab serve --backend vllm``: vLLM's own OpenAI server plus emolab's additions, as one process.
+"""``emolab serve --backend vllm``: vLLM's own OpenAI server plus emolab's additions.
 
 vLLM serves what emolab lets through (chat and text completions, streaming, ``/v1/models``,
 metrics). emolab adds, through two public hooks: the ``vllm.general_plugins`` entry point
 (``emolab.fastpath.plugin``), which steers inside the workers, and vLLM's ``--middleware`` option,
 which puts ``emolab.fastpath.middleware.SteeringMiddleware`` in front of the app.
+
+With ``api_server_count`` > 1 vLLM runs that many API-server processes on one port (the engine in
+a process of its own); each inherits this environment, so every one builds the same middleware, keys
+steering cache salts with the one ``$EMOLAB_SALT_SECRET`` drawn here, and publishes its counters in the
+one ``$EMOLAB_METRICS_DIR``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class VLLMOptions:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1
+    api_server_count: int = 1  # vLLM API-server processes on the one port (the front end's ceiling)
     custom_all_reduce: str = "auto"  # auto | on | off (see all_reduce_flags)
     extra_args: tuple[str, ...] = field(default_factory=tuple)  # raw vLLM flags
 
@@ -152,12 +158,17 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
     env.pop("EMOLAB_API_KEY", None)
     if api_key:
         env["EMOLAB_API_KEY"] = api_key  # read by the middleware; kept off the command line
-    # One key for the steering cache salts of every front-end process of this server (see steering_salt).
+    # One key for the steering cache salts of every front-end process of this server (see steering_salt):
+    # with several API servers, a steering's salt, hence its cached prefix blocks, is the same in each.
     env.setdefault(SALT_SECRET_ENV, new_salt_secret())
     if env.get("VLLM_PLUGINS") is not None and "emolab_steering" not in env["VLLM_PLUGINS"].split(","):
         raise VLLMServerError("VLLM_PLUGINS is set and excludes emolab_steering: steering would silently do nothing")
+    extra = [token for item in options.extra_args for token in item.split()]
+    # Several API servers, or an engine apart from them (--headless): only `vllm serve` starts those.
+    launcher = options.api_server_count > 1 or "--headless" in extra
     command = [
-        *server_command(sys.executable),
+        *server_command(sys.executable, launcher),
+        *(["--api-server-count", str(options.api_server_count)] if options.api_server_count > 1 else []),
         "--model", path,
         "--served-model-name", *names,  # vLLM checks each request's model against these itself
         "--host", host, "--port", str(port),
@@ -182,14 +193,15 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
         print(f"emolab serve: {why}", flush=True)
     # Workers publish their steering counters here; the middleware serves them on /metrics.
     env.setdefault(METRICS_DIR_ENV, tempfile.mkdtemp(prefix="emolab-metrics-"))
-    for extra in options.extra_args:
-        command += extra.split()
+    command += extra
     if is_cpu_platform() and "VLLM_CPU_KVCACHE_SPACE" not in env:
         env["VLLM_CPU_KVCACHE_SPACE"] = "2"  # GiB; vLLM-CPU otherwise claims most of the RAM
     print(
         f"emolab serve: vLLM backend ({reason}), bundle {settings.vectors} ({len(bundle.emotions)} emotions, "
         f"layers {bundle.chosen_layers}), alpha scale {alpha_scale}, auth {'on' if api_key else 'off'}, "
-        f"model names {', '.join(names)}, http://{host}:{port}/v1",
+        f"model names {', '.join(names)}, "
+        f"{f'{options.api_server_count} API-server processes, ' if options.api_server_count > 1 else ''}"
+        f"http://{host}:{port}/v1",
         flush=True,
     )
     os.execvpe(command[0], command, env)

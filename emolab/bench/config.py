@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from emolab.bench.load import SCENARIOS
+from emolab.bench.load import MIN_RUN_SECONDS, SCENARIOS
 from emolab.core.errors import EmolabError
 
 __all__ = ["BenchConfig", "BenchError"]
@@ -45,6 +45,7 @@ class BenchConfig:
     startup_timeout: float = 900.0
     log_dir: str = "runs/bench-logs"
     client_processes: int = 1  # spread the agents over this many client processes (N = 64-256 on a GPU)
+    min_run_seconds: float = MIN_RUN_SECONDS  # a shorter run is marked "not a measurement", not read as a ratio
 
     def checked_scenarios(self) -> list[str]:
         """The scenarios to run, with ``churn-none`` (churn's own baseline) added when churn is asked for."""

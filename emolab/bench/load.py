@@ -12,6 +12,13 @@ output lengths) through the ``openai`` async client. Scenarios pick each request
 
 Agents may be spread over several client processes (``emolab.bench.clients``) so that the client
 is not the bottleneck at N = 64-256; ``AgentStats`` of the parts merge into one ``RunResult``.
+
+The bench tells the truth about itself: every run records its client processes' CPU time (and, on
+Linux, the time they waited for a CPU: a client starved by a busy host is as much the bottleneck as one
+that computes all the time), and ``measurement_problems`` says when a run measured the client rather than
+the server (its busiest client process was on or waiting for a CPU >= ``CLIENT_BOUND_SHARE`` of the run)
+or ran too short to read (under ``MIN_RUN_SECONDS``); a ratio over such a run is not a measurement
+(``not_measured``).
 """
 
 from __future__ import annotations
@@ -26,12 +33,15 @@ import numpy as np
 
 from emolab.api_client import AsyncSteeringClient
 
-__all__ = ["BASELINE", "SCENARIOS", "AgentStats", "RunResult", "calibrate_prompt_words", "make_prompt",
-           "one_request", "pick_steering", "random_blend", "run_agents", "run_scenario", "to_result"]
+__all__ = ["BASELINE", "CLIENT_BOUND_SHARE", "MIN_RUN_SECONDS", "SCENARIOS", "AgentStats", "RunResult",
+           "calibrate_prompt_words", "make_prompt", "measurement_problems", "not_measured", "one_request",
+           "pick_steering", "random_blend", "run_agents", "run_scenario", "to_result"]
 
 SCENARIOS = ("none", "same", "mixed", "churn", "churn-none")
 # Each scenario's ratio is taken against the unsteered run with the same arrival pattern.
 BASELINE = {"none": "none", "same": "none", "mixed": "none", "churn": "churn-none", "churn-none": "churn-none"}
+MIN_RUN_SECONDS = 30.0  # a shorter run is dominated by start and tail: not a measurement
+CLIENT_BOUND_SHARE = 0.9  # a client process wanting a CPU this share of the run's wall time was the bottleneck
 WORDS = ("river stone market window garden letter evening table morning station coffee paper "
          "mountain bridge lantern harbour orchard meadow village kitchen").split()
 
@@ -53,6 +63,10 @@ class RunResult:
     itl_p50_ms: float
     itl_p99_ms: float
     error_messages: list[str] = field(default_factory=list)
+    client_processes: int = 1
+    client_cpu_s: float = 0.0  # CPU time (user + system) of every client process during the run, summed
+    client_cpu_wait_s: float = 0.0  # time they were ready to run but waited for a CPU (Linux), summed
+    client_cpu_share: float = 0.0  # the busiest client process's CPU + wait seconds per second of its run
 
 
 def pct(values: list[float], q: float) -> float:
@@ -110,13 +124,18 @@ class AgentStats:
     requests: int = 0
     started: float = 0.0  # time.time() of the first agent's start and the last agent's end
     ended: float = 0.0
+    cpu_s: float = 0.0  # the client processes' CPU time during the run (summed over processes)
+    cpu_wait_s: float = 0.0  # ... and the time they waited for a CPU (summed)
+    cpu_share: float = 0.0  # the busiest process's CPU + wait seconds per wall second
+    processes: int = 1
 
     def merge(self, other: AgentStats) -> AgentStats:
         return AgentStats(self.ttft + other.ttft, self.itl + other.itl,
                           self.completion_tokens + other.completion_tokens, self.prompt_tokens + other.prompt_tokens,
                           self.agent_rates + other.agent_rates, self.errors + other.errors,
                           self.requests + other.requests, min(self.started, other.started),
-                          max(self.ended, other.ended))
+                          max(self.ended, other.ended), self.cpu_s + other.cpu_s, self.cpu_wait_s + other.cpu_wait_s,
+                          max(self.cpu_share, other.cpu_share), self.processes + other.processes)
 
 
 async def run_agents(client: AsyncSteeringClient, scenario: str, agent_ids: range, *, requests_per_agent: int,
@@ -143,10 +162,22 @@ async def run_agents(client: AsyncSteeringClient, scenario: str, agent_ids: rang
             stats.requests += 1
         stats.agent_rates.append((stats.completion_tokens - before) / max(time.perf_counter() - began, 1e-9))
 
+    cpu, wait = time.process_time(), _cpu_wait()  # is this client process the bottleneck?
     stats.started = time.time()
     await asyncio.gather(*(agent(i) for i in agent_ids))
     stats.ended = time.time()
+    stats.cpu_s, stats.cpu_wait_s = time.process_time() - cpu, _cpu_wait() - wait
+    stats.cpu_share = (stats.cpu_s + stats.cpu_wait_s) / max(stats.ended - stats.started, 1e-9)
     return stats
+
+
+def _cpu_wait() -> float:
+    """Seconds this process's main thread has spent ready to run but waiting for a CPU (0 where unknown)."""
+    try:
+        with open("/proc/self/schedstat") as handle:  # on-CPU ns, run-queue wait ns, time slices
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def to_result(stats: AgentStats, *, label: str, scenario: str, agents: int) -> RunResult:
@@ -159,7 +190,32 @@ def to_result(stats: AgentStats, *, label: str, scenario: str, agents: int) -> R
         per_agent_tok_per_s=float(np.mean(stats.agent_rates)) if stats.agent_rates else 0.0,
         ttft_p50_ms=pct(stats.ttft, 50), ttft_p99_ms=pct(stats.ttft, 99),
         itl_p50_ms=pct(stats.itl, 50), itl_p99_ms=pct(stats.itl, 99), error_messages=stats.errors[:5],
+        client_processes=stats.processes, client_cpu_s=round(stats.cpu_s, 3), client_cpu_wait_s=round(stats.cpu_wait_s, 3),
+        client_cpu_share=round(stats.cpu_share, 3),
     )
+
+
+def measurement_problems(run: RunResult, min_seconds: float = MIN_RUN_SECONDS) -> list[str]:
+    """Why a run measured the client or nothing at all ([] when it is a measurement of the server)."""
+    problems = []
+    if run.client_cpu_share >= CLIENT_BOUND_SHARE:
+        problems.append(f"client-bound (a client process was on or waiting for a CPU {run.client_cpu_share:.0%} of "
+                        "the run; more --client-processes, or a host with cores to spare)")
+    if run.wall_s < min_seconds:
+        problems.append(f"too short ({run.wall_s:.1f} s < {min_seconds:g} s)")
+    return problems
+
+
+def not_measured(runs: list[RunResult], label: str, scenario: str, agents: int,
+                 min_seconds: float = MIN_RUN_SECONDS) -> str | None:
+    """Why the ratio of (label, scenario, N) is not a measurement, or None: a problem of one of its runs,
+    or of its baseline's (``BASELINE``), makes the ratio a figure of the client, not of the server."""
+    scenarios = {scenario, BASELINE[scenario]}
+    found: list[str] = []
+    for run in runs:
+        if run.label == label and run.agents == agents and run.scenario in scenarios:
+            found += [p.split(" (")[0] for p in measurement_problems(run, min_seconds)]
+    return "not a measurement: " + " / ".join(sorted(set(found))) if found else None
 
 
 async def run_scenario(client: AsyncSteeringClient, scenario: str, agents: int, *, label: str,

@@ -18,7 +18,14 @@ from typing import Any
 from emolab.api_client import AsyncSteeringClient
 from emolab.bench.clients import ClientPool
 from emolab.bench.config import BenchConfig, BenchError
-from emolab.bench.load import RunResult, calibrate_prompt_words, run_scenario, to_result
+from emolab.bench.load import (
+    RunResult,
+    calibrate_prompt_words,
+    measurement_problems,
+    not_measured,
+    run_scenario,
+    to_result,
+)
 from emolab.bench.servers import start_bench_server
 from emolab.bench.tables import summarize_runs
 from emolab.serve.launch import free_port, stop_server
@@ -61,8 +68,11 @@ def bench_server(base_url: str, config: BenchConfig, label: str, scenarios: list
                             result = to_result(pool.run(scenario, agents, **kwargs), label=label, scenario=scenario,
                                                agents=agents)
                         results.append(result)
+                        problems = measurement_problems(result, config.min_run_seconds)
                         print(f"  [{label}] repeat {repeat + 1}/{config.repeats} N={agents:<3} {scenario:<6} "
-                              f"{result.tok_per_s:9.1f} tok/s  errors {result.errors}", flush=True)
+                              f"{result.tok_per_s:9.1f} tok/s  errors {result.errors}  {result.wall_s:.1f} s, "
+                              f"busiest client process on or waiting for a CPU {result.client_cpu_share:.0%}"
+                              + (f"  NOT A MEASUREMENT: {'; '.join(problems)}" if problems else ""), flush=True)
             return results
         finally:
             if pool is not None:
@@ -99,8 +109,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 all_results += bench_server(f"http://127.0.0.1:{port}/v1", config, label, label_scenarios, counts)
             finally:
                 stop_server(proc)
+    summary = summarize_runs(all_results)
+    # Ratios over runs that measured the client, or ran too short, are named here and not printed as results.
+    marks = [{"label": row["label"], "scenario": row["scenario"], "agents": row["agents"], "why": why}
+             for row in summary
+             if (why := not_measured(all_results, row["label"], row["scenario"], row["agents"], config.min_run_seconds))]
     result = {"config": {k: v for k, v in asdict(config).items() if k != "api_key"}, "startup_s": startup,
-              "summary": summarize_runs(all_results), "runs": [asdict(r) for r in all_results]}
+              "summary": summary, "not_a_measurement": marks, "runs": [asdict(r) for r in all_results]}
     if config.output:
         Path(config.output).parent.mkdir(parents=True, exist_ok=True)
         Path(config.output).write_text(json.dumps(result, indent=2))

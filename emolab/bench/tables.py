@@ -59,13 +59,19 @@ def summarize_runs(results: list[RunResult] | pd.DataFrame) -> list[dict[str, An
     return json_records(frame, optional=_RATIOS)
 
 
-def print_table(summary: pd.DataFrame | list[dict[str, Any]]) -> None:
-    """The summary (``bench_frame``, or the JSON's ``summary`` rows) as a table on the console."""
+def print_table(summary: pd.DataFrame | list[dict[str, Any]], not_a_measurement: list[dict[str, Any]] = ()) -> None:
+    """The summary (``bench_frame``, or the JSON's ``summary`` rows) as a table on the console.
+
+    ``not_a_measurement`` (the JSON's list: label, scenario, agents, why): those rows show why ("too short",
+    "client-bound") in place of their ratio, and "-" in place of a ratio to plain vLLM over such a row."""
     from rich.console import Console
     from rich.table import Table
 
     frame = summary if isinstance(summary, pd.DataFrame) else pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
-    table = Table(title="emolab bench (median over repeats)")
+    marks = {(m["label"], m["scenario"], int(m["agents"])): m["why"].removeprefix("not a measurement: ")
+             for m in not_a_measurement}
+    table = Table(title="emolab bench (median over repeats)",
+                  caption="too short / client-bound / -: not a measurement, no ratio shown" if marks else None)
     for col in ("server", "scenario", "N", "tok/s", "ratio", "vs plain", "per agent", "TTFT p50/p99 ms",
                 "ITL p50/p99 ms", "err"):
         table.add_column(col, justify="right")
@@ -73,8 +79,11 @@ def print_table(summary: pd.DataFrame | list[dict[str, Any]]) -> None:
     order = order.sort_values(["label", "agents", "_scenario"], kind="stable")
     for _, r in order.iterrows():
         ratio, plain = r["ratio_vs_unsteered"], r["ratio_vs_plain_vllm"]
+        why = marks.get((r["label"], r["scenario"], int(r["agents"])))
+        plain_why = why or marks.get(("plain-vllm", "none", int(r["agents"])))
         table.add_row(r["label"], r["scenario"], str(r["agents"]), f"{r['tok_per_s']:.1f}",
-                      "" if pd.isna(ratio) else f"{ratio:.3f}", "" if pd.isna(plain) else f"{plain:.3f}",
+                      why or ("" if pd.isna(ratio) else f"{ratio:.3f}"),
+                      "" if pd.isna(plain) else ("-" if plain_why else f"{plain:.3f}"),
                       f"{r['per_agent_tok_per_s']:.1f}",
                       f"{r['ttft_p50_ms']:.0f}/{r['ttft_p99_ms']:.0f}", f"{r['itl_p50_ms']:.1f}/{r['itl_p99_ms']:.1f}",
                       str(r["errors"]))

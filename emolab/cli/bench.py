@@ -41,6 +41,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                    help="--engine: a vllm.LLM argument, VALUE as JSON when it parses (e.g. tensor_parallel_size=2)")
     p.add_argument("--client-processes", type=positive_int("--client-processes"), default=1,
                    help="spread the agents over this many client processes (so the client is not the limit)")
+    p.add_argument("--min-run-seconds", type=float, default=30.0,
+                   help="a run shorter than this, or one whose client process was CPU-bound, is marked 'not a "
+                        "measurement' instead of showing its ratio")
     p.set_defaults(func=run_bench_cli)
 
 
@@ -90,6 +93,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     if args.engine:
         return run_engine_cli(args)
 
+    if not math.isfinite(args.min_run_seconds) or args.min_run_seconds < 0:
+        raise UsageError(f"--min-run-seconds must be a number >= 0, got {args.min_run_seconds}")
     config = BenchConfig(
         base_url=args.base_url, api_key=args.api_key, model=args.model, agents=args.agents, scenarios=args.scenarios,
         prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, requests_per_agent=args.requests_per_agent,
@@ -98,9 +103,10 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         max_model_len=args.max_model_len, server_args=args.server_arg, server_args_plain=args.server_arg_plain,
         compare_plain=args.compare_plain, compare_eager=args.compare_eager, compare_agents=args.compare_agents,
         startup_timeout=args.startup_timeout, log_dir=args.log_dir, client_processes=args.client_processes,
+        min_run_seconds=args.min_run_seconds,
     )
     result = run_bench(config)
-    print_table(result["summary"])
+    print_table(result["summary"], result["not_a_measurement"])
     if result["startup_s"]:
         print("server start-up to /health (s): " + ", ".join(f"{k} {v}" for k, v in result["startup_s"].items()))
     if config.output:

@@ -9,6 +9,7 @@ message says what is wrong and whose ``param`` names the field.
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -160,6 +161,7 @@ def check_field_names(body: dict[str, Any], schema: type[_Sampling], contract: R
                                 "vllm_xargs.steering", param=f"vllm_xargs.{key}", code="unknown_field")
 
 
+@functools.lru_cache(maxsize=4096)  # every request of a client sends the same few field names: difflib once each
 def _near_miss(key: str) -> str | None:
     """``steering`` or ``vllm_xargs`` when ``key`` looks like a misspelling of it, else None."""
     k = key.lower().replace("-", "_")

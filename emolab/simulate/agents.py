@@ -52,9 +52,6 @@ class Conversation:
     feed: list[dict[str, Any]] = field(default_factory=list)  # {"speaker", "text", "judged"}
     levels: list[float] = field(default_factory=list)
 
-    def key(self) -> str:
-        return f"{self.condition.name}#{self.replicate}"
-
 
 def agent_messages(spec: ExperimentSpec, conv: Conversation, agent: int) -> list[dict[str, str]]:
     """What agent ``agent`` is sent: its persona (and the emotion asked for, when prompted), the recent feed."""

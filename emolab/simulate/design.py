@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from emolab.core.emotions import EMOTION_ADJECTIVES
 from emolab.simulate.spec import ExperimentSpec, SpecError
 
-__all__ = ["Arm", "Condition", "Trial", "arms", "condition_record", "conditions", "emotion_instruction", "render_messages",
+__all__ = ["Arm", "Condition", "Trial", "arms", "conditions", "emotion_instruction", "render_messages",
            "resolve_alpha", "trial_id", "trials"]
 
 
@@ -119,9 +119,6 @@ class Trial:
     seed: int
     messages: tuple[dict[str, str], ...]
 
-    def key(self) -> dict[str, Any]:
-        return {"condition": self.condition.name, "persona": self.persona_index, "arm": self.arm_index, "seed": self.seed}
-
 
 def trial_id(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -158,7 +155,3 @@ def trials(spec: ExperimentSpec, conds: list[Condition]) -> list[Trial]:
                                      render_messages(spec, condition, persona, arm)))
     random.Random(spec.order_seed).shuffle(out)
     return out
-
-
-def condition_record(condition: Condition) -> dict[str, Any]:
-    return asdict(condition)

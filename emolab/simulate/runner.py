@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,7 @@ async def run_experiment_async(spec: ExperimentSpec, folder: str | Path, *, base
         finished = False
         try:
             conds = conditions(spec, list(info["emotions"]), info["recommended_alphas"])
-            log.update_meta(conditions=[c.__dict__ for c in conds])
+            log.update_meta(conditions=[asdict(c) for c in conds])
             if spec.kind == "conversation":
                 from emolab.simulate.agents import run_conversations
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from emolab.simulate.design import Condition, emotion_instruction, trial_id
+from emolab.simulate.design import Condition, emotion_instruction, fill, trial_id
 from emolab.simulate.log import RunLog
 from emolab.simulate.spec import ExperimentSpec, StateSpec
 
@@ -58,7 +58,7 @@ def agent_messages(spec: ExperimentSpec, conv: Conversation, agent: int) -> list
     a = spec.agents
     name = a.names[agent]
     persona = a.personas[(agent + conv.replicate) % len(a.personas)]
-    system = spec.system.format(persona=persona, name=name) if spec.system else (
+    system = fill(spec.system, persona=persona, name=name) if spec.system else (
         f"You are {name}, {persona}, taking part in a group chat. Reply with one or two short sentences.")
     if conv.condition.prompted and agent < a.seeded:
         system = f"{system} {emotion_instruction(spec, conv.condition.emotion)}"

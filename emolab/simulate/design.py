@@ -23,7 +23,7 @@ from typing import Any
 from emolab.core.emotions import EMOTION_ADJECTIVES
 from emolab.simulate.spec import ExperimentSpec, SpecError
 
-__all__ = ["Arm", "Condition", "Trial", "arms", "conditions", "emotion_instruction", "render_messages",
+__all__ = ["Arm", "Condition", "Trial", "arms", "conditions", "emotion_instruction", "fill", "render_messages",
            "resolve_alpha", "trial_id", "trials"]
 
 
@@ -84,7 +84,14 @@ def conditions(spec: ExperimentSpec, server_emotions: list[str], recommended: di
 
 
 def emotion_instruction(spec: ExperimentSpec, emotion: str) -> str:
-    return spec.conditions.emotion_prompt.format(emotion=emotion, adjective=EMOTION_ADJECTIVES.get(emotion, emotion))
+    return fill(spec.conditions.emotion_prompt, emotion=emotion, adjective=EMOTION_ADJECTIVES.get(emotion, emotion))
+
+
+def fill(template: str, **values: str) -> str:
+    """``{name}`` placeholders filled in; any other brace (JSON in a prompt, say) is left as written."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template
 
 
 @dataclass(frozen=True)
@@ -126,12 +133,12 @@ def trial_id(parts: dict[str, Any]) -> str:
 
 def render_messages(spec: ExperimentSpec, condition: Condition, persona: str, arm: Arm) -> tuple[dict[str, str], ...]:
     """The chat messages of one trial: system (persona, and the emotion asked for when prompted), user (the decision)."""
-    system = spec.system.format(persona=persona) if spec.system else (f"You are {persona}." if persona else "")
+    system = fill(spec.system, persona=persona) if spec.system else (f"You are {persona}." if persona else "")
     if condition.prompted:
         system = f"{system} {emotion_instruction(spec, condition.emotion)}".strip()
-    prompt = spec.prompt.replace("{persona}", persona)
+    prompt = fill(spec.prompt, persona=persona)
     if spec.kind == "choice":
-        shown = "\n".join(spec.option_format.format(label=label, text=spec.options[option])
+        shown = "\n".join(fill(spec.option_format, label=label, text=spec.options[option])
                           for label, option in zip(arm.labels, arm.order, strict=True))
         prompt = prompt.replace("{options}", shown)
         for label, option in zip(arm.labels, arm.order, strict=True):  # "{label:safe}" names an option's label

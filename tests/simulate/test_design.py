@@ -207,3 +207,12 @@ def test_run_log_resumes_without_losing_or_repeating(tmp_path):
     other = ExperimentSpec.from_dict({**CHOICE, "name": "other"})
     with pytest.raises(RunLogError, match="holds a run of another spec"):
         RunLog(tmp_path, other)
+
+
+def test_prompts_with_other_braces_render_as_written():
+    spec = ExperimentSpec.from_dict({**CHOICE, "system": 'You are {persona}. Reply as JSON: {"choice": "A"}.',
+                                     "conditions": {"emotions": ["fear"], "alphas": [1],
+                                                    "emotion_prompt": "You feel {adjective} {today}."}})
+    prompted = next(t for t in trials(spec, conditions(spec, EMOTIONS, RECOMMENDED))
+                    if t.condition.name == "prompted:fear" and t.persona_index == 0)
+    assert prompted.messages[0]["content"] == 'You are p1. Reply as JSON: {"choice": "A"}. You feel afraid {today}.'

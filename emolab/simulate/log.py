@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,6 @@ class RunLog:
     def __init__(self, folder: str | Path, spec: ExperimentSpec, info: dict[str, Any] | None = None) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.spec = spec
         run_file = self.folder / RUN_FILE
         if run_file.is_file():
             previous = json.loads(run_file.read_text())
@@ -125,6 +123,3 @@ class RunLog:
             self._handle.close()
         self.update_meta(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z") if finished else None,
                          n_trials_logged=len(self.done))
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.records)

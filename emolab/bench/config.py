@@ -39,6 +39,7 @@ class BenchConfig:
     max_model_len: int | None = None
     server_args: list[str] = field(default_factory=list)  # extra arguments for emolab serve
     server_args_plain: list[str] = field(default_factory=list)  # extra arguments for the plain vLLM server
+    api_server_count: int = 1  # API-server processes of every server the bench starts (emolab and plain alike)
     compare_plain: bool = False
     compare_eager: bool = False
     compare_agents: list[int] | None = None

@@ -29,7 +29,11 @@ def start_bench_server(config: BenchConfig, label: str, port: int, log_dir: Path
         from emolab.core.models import resolve_model
         from emolab.fastpath.adapters import server_command
 
-        cmd = [*server_command(sys.executable), "--model", resolve_model(config.serve_model or ""), "--port", str(port),
+        # The same front end as emolab's: several API servers need `vllm serve` itself (the launcher).
+        several = config.api_server_count > 1
+        cmd = [*server_command(sys.executable, launcher=several),
+               *(["--api-server-count", str(config.api_server_count)] if several else []),
+               "--model", resolve_model(config.serve_model or ""), "--port", str(port),
                "--host", "127.0.0.1", "--dtype", config.dtype, "--served-model-name", config.model,
                *config.server_args_plain]
         if config.max_model_len:
@@ -41,6 +45,8 @@ def start_bench_server(config: BenchConfig, label: str, port: int, log_dir: Path
         proc.log_path = log_path  # type: ignore[attr-defined]
     else:
         extra = ["--dtype", config.dtype, "--served-model-name", config.model, *config.server_args]
+        if config.api_server_count > 1:
+            extra += ["--api-server-count", str(config.api_server_count)]
         if config.max_model_len:
             extra += ["--max-model-len", str(config.max_model_len)]
         if label == "emolab-eager":

@@ -28,6 +28,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, help="JSON results file")
     p.add_argument("--serve-backend", default="vllm", choices=["vllm", "hf"])
     p.add_argument("--server-arg-plain", action="append", default=[], help="extra argument for the plain vLLM server")
+    p.add_argument("--api-server-count", type=positive_int("--api-server-count"), default=1, metavar="K",
+                   help="API-server processes of every server the bench starts, emolab's and plain vLLM's alike")
     p.add_argument("--compare-plain", action="store_true", help="also run 'none' on vLLM with the plugin not loaded")
     p.add_argument("--compare-eager", action="store_true", help="also run on an --enforce-eager emolab server")
     p.add_argument("--compare-agents", type=number_list("--compare-agents", int, minimum=1), default=None,
@@ -101,7 +103,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         repeats=args.repeats, alpha=args.alpha, seed=args.seed, output=args.output, serve_model=args.serve_model,
         serve_vectors=args.serve_vectors, serve_backend=args.serve_backend, dtype=args.dtype,
         max_model_len=args.max_model_len, server_args=args.server_arg, server_args_plain=args.server_arg_plain,
-        compare_plain=args.compare_plain, compare_eager=args.compare_eager, compare_agents=args.compare_agents,
+        api_server_count=args.api_server_count, compare_plain=args.compare_plain, compare_eager=args.compare_eager, compare_agents=args.compare_agents,
         startup_timeout=args.startup_timeout, log_dir=args.log_dir, client_processes=args.client_processes,
         min_run_seconds=args.min_run_seconds,
     )

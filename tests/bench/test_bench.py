@@ -43,8 +43,12 @@ def test_bench_smoke_against_cpu_vllm(tmp_path, smollm2_path, smollm2_bundle_pat
         "--agents", "4", "--scenarios", "none,same,mixed,churn", "--prompt-tokens", "32", "--max-tokens", "4",
         "--requests-per-agent", "1", "--repeats", "1", "--output", str(out), "--log-dir", str(tmp_path / "logs"),
         "--client-processes", "2",  # the agents of each run split over two client processes, merged
+        "--api-server-count", "2",  # the same front end for emolab and plain vLLM: two API servers each
     ])
     assert code == 0
+    for label in ("emolab", "plain-vllm"):
+        log = (tmp_path / "logs" / f"{label}.log").read_text()
+        assert "Started 2 API server processes" in log, (label, log[-2000:])
     report = json.loads(out.read_text())
     assert set(report["startup_s"]) == {"emolab", "plain-vllm"}
     rows = {(r["label"], r["scenario"]): r for r in report["summary"]}

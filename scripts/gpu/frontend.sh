@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Issue 24 on one H200 (vLLM 0.26, Qwen3-8B shape, dummy bf16, graphs on): the HTTP front end against the engine.
+# One phase per 10-minute device call (the vLLM parts already in /tmp/gpuparts):
+#   PHASE=engine  the engine's ceiling at N=256 (offline vllm.LLM, no HTTP), unsteered and mixed
+#   PHASE=http    emolab (unsteered, mixed) and plain vLLM (plugin not loaded) over HTTP with K API servers
+#                 (env K, default 1), N=256, both with the same front end; the API server profiled under load
+#                 (py-spy, if the wheel lies in .gpu/tools) and `top` sampled every 10 s
+#   PHASE=wide    N=1024 agents (mixed) against emolab serve with K API servers: errors and latencies
+# Everything lands in $OUT; summarize the profiles here with scripts/gpu/pyspy_summary.py.
+set -euo pipefail
+export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=/tmp/vllm-cache
+. scripts/gpu/prepare.sh >/dev/null
+D=(--dtype bfloat16 --max-model-len 2048)
+M=(--serve-model /tmp/qwen3-8b --serve-vectors .gpu/ref-bundle --model qwen3-8b)
+K=${K:-1}
+PYSPY=/tmp/pyspy/py_spy-0.4.3.data/scripts/py-spy
+if ls .gpu/tools/py_spy-*.whl >/dev/null 2>&1 && [ ! -x $PYSPY ]; then
+  mkdir -p /tmp/pyspy && (cd /tmp/pyspy && python3 -m zipfile -e "$(ls "$OLDPWD"/.gpu/tools/py_spy-*.whl)" .) \
+    && chmod +x $PYSPY
+fi
+
+# profile LABEL DELAY SECONDS: once "LABEL ready" shows in the bench's log, wait DELAY s, then sample the server's
+# process tree (API servers and engine core) for SECONDS s.
+profile() {
+  local label=$1 delay=$2 seconds=$3
+  until grep -q "  $label ready after" "$OUT/bench_k$K.txt" 2>/dev/null; do sleep 2; done
+  sleep "$delay"
+  local pid
+  pid=$(pgrep -o -f "vllm.entrypoints.openai.api_server|run_vllm_cli" || true)
+  [ -n "$pid" ] || { echo "profile $label: no server process" >> "$OUT/profile.log"; return; }
+  ps -eo pid,ppid,pcpu,rss,args --forest | grep -v "ps -eo" | cut -c1-200 > "$OUT/procs_${label}_k$K.txt" || true
+  if [ -x $PYSPY ]; then
+    $PYSPY record --subprocesses --nonblocking -r 97 -d "$seconds" -f raw -p "$pid" \
+      -o "$OUT/pyspy_${label}_k$K.txt" >> "$OUT/profile.log" 2>&1 || echo "py-spy $label failed" >> "$OUT/profile.log"
+  fi
+}
+
+case ${PHASE:-http} in
+engine)
+  python3 -m emolab.cli bench --engine "${M[@]}" --agents 256 --prompt-tokens 200 --max-tokens 256 --repeats 2 \
+    --engine-seconds 30 "${D[@]}" --engine-arg load_format=dummy --output "$OUT/bench_engine.json" \
+    --log-dir /tmp/engine 2>&1 | grep -v "it/s\]" | tail -20
+  ;;
+http)
+  top -b -c -w 250 -d 10 -n 55 -o %CPU | awk '/^top -/{n=0} {n++; if (n <= 22) print}' > "$OUT/top_k$K.txt" &
+  TOP=$!
+  profile emolab 75 30 & P1=$!
+  profile plain-vllm 45 20 & P2=$!
+  python3 -m emolab.cli bench "${M[@]}" "${D[@]}" "--server-arg=--vllm-arg=--load-format dummy" \
+    "--server-arg-plain=--load-format=dummy" --api-server-count "$K" --compare-plain \
+    --agents 256 --scenarios none,mixed --prompt-tokens 200 --max-tokens 256 --requests-per-agent "${RPA:-10}" \
+    --repeats "${REPEATS:-2}" --client-processes 8 --output "$OUT/bench_http_k$K.json" --log-dir /tmp/bench-k$K \
+    2>&1 | tee "$OUT/bench_k$K.txt" | tail -16 || { tail -30 /tmp/bench-k$K/*.log; }
+  kill $TOP $P1 $P2 2>/dev/null || true
+  ;;
+wide)
+  python3 -m emolab.cli bench "${M[@]}" "${D[@]}" "--server-arg=--vllm-arg=--load-format dummy" \
+    "--server-arg=--max-num-seqs=1024" --api-server-count "$K" --agents 1024 --scenarios mixed \
+    --prompt-tokens 200 --max-tokens 256 --requests-per-agent "${RPA:-2}" --repeats 1 --client-processes 8 \
+    --output "$OUT/bench_wide_k$K.json" --log-dir /tmp/bench-wide 2>&1 | tail -8 || { tail -30 /tmp/bench-wide/*.log; }
+  ;;
+esac
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -67,6 +67,8 @@ class RunResult:
     client_cpu_s: float = 0.0  # CPU time (user + system) of every client process during the run, summed
     client_cpu_wait_s: float = 0.0  # time they were ready to run but waited for a CPU (Linux), summed
     client_cpu_share: float = 0.0  # the busiest client process's CPU + wait seconds per second of its run
+    content_chunks: int = 0  # streamed chunks that carried text (fewer than tokens: the server merged or held some)
+    completion_chars: int = 0  # characters of text received (per token, it says what kind of tokens were made)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -101,6 +103,8 @@ async def one_request(client: AsyncSteeringClient, prompt: str, steering: list[f
                                           extra_body={"ignore_eos": True}):
         now = time.perf_counter()
         if chunk.choices and chunk.choices[0].delta.content:
+            stats.chunks += 1
+            stats.chars += len(chunk.choices[0].delta.content)
             if last is None:
                 stats.ttft.append(now - start)
             else:
@@ -128,6 +132,8 @@ class AgentStats:
     cpu_wait_s: float = 0.0  # ... and the time they waited for a CPU (summed)
     cpu_share: float = 0.0  # the busiest process's CPU + wait seconds per wall second
     processes: int = 1
+    chunks: int = 0  # streamed chunks that carried text, and their characters
+    chars: int = 0
 
     def merge(self, other: AgentStats) -> AgentStats:
         return AgentStats(self.ttft + other.ttft, self.itl + other.itl,
@@ -135,7 +141,8 @@ class AgentStats:
                           self.agent_rates + other.agent_rates, self.errors + other.errors,
                           self.requests + other.requests, min(self.started, other.started),
                           max(self.ended, other.ended), self.cpu_s + other.cpu_s, self.cpu_wait_s + other.cpu_wait_s,
-                          max(self.cpu_share, other.cpu_share), self.processes + other.processes)
+                          max(self.cpu_share, other.cpu_share), self.processes + other.processes,
+                          self.chunks + other.chunks, self.chars + other.chars)
 
 
 async def run_agents(client: AsyncSteeringClient, scenario: str, agent_ids: range, *, requests_per_agent: int,
@@ -191,7 +198,7 @@ def to_result(stats: AgentStats, *, label: str, scenario: str, agents: int) -> R
         ttft_p50_ms=pct(stats.ttft, 50), ttft_p99_ms=pct(stats.ttft, 99),
         itl_p50_ms=pct(stats.itl, 50), itl_p99_ms=pct(stats.itl, 99), error_messages=stats.errors[:5],
         client_processes=stats.processes, client_cpu_s=round(stats.cpu_s, 3), client_cpu_wait_s=round(stats.cpu_wait_s, 3),
-        client_cpu_share=round(stats.cpu_share, 3),
+        client_cpu_share=round(stats.cpu_share, 3), content_chunks=stats.chunks, completion_chars=stats.chars,
     )
 
 

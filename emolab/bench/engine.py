@@ -2,8 +2,10 @@
 
 An offline ``vllm.LLM`` runs N simulated agents: exactly N requests are in flight at every engine
 step (a finished request is replaced by that agent's next one), each with a fixed prompt length and
-``max_tokens`` generated (``ignore_eos``). Scenarios ``none`` and ``mixed`` (every request a random
-blend of one or two emotions) alternate in one engine, repeat after repeat; ``plain`` is the same
+``max_tokens`` generated (``ignore_eos``). Scenarios ``none``, ``mixed`` (every request a random
+blend of one or two emotions) and, when asked for, ``mixed-null`` (those blends at a millionth of the
+alpha: the steering code without its effect on the text; ``emolab.bench.load``) alternate in one engine,
+repeat after repeat; ``plain`` is the same
 load on an engine with the plugin not loaded, in its own process (``VLLM_PLUGINS=""``). Runs are
 sized to last about ``run_seconds`` each, so a 2% difference can be read.
 
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emolab.bench.load import random_blend
+from emolab.bench.load import pick_steering
 
 __all__ = ["engine_job", "run_engine_bench"]
 
@@ -41,9 +43,10 @@ def _prompts(tokenizer: Any, count: int, length: int, seed: int) -> list[list[in
 
 
 def _steering(scenario: str, rng: random.Random, n_emotions: int, alpha: float) -> list[float] | None:
-    if scenario in ("none", "plain"):
+    if scenario == "plain":
         return None
-    return [float(x) for x in random_blend(rng, n_emotions, alpha)]
+    steering = pick_steering(scenario, rng, n_emotions, alpha)
+    return None if steering is None else [float(x) for x in steering]
 
 
 def _run(llm: Any, agents: int, per_agent: int, scenario: str, job: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -100,8 +103,9 @@ def engine_job(job: dict[str, Any]) -> list[dict[str, Any]]:
 def run_engine_bench(*, model: str, vectors: str | None, agents: list[int], repeats: int, prompt_tokens: int,
                      max_tokens: int, alpha: float, seed: int, run_seconds: float, engine_kwargs: dict[str, Any],
                      compare_plain: bool, log_dir: str | Path, n_emotions: int = 6,
-                     alpha_scale: str | None = None) -> dict[str, Any]:
-    """Engine-level runs, plugin on (``none`` and ``mixed``) and, with ``compare_plain``, plugin not loaded."""
+                     alpha_scale: str | None = None, scenarios: tuple[str, ...] = ("none", "mixed")) -> dict[str, Any]:
+    """Engine-level runs, plugin on (``scenarios``: ``none`` first, then any of ``mixed`` and ``mixed-null``) and,
+    with ``compare_plain``, plugin not loaded."""
     from emolab.core.models import resolve_model
     from emolab.serve.settings import ServeSettings
 
@@ -113,7 +117,7 @@ def run_engine_bench(*, model: str, vectors: str | None, agents: list[int], repe
     plan = []
     if vectors:
         env = ServeSettings(vectors=str(Path(vectors).resolve()), alpha_scale=alpha_scale).to_env()
-        plan.append(("emolab", ["none", "mixed"], env))
+        plan.append(("emolab", ["none", *(s for s in scenarios if s != "none")], env))
     if compare_plain:
         plan.append(("plain-vllm", ["plain"], {"VLLM_PLUGINS": ""}))
     runs = []
@@ -133,7 +137,7 @@ def run_engine_bench(*, model: str, vectors: str | None, agents: list[int], repe
 
 
 def summarize_engine_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median tok/s per (scenario, N) and the ratios mixed/none (same engine) and none/plain."""
+    """Median tok/s per (scenario, N) and the ratios to none (same engine) and to plain."""
     import numpy as np
 
     medians: dict[tuple[str, int], float] = {}

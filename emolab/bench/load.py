@@ -6,6 +6,11 @@ output lengths) through the ``openai`` async client. Scenarios pick each request
 * ``none``  no steering (the baseline every ratio is taken against, same server, same run)
 * ``same``  every request the same emotion and alpha
 * ``mixed`` every request a random mix of one or two emotions with random alphas (seeded)
+* ``mixed-null`` the same blends as ``mixed`` with every alpha a millionth as large: every part of the steering
+  path runs (validation, cache salts, a row per blend, the per-token gather and add) but the text stays the
+  unsteered text. Against ``none`` it is what the steering *code* costs; ``mixed`` against it is what making
+  *other text* costs (other tokens, other activations: on dummy weights, where the unsteered model repeats one
+  token, other data can change the GPU's power draw and clocks)
 * ``churn`` mixed steering, and agents start late and stop early at random (requests join and
   leave the running batch all the time); its baseline is ``churn-none``, the same arrivals unsteered,
   which the bench adds by itself
@@ -33,13 +38,15 @@ import numpy as np
 
 from emolab.api_client import AsyncSteeringClient
 
-__all__ = ["BASELINE", "CLIENT_BOUND_SHARE", "MIN_RUN_SECONDS", "SCENARIOS", "AgentStats", "RunResult",
+__all__ = ["BASELINE", "CLIENT_BOUND_SHARE", "MIN_RUN_SECONDS", "NULL_SCALE", "SCENARIOS", "AgentStats", "RunResult",
            "calibrate_prompt_words", "make_prompt", "measurement_problems", "not_measured", "one_request",
            "pick_steering", "random_blend", "run_agents", "run_scenario", "to_result"]
 
-SCENARIOS = ("none", "same", "mixed", "churn", "churn-none")
+SCENARIOS = ("none", "same", "mixed", "mixed-null", "churn", "churn-none")
+NULL_SCALE = 1e-6  # mixed-null: the alphas of mixed scaled down until they change no token
 # Each scenario's ratio is taken against the unsteered run with the same arrival pattern.
-BASELINE = {"none": "none", "same": "none", "mixed": "none", "churn": "churn-none", "churn-none": "churn-none"}
+BASELINE = {"none": "none", "same": "none", "mixed": "none", "mixed-null": "none", "churn": "churn-none",
+            "churn-none": "churn-none"}
 MIN_RUN_SECONDS = 30.0  # a shorter run is dominated by start and tail: not a measurement
 CLIENT_BOUND_SHARE = 0.9  # a client process wanting a CPU this share of the run's wall time was the bottleneck
 WORDS = ("river stone market window garden letter evening table morning station coffee paper "
@@ -85,7 +92,10 @@ def pick_steering(scenario: str, rng: random.Random, n_emotions: int, alpha: flo
         return None
     if scenario == "same":
         return [0, alpha]
-    return random_blend(rng, n_emotions, alpha)
+    blend = random_blend(rng, n_emotions, alpha)
+    if scenario == "mixed-null":  # the same draws as mixed (same rng calls), scaled down
+        blend = [x if k % 2 == 0 else x * NULL_SCALE for k, x in enumerate(blend)]
+    return blend
 
 
 def random_blend(rng: random.Random, n_emotions: int, alpha: float) -> list[float]:
@@ -153,7 +163,10 @@ async def run_agents(client: AsyncSteeringClient, scenario: str, agent_ids: rang
     seeds = [rng_master.random() for _ in range(max(agent_ids, default=-1) + 1)]  # agent i's seed: any slicing
 
     async def agent(index: int) -> None:
+        # Prompts and arrivals draw from one generator, steering from another: every scenario of a seed sends
+        # the same prompts at the same times (mixed-null's text can be compared with none's, churn's with churn-none's).
         rng = random.Random(seeds[index] + index)
+        steering_rng = random.Random(f"{seeds[index]}:{index}:steering")
         count = requests_per_agent
         if scenario.startswith("churn"):  # join late, leave early: the batch composition keeps changing
             await asyncio.sleep(rng.uniform(0, 0.5 * requests_per_agent))
@@ -161,7 +174,7 @@ async def run_agents(client: AsyncSteeringClient, scenario: str, agent_ids: rang
         before = stats.completion_tokens
         began = time.perf_counter()
         for _ in range(count):
-            steering = pick_steering(scenario, rng, n_emotions, alpha)
+            steering = pick_steering(scenario, steering_rng, n_emotions, alpha)
             try:
                 await one_request(client, make_prompt(rng, prompt_words), steering, max_tokens, stats)
             except Exception as exc:  # counted and reported, the other agents go on

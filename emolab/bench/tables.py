@@ -48,8 +48,8 @@ def bench_frame(results: list[RunResult]) -> pd.DataFrame:
         own = base.get((row["label"], BASELINE[row["scenario"]], row["agents"]))
         plain = base.get(("plain-vllm", "none", row["agents"]))
         row["ratio_vs_unsteered"] = row["tok_per_s"] / own if own else float("nan")
-        row["ratio_vs_plain_vllm"] = (row["tok_per_s"] / plain if plain and row["scenario"] in ("none", "same", "mixed")
-                                      else float("nan"))
+        comparable = row["scenario"] in ("none", "same", "mixed", "mixed-null")
+        row["ratio_vs_plain_vllm"] = row["tok_per_s"] / plain if plain and comparable else float("nan")
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 

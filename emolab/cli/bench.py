@@ -17,8 +17,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput of N simulated agents, steered vs unsteered")
     add_load_target(p, "a server (--serve-backend)")
     p.add_argument("--agents", type=number_list("--agents", int, minimum=1), default=[1, 20, 64], help="comma-separated agent counts")
-    p.add_argument("--scenarios", type=word_list, default=["none", "mixed", "churn"],
-                   help="comma-separated, from none, same, mixed, churn, churn-none")
+    p.add_argument("--scenarios", type=word_list, default=None,
+                   help="comma-separated, from none, same, mixed, mixed-null, churn, churn-none (default none,mixed,"
+                        "churn); --engine: from none, mixed, mixed-null (default none,mixed)")
     p.add_argument("--prompt-tokens", type=positive_int("--prompt-tokens"), default=200)
     p.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=256)
     p.add_argument("--requests-per-agent", type=positive_int("--requests-per-agent"), default=2)
@@ -70,17 +71,23 @@ def run_engine_cli(args: argparse.Namespace) -> int:
         raise UsageError("--engine needs --serve-model and --serve-vectors")
     if not math.isfinite(args.engine_seconds) or args.engine_seconds <= 0:
         raise UsageError(f"--engine-seconds must be a positive number, got {args.engine_seconds}")
+    engine_scenarios = ("none", "mixed", "mixed-null")
+    scenarios = tuple(args.scenarios or ("none", "mixed"))
+    unknown = [s for s in scenarios if s not in engine_scenarios]
+    if unknown:
+        raise UsageError(f"--scenarios {','.join(unknown)}: --engine runs {', '.join(engine_scenarios)}")
     kwargs = {"dtype": args.dtype, **({"max_model_len": args.max_model_len} if args.max_model_len else {}),
               **engine_kwargs(args.engine_arg)}
     result = run_engine_bench(
         model=args.serve_model, vectors=args.serve_vectors, agents=args.agents, repeats=args.repeats,
         prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, alpha=args.alpha, seed=args.seed,
         run_seconds=args.engine_seconds, engine_kwargs=kwargs, compare_plain=args.compare_plain, log_dir=args.log_dir,
+        scenarios=scenarios,
     )
     for row in result["summary"]:
-        ratio = "" if row["ratio_vs_none"] is None else f"  mixed/none {row['ratio_vs_none']:.3f}"
+        ratio = "" if row["ratio_vs_none"] is None else f"  vs none {row['ratio_vs_none']:.3f}"
         plain = "" if row["ratio_vs_plain"] is None else f"  vs plain {row['ratio_vs_plain']:.3f}"
-        print(f"engine N={row['agents']:<4} {row['scenario']:<6} {row['tok_per_s']:10.1f} tok/s{ratio}{plain}")
+        print(f"engine N={row['agents']:<4} {row['scenario']:<10} {row['tok_per_s']:10.1f} tok/s{ratio}{plain}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"config": {k: v for k, v in vars(args).items()
@@ -98,7 +105,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     if not math.isfinite(args.min_run_seconds) or args.min_run_seconds < 0:
         raise UsageError(f"--min-run-seconds must be a number >= 0, got {args.min_run_seconds}")
     config = BenchConfig(
-        base_url=args.base_url, api_key=args.api_key, model=args.model, agents=args.agents, scenarios=args.scenarios,
+        base_url=args.base_url, api_key=args.api_key, model=args.model, agents=args.agents,
+        scenarios=args.scenarios or ["none", "mixed", "churn"],
         prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, requests_per_agent=args.requests_per_agent,
         repeats=args.repeats, alpha=args.alpha, seed=args.seed, output=args.output, serve_model=args.serve_model,
         serve_vectors=args.serve_vectors, serve_backend=args.serve_backend, dtype=args.dtype,

@@ -30,6 +30,17 @@ def test_pick_steering_is_seeded_and_well_formed():
     assert make_prompt(random.Random(1), 5) == make_prompt(random.Random(1), 5)
 
 
+def test_mixed_null_is_mixed_scaled_down():
+    from emolab.bench.load import NULL_SCALE
+
+    for seed in range(20):
+        mixed = pick_steering("mixed", random.Random(seed), 6, 2.0)
+        null = pick_steering("mixed-null", random.Random(seed), 6, 2.0)
+        assert null[0::2] == mixed[0::2]  # the same emotions ...
+        assert null[1::2] == [a * NULL_SCALE for a in mixed[1::2]]  # ... a millionth of the push
+        assert all(a != 0 for a in null[1::2])  # still steered: every part of the steering path runs
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_bench_smoke_against_cpu_vllm(tmp_path, smollm2_path, smollm2_bundle_path):
@@ -40,7 +51,7 @@ def test_bench_smoke_against_cpu_vllm(tmp_path, smollm2_path, smollm2_bundle_pat
         "bench", "--serve-model", str(smollm2_path), "--serve-vectors", str(smollm2_bundle_path),
         "--model", "smollm2", "--dtype", "float32", "--max-model-len", "512",
         "--server-arg=--enforce-eager", "--server-arg-plain=--enforce-eager", "--compare-plain",
-        "--agents", "4", "--scenarios", "none,same,mixed,churn", "--prompt-tokens", "32", "--max-tokens", "4",
+        "--agents", "4", "--scenarios", "none,same,mixed,mixed-null,churn", "--prompt-tokens", "32", "--max-tokens", "4",
         "--requests-per-agent", "1", "--repeats", "1", "--output", str(out), "--log-dir", str(tmp_path / "logs"),
         "--client-processes", "2",  # the agents of each run split over two client processes, merged
         "--api-server-count", "2",  # the same front end for emolab and plain vLLM: two API servers each
@@ -61,6 +72,9 @@ def test_bench_smoke_against_cpu_vllm(tmp_path, smollm2_path, smollm2_bundle_pat
     assert rows[("emolab", "none")]["ratio_vs_unsteered"] == 1.0
     assert rows[("emolab", "churn-none")]["ratio_vs_unsteered"] == 1.0  # churn is judged against churn-none
     assert rows[("emolab", "mixed")]["ratio_vs_plain_vllm"] is not None
+    # mixed-null runs every part of the steering path but writes the unsteered text (same prompts, same seed)
+    by_scenario = {r["scenario"]: r for r in report["runs"] if r["label"] == "emolab"}
+    assert by_scenario["mixed-null"]["completion_chars"] == by_scenario["none"]["completion_chars"]
     assert all(r["prompt_tokens_mean"] > 20 for r in report["summary"])
     assert summarize_runs([]) == []
 

@@ -34,11 +34,20 @@ def test_engine_bench_smoke_on_cpu(tmp_path, smollm2_path, smollm2_bundle_path):
     code = main(["bench", "--engine", "--serve-model", str(smollm2_path), "--serve-vectors", str(smollm2_bundle_path),
                  "--agents", "3", "--repeats", "1", "--prompt-tokens", "24", "--max-tokens", "6", "--engine-seconds", "1",
                  "--dtype", "float32", "--max-model-len", "512", "--engine-arg", "enforce_eager=true",
-                 "--output", str(out), "--log-dir", str(tmp_path / "logs")])
+                 "--scenarios", "none,mixed,mixed-null", "--output", str(out), "--log-dir", str(tmp_path / "logs")])
     assert code == 0
     result = json.loads(out.read_text())
     runs = {r["scenario"]: r for r in result["runs"]}
-    assert set(runs) == {"none", "mixed"}
+    assert set(runs) == {"none", "mixed", "mixed-null"}
     for r in runs.values():
         assert r["generated"] == 6 * r["requests"] and r["requests"] % 3 == 0  # ignore_eos; 3 agents x k each
     assert "emolab steering on" in (tmp_path / "logs" / "engine-emolab.log").read_text()
+
+
+def test_engine_bench_refuses_http_only_scenarios(capsys):
+    from emolab.cli import main
+
+    with pytest.raises(SystemExit) as exit_:  # argparse's parser.error: one line, exit 2
+        main(["bench", "--engine", "--serve-model", "m", "--serve-vectors", "v", "--scenarios", "none,churn"])
+    assert exit_.value.code == 2
+    assert "--scenarios churn: --engine runs none, mixed, mixed-null" in capsys.readouterr().err

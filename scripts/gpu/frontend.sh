@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue 24 on one H200 (vLLM 0.26, Qwen3-8B shape, dummy bf16, graphs on): the HTTP front end against the engine.
 # One phase per 10-minute device call (the vLLM parts already in /tmp/gpuparts):
-#   PHASE=engine  the engine's ceiling at N=256 (offline vllm.LLM, no HTTP), unsteered and mixed
-#   PHASE=http    emolab (unsteered, mixed) and plain vLLM (plugin not loaded) over HTTP with K API servers
-#                 (env K, default 1), N=256, both with the same front end; the API server profiled under load
-#                 (py-spy, if the wheel lies in .gpu/tools) and `top` sampled every 10 s
+#   PHASE=engine  the engine at N=256 (offline vllm.LLM, no HTTP), unsteered, mixed and mixed-null
+#   PHASE=http    emolab (unsteered, mixed, mixed-null) and plain vLLM (plugin not loaded) over HTTP with K API
+#                 servers (env K, default 1), N=256, both with the same front end; the API server profiled under
+#                 load (py-spy, if the wheel lies in .gpu/tools), `top` sampled every 10 s, and the GPU's clocks
+#                 and power every second (nvidia-smi dmon: does other text draw other power?)
+#   PHASE=clients emolab unsteered at N=256 with 1, 4 and 8 client processes (is the client the ceiling?)
 #   PHASE=wide    N=1024 agents (mixed) against emolab serve with K API servers: errors and latencies
 # Everything lands in $OUT; summarize the profiles here with scripts/gpu/pyspy_summary.py.
 set -euo pipefail
@@ -28,7 +30,8 @@ profile() {
   local pid
   pid=$(pgrep -o -f "vllm.entrypoints.openai.api_server|run_vllm_cli" || true)
   [ -n "$pid" ] || { echo "profile $label: no server process" >> "$OUT/profile.log"; return; }
-  ps -eo pid,ppid,pcpu,rss,args --forest | grep -v "ps -eo" | cut -c1-200 > "$OUT/procs_${label}_k$K.txt" || true
+  { echo "== processes during $label"; ps -eo pid,ppid,pcpu,rss,args --forest | grep -v "ps -eo" | cut -c1-200; } \
+    >> "$OUT/profile.log" || true
   if [ -x $PYSPY ]; then
     $PYSPY record --subprocesses --nonblocking -r 97 -d "$seconds" -f raw -p "$pid" \
       -o "$OUT/pyspy_${label}_k$K.txt" >> "$OUT/profile.log" 2>&1 || echo "py-spy $label failed" >> "$OUT/profile.log"
@@ -38,20 +41,36 @@ profile() {
 case ${PHASE:-http} in
 engine)
   python3 -m emolab.cli bench --engine "${M[@]}" --agents 256 --prompt-tokens 200 --max-tokens 256 --repeats 2 \
+    --scenarios none,mixed,mixed-null \
     --engine-seconds 30 "${D[@]}" --engine-arg load_format=dummy --output "$OUT/bench_engine.json" \
     --log-dir /tmp/engine 2>&1 | grep -v "it/s\]" | tail -20
   ;;
 http)
   top -b -c -w 250 -d 10 -n 55 -o %CPU | awk '/^top -/{n=0} {n++; if (n <= 22) print}' > "$OUT/top_k$K.txt" &
   TOP=$!
+  nvidia-smi dmon -s pucm -d 1 > "$OUT/dmon_k$K.txt" 2>&1 &
+  DMON=$!
   profile emolab 75 30 & P1=$!
   profile plain-vllm 45 20 & P2=$!
   python3 -m emolab.cli bench "${M[@]}" "${D[@]}" "--server-arg=--vllm-arg=--load-format dummy" \
     "--server-arg-plain=--load-format=dummy" --api-server-count "$K" --compare-plain \
-    --agents 256 --scenarios none,mixed --prompt-tokens 200 --max-tokens 256 --requests-per-agent "${RPA:-10}" \
+    --agents 256 --scenarios none,mixed,mixed-null --prompt-tokens 200 --max-tokens 256 --requests-per-agent "${RPA:-10}" \
     --repeats "${REPEATS:-2}" --client-processes 8 --output "$OUT/bench_http_k$K.json" --log-dir /tmp/bench-k$K \
     2>&1 | tee "$OUT/bench_k$K.txt" | tail -16 || { tail -30 /tmp/bench-k$K/*.log; }
-  kill $TOP $P1 $P2 2>/dev/null || true
+  kill $TOP $DMON $P1 $P2 2>/dev/null || true
+  ;;
+clients)
+  python3 -m emolab.cli serve --backend vllm --model /tmp/qwen3-8b --vectors .gpu/ref-bundle --port 8100 \
+    --served-model-name qwen3-8b "${D[@]}" "--vllm-arg=--load-format dummy" --api-server-count "$K" \
+    > /tmp/serve-clients.log 2>&1 &
+  SERVER=$!
+  until curl -sf localhost:8100/health >/dev/null; do sleep 5; kill -0 $SERVER || { tail -30 /tmp/serve-clients.log; exit 1; }; done
+  for C in 1 4 8; do
+    python3 -m emolab.cli bench --base-url http://127.0.0.1:8100/v1 --model qwen3-8b --agents 256 --scenarios none \
+      --prompt-tokens 200 --max-tokens 256 --requests-per-agent "${RPA:-8}" --repeats 1 --client-processes $C \
+      --output "$OUT/bench_clients_c$C.json" 2>&1 | grep -E "repeat" || true
+  done
+  kill $SERVER
   ;;
 wide)
   python3 -m emolab.cli bench "${M[@]}" "${D[@]}" "--server-arg=--vllm-arg=--load-format dummy" \

@@ -5,6 +5,18 @@ vLLM's own ``vllm_xargs`` type rules) or a top-level ``"steering"`` list. Ids ar
 bundle or emotion names. ``[0, 1.0, 2, 0.5]`` means ``1.0*v0 + 0.5*v2`` at every chosen layer;
 repeated ids add; negative alphas push away; an empty or absent list means the plain model.
 
+Two optional fields sit beside ``steering`` (in ``vllm_xargs`` or at the top level, like it):
+
+* ``steering_scope``: ``"all"`` (default: every position), ``"prompt"`` (the prompt's positions only) or
+  ``"generated"`` (the generated tokens' positions only). A position is steered when the token *at* it is
+  in scope; the last prompt position predicts the first generated token, so ``prompt`` shapes that token
+  and ``generated`` starts with the second.
+* ``steering_modes``: a flat ``[emotion, mode, ...]`` list (or, at the top level, ``{emotion: mode}``),
+  mode one of ``add`` (default), ``ablate`` (project the direction out of the residual stream) or
+  ``clamp`` (hold the projection on the direction at a level). A clamped emotion's alpha in ``steering``
+  is its level on the bundle's alpha scale; an ablated emotion takes no alpha (absent, or 0). The
+  operator is ``emolab.core.steering_ops``.
+
 Everything here is pure Python/numpy so the API process validates before anything is scheduled.
 ``Steering`` is the one way to build, parse and serialise a steering; the prefix-cache salt of a
 steering is keyed with a per-server secret (``steering_salt``).
@@ -16,33 +28,36 @@ import hashlib
 import hmac
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from emolab.core.errors import EmolabError
+from emolab.core.controls import (
+    MODES,
+    MODES_FIELD,
+    SCOPE_FIELD,
+    SCOPES,
+    RowPlan,
+    SteeringError,
+    control_fields,
+    lookup_emotion,
+    parse_modes,
+    parse_scope,
+    row_plan,
+)
 
 __all__ = [
-    "DEFAULT_MAX_ALPHA", "DEFAULT_MAX_PAIRS", "SALT_SECRET_ENV", "Steering", "SteeringError", "SteeringLimits",
-    "canonical", "coefficients", "combine_cache_salt", "new_salt_secret", "parse_steering", "salt_secret",
+    "DEFAULT_MAX_ALPHA", "DEFAULT_MAX_PAIRS", "MODES", "MODES_FIELD", "SALT_SECRET_ENV", "SCOPES", "SCOPE_FIELD",
+    "RowPlan", "Steering", "SteeringError", "SteeringLimits", "canonical", "coefficients", "combine_cache_salt",
+    "control_fields", "new_salt_secret", "parse_modes", "parse_scope", "parse_steering", "row_plan", "salt_secret",
     "steering_field", "steering_salt",
 ]
 
 DEFAULT_MAX_ALPHA = 10.0
 DEFAULT_MAX_PAIRS = 16
 SALT_SECRET_ENV = "EMOLAB_SALT_SECRET"  # hex; shared by every front-end process of one server
-_INTEGER_ID = re.compile(r"[+-]?[0-9]{1,9}")  # ASCII digits only: "²" and "--1" are not ids
-
-
-class SteeringError(EmolabError, ValueError):
-    """A malformed steering request. ``param`` names the offending request field."""
-
-    def __init__(self, message: str, param: str = "vllm_xargs.steering") -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -83,25 +98,7 @@ def parse_steering(
     pairs = []
     for k in range(n_pairs):
         ident, alpha = raw[2 * k], raw[2 * k + 1]
-        where = f"{param}[{2 * k}]"
-        if isinstance(ident, bool):
-            raise SteeringError(f"{where}: emotion must be an id or a name, got a boolean", param)
-        if isinstance(ident, str):
-            key = ident.strip().lower()
-            if key in names:
-                emotion_id = names[key]
-            elif _INTEGER_ID.fullmatch(key):
-                emotion_id = int(key)
-            else:
-                raise SteeringError(f"{where}: unknown emotion {ident!r}; known: {emotions}", param)
-        elif isinstance(ident, int):
-            emotion_id = ident
-        elif isinstance(ident, float) and ident.is_integer():
-            emotion_id = int(ident)  # vLLM may turn 2 into 2.0 on the way; accept integral floats
-        else:
-            raise SteeringError(f"{where}: emotion must be an integer id or a name, got {ident!r}", param)
-        if not 0 <= emotion_id < len(emotions):
-            raise SteeringError(f"{where}: unknown emotion id {emotion_id}; ids are 0..{len(emotions) - 1}", param)
+        emotion_id = lookup_emotion(ident, names, emotions, f"{param}[{2 * k}]", param)
         where = f"{param}[{2 * k + 1}]"
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float, str)):
             raise SteeringError(f"{where}: alpha must be a number, got {alpha!r}", param)
@@ -135,14 +132,17 @@ def canonical(pairs: Sequence[tuple[int, float]]) -> list[float]:
 
 @dataclass(frozen=True)
 class Steering:
-    """One request's steering: ``(emotion id, alpha)`` pairs over a bundle's emotion list.
+    """One request's steering: ``(emotion id, alpha)`` pairs over a bundle's emotion list, a mode for any
+    emotion that is not simply added (``ablate``, ``clamp``), and a scope (``all``, ``prompt``, ``generated``).
 
-    Empty means the plain model. Build one from a request (``parse``, ``from_body``) or from a
-    mapping (``from_mapping({"fear": 1.0, "joy": -0.5}, emotions)``); send one as ``as_request()``
-    (the flat list the servers take) or ``canonical()`` (ids as numbers, what the engine sees).
+    Empty means the plain model. Build one from a request (``parse``, ``from_body``) or from a mapping
+    (``from_mapping({"fear": 1.0, "joy": -0.5}, emotions)``); send one as ``as_request()`` (the flat list the
+    servers take) with ``controls()`` beside it, or ``engine_args()`` (what the engine reads in ``vllm_xargs``).
     """
 
     pairs: tuple[tuple[int, float], ...] = ()
+    modes: tuple[tuple[int, str], ...] = ()  # (emotion id, "ablate" | "clamp"), sorted; add is the default
+    scope: str = "all"
 
     @classmethod
     def parse(cls, raw: Any, emotions: Sequence[str], limits: SteeringLimits | None = None,
@@ -152,12 +152,22 @@ class Steering:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], emotions: Sequence[str], limits: SteeringLimits | None = None) -> Steering:
-        """The steering of a request body (``vllm_xargs.steering`` or a top-level ``steering``)."""
+        """The steering of a request body: ``steering``, ``steering_modes`` and ``steering_scope``, each in
+        ``vllm_xargs`` or at the top level; the plan is checked (a clamp needs its level, an ablate no alpha)."""
         found = steering_field(dict(body))
-        if found is None:
-            return cls()
-        raw, param = found
-        return cls.parse(raw, emotions, limits, param=param)
+        pairs = cls.parse(found[0], emotions, limits, param=found[1]) if found else cls()
+        controls = control_fields(body)
+        modes, scope = (), "all"
+        if MODES_FIELD in controls:
+            raw, param = controls[MODES_FIELD]
+            modes = parse_modes(raw, emotions, param=param)
+        if SCOPE_FIELD in controls:
+            raw, param = controls[SCOPE_FIELD]
+            scope = parse_scope(raw, param=param)
+        steering = cls(pairs.pairs, modes, scope)
+        if modes:
+            row_plan(steering.pairs, modes, len(emotions), param=controls[MODES_FIELD][1])
+        return steering
 
     @classmethod
     def from_mapping(cls, alphas: Mapping[str | int, float], emotions: Sequence[str],
@@ -167,24 +177,63 @@ class Steering:
         return cls.parse(flat, emotions, limits, param="steering")
 
     def __bool__(self) -> bool:
-        return any(alpha for _, alpha in self.pairs)
+        return bool(self.modes) or any(alpha for _, alpha in self.pairs)
 
     def coefficients(self, n_emotions: int) -> np.ndarray:
+        """The alpha of every emotion (repeated ids add); for a clamped emotion that is its level."""
         return coefficients(list(self.pairs), n_emotions)
+
+    def plan(self, n_emotions: int) -> RowPlan:
+        return row_plan(self.pairs, self.modes, n_emotions)
+
+    @property
+    def adds_only(self) -> bool:
+        """Only additions at every position: what every backend did before modes and scopes."""
+        return not self.modes and self.scope == "all"
 
     def canonical(self) -> list[float]:
         return canonical(self.pairs)
+
+    def engine_args(self) -> dict[str, Any]:
+        """The ``vllm_xargs`` entries the engine reads: ids as numbers, defaults left out."""
+        args: dict[str, Any] = {"steering": self.canonical()} if self else {}
+        if self.modes:
+            args[MODES_FIELD] = [x for emotion_id, mode in self.modes for x in (float(emotion_id), mode)]
+        if self.scope != "all" and self:
+            args[SCOPE_FIELD] = self.scope
+        return args
 
     def as_request(self, emotions: Sequence[str] | None = None) -> list[str | int | float]:
         """The flat request list: emotion names when ``emotions`` is given (readable), else ids."""
         return [x for emotion_id, alpha in self.pairs
                 for x in ((emotions[emotion_id] if emotions else emotion_id), alpha)]
 
+    def controls(self, emotions: Sequence[str] | None = None) -> dict[str, Any]:
+        """The control fields to send beside ``as_request()`` (none for plain additions everywhere)."""
+        fields: dict[str, Any] = {}
+        if self.modes:
+            fields[MODES_FIELD] = [x for emotion_id, mode in self.modes
+                                   for x in ((emotions[emotion_id] if emotions else emotion_id), mode)]
+        if self.scope != "all":
+            fields[SCOPE_FIELD] = self.scope
+        return fields
+
     def salt(self, n_emotions: int, secret: bytes | None = None) -> str | None:
-        return steering_salt(self.coefficients(n_emotions), secret)
+        """The keyed prefix-cache salt: the coefficients, and the modes and scope when they are not the defaults."""
+        if not self:
+            return None
+        extra = b"" if self.adds_only else repr((self.modes, self.scope)).encode()
+        return steering_salt(self.coefficients(n_emotions), secret, extra=extra)
 
     def describe(self, emotions: Sequence[str]) -> str:
-        return ", ".join(f"{emotions[i]}={a:+g}" for i, a in self.pairs) or "unsteered"
+        modes = dict(self.modes)
+        parts = []
+        for i, a in self.pairs:
+            mode = modes.get(i, "add")
+            parts.append(f"{emotions[i]}={a:+g}" if mode == "add" else f"{emotions[i]} {mode} {a:+g}")
+        parts += [f"{emotions[i]} ablate" for i, mode in self.modes if mode == "ablate"]
+        text = ", ".join(parts) or "unsteered"
+        return text if self.scope == "all" or not self else f"{text} ({self.scope} only)"
 
 
 _SECRET: bytes | None = None
@@ -214,18 +263,19 @@ def new_salt_secret() -> str:
     return os.urandom(32).hex()
 
 
-def steering_salt(coeffs: np.ndarray, secret: bytes | None = None) -> str | None:
-    """The steering part of a prefix-cache salt: ``s:`` + HMAC-SHA256(secret, coefficients); None unsteered.
+def steering_salt(coeffs: np.ndarray, secret: bytes | None = None, extra: bytes = b"") -> str | None:
+    """The steering part of a prefix-cache salt: ``s:`` + HMAC-SHA256(secret, coefficients [+ modes and scope]);
+    None unsteered.
 
     Steered KV differs from plain KV for the same tokens, so requests with different coefficients must
     not share cached blocks. The salt is keyed with a server secret so that no client can compute the
     salt of someone else's steering and fill the cache under it (a public hash of the coefficients
     could be sent as a plain ``cache_salt`` by an unsteered request: cache poisoning).
     """
-    if not np.any(coeffs):
+    if not np.any(coeffs) and not extra:
         return None
     key = salt_secret() if secret is None else secret
-    data = np.ascontiguousarray(coeffs, dtype=np.float32).tobytes()
+    data = np.ascontiguousarray(coeffs, dtype=np.float32).tobytes() + extra  # extra: modes and scope, if any
     return "s:" + hmac.new(key, data, hashlib.sha256).hexdigest()[:32]
 
 

@@ -33,6 +33,7 @@ from emolab.core.bundle import CAPTURE_CONVENTION, CONVENTION_NOTE, INJECT_CONVE
 from emolab.core.emotions import DEFAULT_EMOTIONS, parse_emotions
 from emolab.core.layers import choose_window, parse_layers
 from emolab.core.models import check_model_cache, decoder_layers, load_model, pad_token_id
+from emolab.core.readout import READOUT_KEY, unit_directions
 from emolab.core.tracked import refuse_tracked
 from emolab.extraction.capture import SINK_RATIO, collect_activations, collect_span_activations
 from emolab.extraction.data import build_dataset, group_texts, load_records, origin
@@ -46,6 +47,7 @@ from emolab.extraction.methods import (
     remove_shared_direction,
 )
 from emolab.extraction.probe import probe_auc
+from emolab.extraction.projections import reference_from_texts
 
 __all__ = ["ExtractConfig", "extract"]
 
@@ -314,6 +316,13 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
         metadata=metadata,
         full_sweep={e: vectors[i] for i, e in enumerate(emotions)},
     )
+    # The readout's reference: every held-out token's projection on each direction (emolab.core.readout).
+    t0 = time.perf_counter()
+    reference = reference_from_texts(model, tokenizer, dataset.val_texts, chosen, unit_directions(bundle),
+                                     source=f"the held-out {dataset.source} texts, every content token",
+                                     batch_size=config.batch_size, max_length=config.max_length)
+    bundle.metadata[READOUT_KEY] = reference.to_metadata()
+    bundle.metadata["timings"]["readout_reference_s"] = round(time.perf_counter() - t0, 3)
     if config.output:
         bundle.save(Path(config.output), save_full_sweep=config.save_full_sweep)
     return bundle

@@ -166,7 +166,8 @@ def test_mean_positions_read_each_text_once_and_probe_as_the_last_token_recipe(t
         handle.remove()
     meta = by_mean.metadata
     batches = -(-meta["n_train"] // 4) + -(-meta["n_val"] // 4)  # ceil per split, batch_size 4
-    assert mean_calls == len(calls) == batches  # one forward per batch of texts, as for last-token vectors
+    reference = -(-meta["n_val"] // 4)  # then one pass over the held-out texts for the readout reference
+    assert mean_calls == len(calls) == batches + reference  # one forward per batch, as for last-token vectors
     # The probe and the residual norms read the last token either way: same layers, same numbers.
     assert by_mean.chosen_layers == by_last.chosen_layers
     np.testing.assert_allclose(meta["auc_matrix"], by_last.metadata["auc_matrix"], atol=1e-4)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "ALPHA_SCALES", "BundleError", "EmotionBundle", "ModelMismatchError", "NORMALIZED_FRACTION", "normalize_metadata",
+    "ALPHA_SCALES", "BundleError", "EmotionBundle", "ModelMismatchError", "NORMALIZED_FRACTION", "READOUT_KEY",
+    "normalize_metadata",
 ]
 
 CAPTURE_CONVENTION = "last_token_post_block_residual_stream"
@@ -43,6 +44,8 @@ CONVENTION_NOTE = (
 NORMALIZED_FRACTION = 0.1
 # Family-split keys written by the reference tool: auc_matrix_anger_joy_sadness and the like.
 _FAMILY_PREFIXES = ("auc_matrix_", "n_train_", "n_val_")
+# Metadata that describes a bundle without changing how it steers (left out of its fingerprint).
+READOUT_KEY = "readout_reference"  # emolab.core.readout
 
 
 class ModelMismatchError(BundleError):
@@ -152,12 +155,14 @@ class EmotionBundle:
     def fingerprint(self) -> str:
         """sha256 of what steers: emotions, chosen layers, metadata (sorted JSON) and every chosen vector's bytes.
 
-        Two bundles with one fingerprint steer identically; a simulation records it beside its trials.
+        Two bundles with one fingerprint steer identically; a simulation records it beside its trials. The readout
+        reference (metadata ``readout_reference``) steers nothing and is left out.
         """
         import hashlib
 
+        metadata = {k: v for k, v in self.metadata.items() if k != READOUT_KEY}
         digest = hashlib.sha256(json.dumps({"emotions": self.emotions, "chosen_layers": self.chosen_layers,
-                                            "metadata": self.metadata}, sort_keys=True, default=str).encode())
+                                            "metadata": metadata}, sort_keys=True, default=str).encode())
         for emotion in self.emotions:
             digest.update(np.ascontiguousarray(self.vectors[emotion], dtype=np.float32).tobytes())
         return digest.hexdigest()

@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from emolab.core.bundle import BundleError, EmotionBundle
+from emolab.core.bundle import READOUT_KEY, BundleError, EmotionBundle
 
 __all__ = ["READOUT_KEY", "ReadoutReference", "ReadoutScale", "readout_scale", "score_tokens", "unit_directions"]
 
-READOUT_KEY = "readout_reference"  # bundle metadata
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from emolab.core.emotions import FINE_TO_EKMAN, GOEMOTIONS_LABELS
 from emolab.extraction.errors import ExtractError
 
 __all__ = ["BUNDLED_DIR", "HUB_ID", "HUB_SPLITS", "LABEL_SETS", "SPLITS", "EmotionDataset", "Record", "build_dataset",
-           "columns", "ekman_targets", "group_texts", "is_hub_id", "load_hub", "load_local", "load_records", "origin"]
+           "columns", "ekman_targets", "group_texts", "is_hub_id", "load_hub", "load_local", "load_records", "origin",
+           "rebuild_split"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "goemotions"
 HUB_ID = "google-research-datasets/go_emotions"
@@ -309,3 +310,27 @@ def build_dataset(
         counts_available=available,
         dropped=dropped,
     )
+
+
+def rebuild_split(metadata: dict, data: str | None = None) -> EmotionDataset:
+    """The train/held-out split a bundle was extracted from, rebuilt from its metadata (data source, emotions,
+    seed, share held out, cap per class, label set); ``data`` overrides where the records are read from.
+
+    A source recorded as ``bundled:...`` reads the bundled copy wherever the bundle was made; a folder or a
+    hub id must still be there. A bundle made from a dataset of your own (``label_map``) needs ``data`` and
+    its map again, so it is refused here with that said.
+    """
+    if metadata.get("label_map"):
+        raise ExtractError("this bundle was extracted with --label-map; rebuild its split with the same data and "
+                           "map (emolab extract), not from its metadata", setting="data")
+    recorded = str(metadata.get("data_source") or "")
+    kind, _, where = recorded.partition(":")
+    source = data or ("bundled" if kind == "bundled" else where)
+    if not source:
+        raise ExtractError("the bundle records no data source; give the data to read", setting="data")
+    recipe = metadata.get("recipe")
+    labels = metadata.get("labels") or (recipe.get("labels") if isinstance(recipe, dict) else None) or "group"
+    records, found = load_records(source)
+    return build_dataset(records, list(metadata["emotions"]), max_per_class=metadata.get("max_per_class"),
+                         test_size=float(metadata.get("test_size", 0.2)), seed=int(metadata.get("seed", 42)),
+                         source=found, labels=labels if labels in LABEL_SETS else "group")

@@ -18,13 +18,14 @@ import torch
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.models import chat_prompt_ids, pad_token_id
-from emolab.core.readout import ReadoutScale, readout_scale, score_tokens, unit_directions
-from emolab.extraction.projections import token_projections
+from emolab.core.readout import READOUT_KEY, ReadoutScale, readout_scale, score_tokens, unit_directions
+from emolab.extraction.data import rebuild_split
+from emolab.extraction.projections import reference_from_texts, token_projections
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["EmotionReadout", "ReadoutResult"]
+__all__ = ["EmotionReadout", "ReadoutResult", "record_reference"]
 
 
 @dataclass
@@ -110,3 +111,19 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def record_reference(bundle: EmotionBundle, model: torch.nn.Module, tokenizer: Any, *, data: str | None = None,
+                     batch_size: int = 16) -> EmotionBundle:
+    """A copy of ``bundle`` with the readout reference that extraction records today, taken over the held-out
+    texts of the bundle's own split (``rebuild_split``: its data, seed and share), for bundles made before."""
+    from emolab.core.models import decoder_layers
+
+    bundle.check_model(len(decoder_layers(model)), int(model.config.hidden_size))
+    dataset = rebuild_split(bundle.metadata, data)
+    reference = reference_from_texts(model, tokenizer, dataset.val_texts, list(bundle.chosen_layers),
+                                     unit_directions(bundle), batch_size=batch_size,
+                                     max_length=int(bundle.metadata.get("max_length", 128)),
+                                     source=f"the held-out {dataset.source.partition(':')[0]} texts, every content token")
+    return EmotionBundle(list(bundle.emotions), list(bundle.chosen_layers), dict(bundle.vectors),
+                         {**bundle.metadata, READOUT_KEY: reference.to_metadata()}, bundle.full_sweep)

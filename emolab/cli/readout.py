@@ -1,0 +1,77 @@
+"""``emolab readout``: which emotion a text or a chat carries inside the model, token by token (emolab.steer.readout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from emolab.cli.common import UsageError
+
+__all__ = ["add_readout"]
+
+
+def add_readout(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("readout", help="read a bundle's emotions out of a text or chat, token by token")
+    p.add_argument("--vectors", required=True, help="bundle folder")
+    p.add_argument("--model", required=True, help="the bundle's model (alias, folder or hub id)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="a plain text (the tokenizer's special tokens added)")
+    source.add_argument("--chat", metavar="FILE", help="a JSON file holding a list of {role, content} messages")
+    source.add_argument("--record-reference", metavar="OUT",
+                        help="write a copy of the bundle with the readout reference over its own held-out texts")
+    p.add_argument("--data", default=None, help="--record-reference: read the held-out texts from here instead")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the per-token scores as JSON")
+    p.set_defaults(func=run_readout)
+
+
+def _messages(path: str) -> list[dict]:
+    try:
+        messages = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--chat {path}: cannot read a JSON list of messages ({exc})") from None
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise UsageError(f"--chat {path}: expected a non-empty JSON list of {{\"role\": ..., \"content\": ...}}")
+    return messages
+
+
+def run_readout(args: argparse.Namespace) -> int:
+    from emolab.core.bundle import EmotionBundle
+    from emolab.core.models import load_model
+    from emolab.core.tracked import refuse_tracked
+    from emolab.steer.readout import EmotionReadout, record_reference
+
+    messages = _messages(args.chat) if args.chat else None
+    bundle = EmotionBundle.load(args.vectors)
+    if args.record_reference:
+        refuse_tracked(args.record_reference)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.record_reference:
+        updated = record_reference(bundle, model, tokenizer, data=args.data)
+        updated.save(Path(args.record_reference))
+        ref = updated.metadata["readout_reference"]
+        print(f"wrote {args.record_reference}: readout reference over {ref['tokens']} tokens of {ref['source']}")
+        return 0
+    readout = EmotionReadout(model, tokenizer, bundle)
+    result = readout.chat(messages) if messages is not None else readout.text(args.text)
+    frame = result.frame()
+    with_role = "role" in frame.columns
+    print(f"scores: {result.scale.meaning}")
+    header = f"{'pos':>4}  {'token':<16}" + ("  role     " if with_role else "") + "".join(f"{e:>9}" for e in result.emotions)
+    print(header)
+    for row in frame.itertuples(index=False):
+        token = repr(row.token)[1:-1][:16]
+        cells = "".join(f"{getattr(row, e):9.2f}" for e in result.emotions)
+        role = f"  {row.role:<9}" if with_role else ""
+        print(f"{row.position:>4}  {token:<16}{role}{cells}{'  (sink)' if row.sink else ''}")
+    means = result.mean()
+    print("mean  " + "  ".join(f"{e} {v:+.2f}" for e, v in means.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"scale": result.scale.to_json(), "emotions": result.emotions,
+                                               "means": means, "tokens": json.loads(frame.to_json(orient="records"))},
+                                              indent=2))
+    return 0

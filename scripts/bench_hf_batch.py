@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from dataclasses import asdict, replace
@@ -97,6 +98,7 @@ def table(results: list[RunResult], min_seconds: float) -> tuple[list[dict], str
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the finally below stops both servers
     out = Path(args.output)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     agents = [int(x) for x in args.agents.split(",")]
@@ -113,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"starting the {mode} server on port {port} ...", flush=True)
             proc, seconds = start_bench_server(config, mode, port, Path(base.log_dir))
             servers[mode], startup[mode] = (proc, f"http://127.0.0.1:{port}/v1", config), round(seconds, 1)
-            print(f"  {mode} ready after {seconds:.1f} s", flush=True)
+            said = [line for line in proc.log_path.read_text(errors="replace").splitlines()
+                    if line.startswith("emolab serve: ") and "request" in line]
+            print(f"  {mode} ready after {seconds:.1f} s: {said[-1] if said else '(no batching line)'}", flush=True)
+            if mode == "batched" and not any("continuous batching" in line for line in said):
+                raise SystemExit("the batched server does not batch (see its line above): no comparison to make")
         results: list[RunResult] = []
         began = time.perf_counter()
         for repeat in range(args.repeats):

@@ -13,7 +13,7 @@ other load on the host hit both alike. Prints one table (median tok/s of each, b
 ITL medians) and writes ``OUTPUT/bench_hf_batch.json`` (config, summary, every run).
 
     python scripts/bench_hf_batch.py --model smollm2 --vectors vectors/smollm2 --output runs/hf-batch \
-        --prompt-tokens 64 --max-tokens 64 --scenarios mixed --min-run-seconds 10      # CPU, minutes
+        --prompt-tokens 64 --max-tokens 64 --scenarios mixed --min-run-seconds 10 --torch-threads 1   # CPU
     python scripts/bench_hf_batch.py --model /tmp/qwen3-8b --vectors ref-bundle --load-format dummy \
         --dtype bfloat16 --max-model-len 2048 --output $OUT/hf_batch                  # one GPU (random weights)
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -56,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
                    help="dummy: random weights of the model's shape (a config folder without weights)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="CPU: the servers' intra-op threads (OMP_NUM_THREADS); 1 keeps a shared, busy host from "
+                        "stalling them (threads that wait for each other at every op), the same for both servers")
     p.add_argument("--min-run-seconds", type=float, default=30.0,
                    help="a shorter (or client-bound) run is marked 'not a measurement' in the table")
     return p.parse_args(argv)
@@ -98,7 +102,6 @@ def table(results: list[RunResult], min_seconds: float) -> tuple[list[dict], str
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the finally below stops both servers
     out = Path(args.output)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     agents = [int(x) for x in args.agents.split(",")]
@@ -108,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
                        serve_model=args.model, serve_vectors=args.vectors, serve_backend="hf", dtype=args.dtype,
                        max_model_len=args.max_model_len, log_dir=str(out / "logs"), min_run_seconds=args.min_run_seconds)
     servers, startup = {}, {}
+
+    def stopped(signum, frame) -> None:  # killed mid-run (the event loop would swallow an exception): servers first
+        for proc, _, _ in servers.values():
+            stop_server(proc)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stopped)
+    if args.torch_threads:  # the servers inherit this environment
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.torch_threads)
     try:
         for mode in MODES:
             config = replace(base, server_args=server_args(args, mode))

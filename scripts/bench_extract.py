@@ -29,7 +29,7 @@ import torch
 
 from emolab.core.emotions import DEFAULT_EMOTIONS
 from emolab.core.layers import parse_layers
-from emolab.core.models import decoder_layers, load_model, pick_device, pick_dtype, resolve_model
+from emolab.core.models import decoder_layers, load_model
 from emolab.extraction.capture import base_model, collect_activations
 from emolab.extraction.data import build_dataset, load_records
 
@@ -43,21 +43,9 @@ def balanced_texts(n_texts: int, seed: int) -> list[str]:
 
 
 def load(args: argparse.Namespace):
-    if not args.random_init:
-        return load_model(args.model, dtype=args.dtype, device=args.device)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model(args.model)
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
-    config = AutoConfig.from_pretrained(path)
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise straight on the device: an 8B model in bf16 is 16 GB
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    # --random-init: weights from the config alone, built on the device (an 8B model in bf16 is 16 GB)
+    return load_model(args.model, dtype=args.dtype, device=args.device,
+                      load_format="dummy" if args.random_init else "auto")
 
 
 def batches(tokenizer, texts: list[str], batch_size: int, max_length: int, device):

@@ -8,6 +8,7 @@ import sys
 from emolab.cli.common import UsageError, positive_int
 from emolab.core.bundle import ALPHA_SCALES
 from emolab.core.steering import DEFAULT_MAX_ALPHA, DEFAULT_MAX_PAIRS
+from emolab.serve.settings import DEFAULT_HF_MAX_BATCH, DEFAULT_HF_MAX_BATCH_TOKENS
 
 __all__ = ["add_serve", "pick_backend"]
 
@@ -40,6 +41,16 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                         "layer's residual norm (default: the bundle's own scale, else raw)")
     p.add_argument("--max-concurrent-queue", type=positive_int("--max-concurrent-queue"), default=64,
                    help="HF backend: requests queued or running before new ones get 429")
+    p.add_argument("--hf-max-batch", type=positive_int("--hf-max-batch"), default=DEFAULT_HF_MAX_BATCH, metavar="N",
+                   help="HF backend: at most N requests generate together, joining and leaving the batch between "
+                        "steps (continuous batching); 1 runs them one at a time through model.generate")
+    p.add_argument("--hf-max-batch-tokens", type=positive_int("--hf-max-batch-tokens"),
+                   default=DEFAULT_HF_MAX_BATCH_TOKENS, metavar="T",
+                   help="HF backend: key/value positions the batch may hold, counted as rows x the longest row's "
+                        "prompt + max_tokens; a request that does not fit waits (alone, any request fits)")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto",
+                   help="dummy: random weights of the model's shape, for benchmarks (HF backend: built from the "
+                        "config on the device; vLLM backend: vLLM's own --load-format dummy)")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM backend: no torch.compile / CUDA graphs")
     for name, what in (("tensor", "split each layer over N GPUs"), ("pipeline", "split the layers over N GPUs"),
                        ("data", "N engine replicas behind one server")):
@@ -75,7 +86,8 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         vectors=args.vectors, alpha_scale=args.alpha_scale, max_alpha=args.max_alpha, max_pairs=args.max_pairs,
         served_model_names=served_model_names(args.model, args.served_model_name or ()),
-        model_check="strict" if args.strict_model else "warn",
+        model_check="strict" if args.strict_model else "warn", hf_max_batch=args.hf_max_batch,
+        hf_max_batch_tokens=args.hf_max_batch_tokens,
     )
 
     def warn(problem: str) -> None:
@@ -100,7 +112,8 @@ def run_serve(args: argparse.Namespace) -> int:
                               pipeline_parallel_size=args.pipeline_parallel_size,
                               data_parallel_size=args.data_parallel_size, api_server_count=args.api_server_count,
                               custom_all_reduce=args.custom_all_reduce,
-                              extra_args=tuple(args.vllm_arg))
+                              extra_args=tuple(args.vllm_arg) + (("--load-format dummy",) if args.load_format == "dummy"
+                                                                 else ()))
         run_vllm_server(settings, model=args.model, host=args.host, port=args.port, api_key=api_key, options=options,
                         warn=warn)
         return 0
@@ -110,6 +123,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"{prog} serve: --gpu-memory-utilization / --max-num-seqs only apply to the vLLM backend", flush=True)
     run_hf_server(settings, model=args.model, host=args.host, port=args.port, api_key=api_key, dtype=args.dtype,
                   device=args.device, max_model_len=args.max_model_len, max_queue=args.max_concurrent_queue,
+                  load_format=args.load_format,
                   log_level=args.log_level, warn=warn)
     return 0
 

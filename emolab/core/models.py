@@ -21,7 +21,8 @@ from emolab.core.cache import check_hf_cache, emolab_cache, hub_offline
 from emolab.core.errors import EmolabError
 
 __all__ = [
-    "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "ModelError", "cache_dir", "chat_prompt_ids",
+    "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "LOAD_FORMATS", "ModelError", "cache_dir",
+    "chat_prompt_ids",
     "check_model_cache", "decoder_layers", "load_model", "pad_token_id", "pick_device", "pick_dtype", "resolve_model",
 ]
 
@@ -81,10 +82,19 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(name: str, dtype: str = "auto", device: str = "auto"):
-    """Load a causal LM and its tokenizer (aliases resolved), in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+LOAD_FORMATS = ("auto", "dummy")
 
+
+def load_model(name: str, dtype: str = "auto", device: str = "auto", load_format: str = "auto"):
+    """Load a causal LM and its tokenizer (aliases resolved), in eval mode.
+
+    ``load_format="dummy"`` builds the model from its config alone, with transformers' random
+    initialisation (seeded, so every dummy load is the same model), directly on the device: a model of the
+    real shape where no weights exist (benchmarks; vLLM's ``--load-format dummy``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if load_format not in LOAD_FORMATS:
+        raise ModelError(f"unknown load format {load_format!r}; choose from {list(LOAD_FORMATS)}")
     check_model_cache(name)
     path = resolve_model(name)
     dev = pick_device(device)
@@ -92,6 +102,11 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto"):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if load_format == "dummy":
+        torch.manual_seed(0)
+        with dev:
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch_dtype).eval()
+        return model, tokenizer
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(dev).eval()
     return model, tokenizer
 

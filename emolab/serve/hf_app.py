@@ -149,7 +149,7 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
             temperature=temperature if req.temperature is None else req.temperature,
             top_p=top_p if req.top_p is None else req.top_p, seed=req.seed,
             stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []), coeffs=coeffs,
-            logprobs=logprobs,
+            logprobs=logprobs, ignore_eos=req.ignore_eos,
         )
 
     async def answer(request: Request, req: Any, params: GenerationParams, kind: str, id_prefix: str,

@@ -1,13 +1,16 @@
-"""The Hugging Face serving backend: one transformers model, one worker thread, steering via ``HFSteerer``.
+"""The Hugging Face serving backend: one transformers model, steering via ``HFSteerer``, off the event loop.
 
-Requests run one at a time on a single worker thread so the event loop (``/health``, other clients,
-validation) stays responsive while a generation is in flight. Steering hooks are added for the
-duration of one ``model.generate`` call, so they cover every position: prompt and generated tokens.
-Text is streamed by decoding the generated ids after each step; stop strings are cut the way
-OpenAI does (the stop string itself is not returned) and a tail that might still become a stop
-string is held back until it can't. When logprobs are asked for, each step's raw logits become that
-token's ``StepLogprobs`` (``emolab.serve.logprobs``) as the step is taken, and every step is a delta
-of its own (its text may be empty), as vLLM streams them.
+Generations run on a thread of their own so the event loop (``/health``, other clients, validation)
+stays responsive while they are in flight. Two ways, one API:
+
+* batched (``max_batch`` > 1, the default): ``emolab.serve.hf_batch.BatchScheduler`` runs every
+  admitted request in one continuously batched loop, each row with its own steering, sampling and stops;
+  requests join and leave between steps, and a row alone computes exactly what ``model.generate`` does;
+* one at a time (``max_batch`` = 1, or a model that cannot be batched, said at start-up): each request
+  is one ``model.generate`` call on a single worker thread, steering hooks added for its duration.
+
+Both report through ``emolab.serve.generation.TextWatcher`` (streamed text, stop strings, logprobs) and
+end through ``finish`` (finish reasons, token counts), so their replies have the same shape.
 """
 
 from __future__ import annotations
@@ -15,21 +18,25 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
 from emolab.core.bundle import EmotionBundle
-from emolab.core.models import chat_prompt_ids, decoder_layers, load_model
+from emolab.core.models import chat_prompt_ids, decoder_layers, load_model, pad_token_id
 from emolab.serve.contract import APIError
-from emolab.serve.logprobs import StepLogprobs, TokenRenderer
+from emolab.serve.generation import Delta, GenerationParams, GenerationResult, TextWatcher, finish
+from emolab.serve.hf_batch import BatchScheduler
+from emolab.serve.logprobs import TokenRenderer
+from emolab.serve.settings import DEFAULT_HF_MAX_BATCH as DEFAULT_MAX_BATCH
+from emolab.serve.settings import DEFAULT_HF_MAX_BATCH_TOKENS as DEFAULT_MAX_BATCH_TOKENS
 from emolab.steer import HFSteerer, generate
+from emolab.steer.rows import batching_problem
+from emolab.steer.sampling import unsupported_settings
 
-__all__ = ["Delta", "GenerationParams", "GenerationResult", "HFBackend"]
+__all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_BATCH_TOKENS", "DEFAULT_MAX_QUEUE", "Delta", "GenerationParams",
+           "GenerationResult", "HFBackend"]
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none (CPU-friendly; vLLM would use the whole context)
 DEFAULT_MAX_QUEUE = 64
@@ -38,95 +45,19 @@ DISCONNECT_POLL_S = 0.25  # how often a waiting non-streaming request checks tha
 RESERVED_TEMPLATE_KWARGS = {"conversation", "tokenize", "return_tensors", "return_dict", "chat_template", "tokenizer_kwargs"}
 
 
-@dataclass
-class GenerationParams:
-    prompt_ids: list[int]
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    coeffs: np.ndarray | None = None  # [n_emotions]; None or zeros = the plain model
-    logprobs: int | None = None  # top alternatives per token (0..20); None = no logprobs
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    finish_reason: str  # "stop" (EOS or a stop string), "length", or "abort"
-    prompt_tokens: int
-    completion_tokens: int
-    token_ids: list[int]
-    logprobs: list[StepLogprobs] | None = None  # one per generated token (the stop token too) when asked for
-
-
-@dataclass
-class Delta:
-    """What one streaming step adds: text (may be empty) and, when asked for, the steps' logprobs."""
-
-    text: str
-    logprobs: list[StepLogprobs] = field(default_factory=list)
-
-
-class _TextWatcher(StoppingCriteria):
-    """Called by ``generate`` after every step: decodes, cuts at stop strings, emits safe text deltas."""
-
-    def __init__(self, tokenizer, prompt_len: int, stop: list[str], emit: Callable[[Delta], None],
-                 cancel: threading.Event, renderer: TokenRenderer | None = None, top: int = 0):
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.stop = stop
-        self.emit = emit
-        self.cancel = cancel
-        self.emitted = 0
-        self.stop_hit = False
-        self.renderer, self.top = renderer, top  # renderer None: no logprobs
-        self.logits: list[torch.Tensor] = []  # the step just taken's raw logits, from generate's on_logits
-        self.steps: list[StepLogprobs] = []
-
-    def text_of(self, ids: list[int]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            self.stop_hit = True
-            text = text[: min(hits)]
-        return text
-
-    def safe_length(self, text: str) -> int:
-        """How much of ``text`` can be sent now: not a half-decoded character, not a possible stop prefix."""
-        if self.stop_hit:
-            return len(text)
-        end = len(text.rstrip("\ufffd"))
-        for s in self.stop:
-            for k in range(min(len(s) - 1, end), 0, -1):
-                if text[end - k : end] == s[:k]:
-                    end -= k
-                    break
-        return end
-
-    def push(self, text: str, final: bool, steps: list[StepLogprobs] | None = None) -> None:
-        end = max(len(text) if final else self.safe_length(text), self.emitted)
-        if end > self.emitted or steps:
-            self.emit(Delta(text[self.emitted : end], steps or []))
-            self.emitted = end
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        ids = input_ids[0, self.prompt_len :].tolist()
-        steps = None
-        if self.renderer is not None and self.logits:  # one forward pass per step: its logits chose ids[-1]
-            steps = [self.renderer.step(self.logits[-1][0], ids[-1], self.top, ids[:-1])]
-            self.logits.clear()
-            self.steps.extend(steps)
-        self.push(self.text_of(ids), final=False, steps=steps)
-        done = self.stop_hit or self.cancel.is_set()
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-
 class HFBackend:
-    """A loaded model + tokenizer + steerer, and the serial worker that runs generations."""
+    """A loaded model + tokenizer + steerer, and the worker (batched, or one at a time) that runs generations.
+
+    ``max_batch`` requests generate together at most, holding at most ``max_batch_tokens`` key/value
+    positions (``emolab.serve.hf_batch``); ``max_batch=1`` runs them one at a time through
+    ``model.generate``, as does a model that cannot be batched (``batching_note`` says why).
+    """
 
     def __init__(self, model, tokenizer, steerer: HFSteerer, *, max_model_len: int | None = None,
-                 max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+                 max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> None:
+        if max_batch < 1 or max_batch_tokens < 1 or max_queue < 1:
+            raise ValueError("max_batch, max_batch_tokens and max_queue must be at least 1")
         self.model = model
         self.tokenizer = tokenizer
         self.steerer = steerer
@@ -138,15 +69,37 @@ class HFBackend:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emolab-generate")
         self.pending = 0  # requests waiting or running
         self.cancel_events: set[threading.Event] = set()
+        self.scheduler: BatchScheduler | None = None
+        self.batching_note = self._batching_problem() if max_batch > 1 else None
+        if max_batch > 1 and self.batching_note is None:
+            self.scheduler = BatchScheduler(model, tokenizer, steerer, self.renderer, max_batch=max_batch,
+                                            max_batch_tokens=max_batch_tokens)
+
+    def _batching_problem(self) -> str | None:
+        """Why this model is served one request at a time although batching was asked for (None: it is not)."""
+        unsupported = unsupported_settings(self.model.generation_config)
+        if unsupported:
+            return f"its generation config sets {', '.join(unsupported)}, which only model.generate applies"
+        return batching_problem(self.model, pad_token_id(self.tokenizer))
 
     @classmethod
     def load(cls, model_name: str, bundle: EmotionBundle, *, dtype: str = "auto", device: str = "auto",
-             alpha_scale: str | None = None, max_model_len: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE) -> HFBackend:
-        """Load the model and cast the bundle once; refuses a bundle that does not fit the model."""
-        model, tokenizer = load_model(model_name, dtype=dtype, device=device)
+             alpha_scale: str | None = None, max_model_len: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+             max_batch: int = DEFAULT_MAX_BATCH, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+             load_format: str = "auto") -> HFBackend:
+        """Load the model and cast the bundle once; refuses a bundle that does not fit the model.
+
+        ``load_format="dummy"``: random weights of the model's shape (benchmarks without weights)."""
+        model, tokenizer = load_model(model_name, dtype=dtype, device=device, load_format=load_format)
         bundle.check_model(len(decoder_layers(model)), int(model.config.hidden_size))
         steerer = HFSteerer(model, bundle, alpha_scale=alpha_scale)
-        return cls(model, tokenizer, steerer, max_model_len=max_model_len, max_queue=max_queue)
+        return cls(model, tokenizer, steerer, max_model_len=max_model_len, max_queue=max_queue, max_batch=max_batch,
+                   max_batch_tokens=max_batch_tokens)
+
+    @property
+    def max_batch(self) -> int:
+        """Requests that generate together (1: one at a time)."""
+        return self.scheduler.max_batch if self.scheduler is not None else 1
 
     # ------------------------------------------------------------------------------- prompts
     def chat_prompt(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any] | None = None) -> list[int]:
@@ -191,30 +144,26 @@ class HFBackend:
 
     # ---------------------------------------------------------------------------- generation
     def _generate(self, params: GenerationParams, emit: Callable[[Delta], None], cancel: threading.Event) -> GenerationResult:
+        """One request through ``model.generate`` (the one-at-a-time worker)."""
         wanted = params.logprobs is not None
+        watcher = TextWatcher(self.tokenizer, len(params.prompt_ids), params.stop, emit, cancel,
+                              self.renderer if wanted else None, params.logprobs or 0)
         if cancel.is_set():  # the client left while this request waited in the queue
-            return GenerationResult("", "abort", len(params.prompt_ids), 0, [], [] if wanted else None)
-        watcher = _TextWatcher(self.tokenizer, len(params.prompt_ids), params.stop, emit, cancel,
-                               self.renderer if wanted else None, params.logprobs or 0)
+            return finish(params, watcher, [], cancelled=True)
         # One generation at a time on this thread, so seeding torch's global RNG is safe.
         generated = generate(
             self.model, self.tokenizer, [params.prompt_ids], steerer=self.steerer, coeffs=params.coeffs,
             max_new_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, seed=params.seed,
             stopping_criteria=StoppingCriteriaList([watcher]), on_logits=watcher.logits.append if wanted else None,
+            ignore_eos=params.ignore_eos,
         )[0]
-        text = watcher.text_of(generated)
-        watcher.push(text, final=True)
-        ended_early = len(generated) < params.max_tokens
-        if cancel.is_set():
-            reason = "abort"
-        elif watcher.stop_hit or ended_early:
-            reason = "stop"
-        else:
-            reason = "length"
-        # The stop token is cut from the text but was generated: it counts, as in vLLM's usage.
-        n_tokens = len(generated) + (1 if ended_early and not watcher.stop_hit and not cancel.is_set() else 0)
-        return GenerationResult(text, reason, len(params.prompt_ids), n_tokens, generated,
-                                watcher.steps if wanted else None)
+        return finish(params, watcher, generated, cancelled=cancel.is_set())
+
+    def _submit(self, params: GenerationParams, emit: Callable[[Delta], None],
+                cancel: threading.Event) -> Future[GenerationResult]:
+        if self.scheduler is not None:
+            return self.scheduler.submit(params, emit, cancel)
+        return self.executor.submit(self._generate, params, emit, cancel)
 
     def _admit(self) -> None:
         if self.pending >= self.max_queue:
@@ -235,8 +184,7 @@ class HFBackend:
         cancel = threading.Event()
         self.cancel_events.add(cancel)
         try:
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self.executor, self._generate, params, lambda _: None, cancel)
+            future = asyncio.wrap_future(self._submit(params, lambda _: None, cancel))
             while disconnected is not None:
                 done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
                 if done:
@@ -263,8 +211,8 @@ class HFBackend:
         def emit(delta: Delta) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, delta)
 
-        future = loop.run_in_executor(self.executor, self._generate, params, emit, cancel)
         try:
+            future = asyncio.wrap_future(self._submit(params, emit, cancel))
             while True:
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
@@ -284,4 +232,6 @@ class HFBackend:
     def shutdown(self) -> None:
         for event in list(self.cancel_events):
             event.set()
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 
 from emolab.core.bundle import EmotionBundle
@@ -16,7 +17,8 @@ logger = logging.getLogger("emolab.hf")
 
 def run_hf_server(settings: ServeSettings, *, model: str, host: str, port: int, api_key: str | None,
                   dtype: str = "auto", device: str = "auto", max_model_len: int | None = None,
-                  max_queue: int = 64, log_level: str = "info", warn: Callable[[str], None] | None = None) -> None:
+                  max_queue: int = 64, load_format: str = "auto",
+                  log_level: str = "info", warn: Callable[[str], None] | None = None) -> None:
     """Serve until interrupted. The bundle is checked against the model before the port opens.
 
     A bundle extracted from another model (by name) is refused under ``settings.model_check == "strict"``;
@@ -33,7 +35,8 @@ def run_hf_server(settings: ServeSettings, *, model: str, host: str, port: int, 
         (warn or logger.warning)(problem)
     alpha_scale = bundle.resolve_alpha_scale(settings.alpha_scale)
     backend = HFBackend.load(model, bundle, dtype=dtype, device=device, alpha_scale=alpha_scale,
-                             max_model_len=max_model_len, max_queue=max_queue)
+                             max_model_len=max_model_len, max_queue=max_queue, max_batch=settings.hf_max_batch,
+                             max_batch_tokens=settings.hf_max_batch_tokens, load_format=load_format)
     names = settings.served_model_names or served_model_names(model)
     app = create_app(backend, bundle, served_model_names=names, api_key=api_key, limits=settings.limits,
                      alpha_scale=alpha_scale)
@@ -41,4 +44,12 @@ def run_hf_server(settings: ServeSettings, *, model: str, host: str, port: int, 
           f"{', '.join(names)}), "
           f"bundle {settings.vectors} ({len(bundle.emotions)} emotions, layers {bundle.chosen_layers}), "
           f"alpha scale {alpha_scale}, auth {'on' if api_key else 'off'}, http://{host}:{port}/v1", flush=True)
+    if backend.scheduler is not None:
+        print(f"emolab serve: continuous batching of up to {settings.hf_max_batch} requests holding up to "
+              f"{settings.hf_max_batch_tokens} key/value positions; at most {max_queue} queued or running", flush=True)
+    elif settings.hf_max_batch > 1:
+        print(f"emolab serve: warning: serving one request at a time: {backend.batching_note}", file=sys.stderr,
+              flush=True)
+    else:
+        print("emolab serve: one request at a time (max batch 1)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -66,6 +66,7 @@ class _Sampling(_Strict):
     steering: Any = None
     user: str | None = None
     cache_salt: str | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens through end-of-sequence tokens
 
 
 class ChatRequest(_Sampling):

@@ -2,7 +2,8 @@
 
 The CLI builds it from flags; the vLLM plugin and middleware (other processes vLLM starts) read it
 back from the environment, so ``to_env`` and ``from_env`` are the one place that names the variables.
-``served_model_names`` is the one list of names a server answers to (``emolab.core.names.served_model_names``
+``hf_max_batch`` / ``hf_max_batch_tokens`` bound the HF backend's batch (they stay in this process: the
+vLLM backend has its own scheduler). ``served_model_names`` is the one list of names a server answers to (``emolab.core.names.served_model_names``
 derives it from ``--model`` and ``--served-model-name``); both backends read it from here. ``model_check``
 says what to do when the bundle was extracted from another model than the served one: ``warn`` (the
 default), ``strict`` (refuse to start) or ``off`` (the launcher has checked already).
@@ -21,7 +22,8 @@ from emolab.core.bundle import ALPHA_SCALES, EmotionBundle, ModelMismatchError
 from emolab.core.errors import EmolabError
 from emolab.core.steering import DEFAULT_MAX_ALPHA, DEFAULT_MAX_PAIRS, SteeringLimits
 
-__all__ = ["ENV", "MODEL_CHECKS", "ServeSettings", "SettingsError", "check_bundle_model"]
+__all__ = ["DEFAULT_HF_MAX_BATCH", "DEFAULT_HF_MAX_BATCH_TOKENS", "ENV", "MODEL_CHECKS", "ServeSettings", "SettingsError",
+           "check_bundle_model"]
 
 # setting -> environment variable
 ENV = {
@@ -34,6 +36,10 @@ ENV = {
     "model_check": "EMOLAB_MODEL_CHECK",  # warn | strict | off
 }
 MODEL_CHECKS = ("warn", "strict", "off")
+# The HF backend's batch (emolab.serve.hf_batch): requests generating together, and key/value positions held
+# (rows x the longest row's prompt + max_tokens). 16384 positions of an 8B model in bf16 are about 2.4 GB.
+DEFAULT_HF_MAX_BATCH = 32
+DEFAULT_HF_MAX_BATCH_TOKENS = 16384
 
 
 class SettingsError(EmolabError, ValueError):
@@ -49,6 +55,8 @@ class ServeSettings:
     served_model_names: tuple[str, ...] = field(default_factory=tuple)
     backend: str = "hf"
     model_check: str = "warn"
+    hf_max_batch: int = DEFAULT_HF_MAX_BATCH  # HF backend only; 1 = one request at a time
+    hf_max_batch_tokens: int = DEFAULT_HF_MAX_BATCH_TOKENS
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_alpha) and self.max_alpha > 0):
@@ -60,6 +68,10 @@ class ServeSettings:
         if self.alpha_scale is not None and self.alpha_scale not in ALPHA_SCALES:
             raise SettingsError(f"unknown alpha scale {self.alpha_scale!r}; choose from {list(ALPHA_SCALES)}",
                                 setting="alpha_scale")
+        for name in ("hf_max_batch", "hf_max_batch_tokens"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}",
+                                    setting=name)
         if self.model_check not in MODEL_CHECKS:
             raise SettingsError(f"unknown model check {self.model_check!r}; choose from {list(MODEL_CHECKS)}",
                                 setting="model_check")

@@ -44,6 +44,7 @@ def generate(
     stopping_criteria: Any = None,
     progress: Callable[[str], None] | None = None,
     on_logits: Callable[[torch.Tensor], None] | None = None,
+    ignore_eos: bool = False,
 ) -> list[list[int]]:
     """Continuation token ids for each prompt, cut before its first stop token.
 
@@ -54,6 +55,8 @@ def generate(
     ``on_logits``: called at every step, before the token is chosen, with that step's next-token logits
     ``[rows, vocab]`` (float32) as the model made them, before temperature, top_p or any processor (the
     tensor transformers keeps under ``output_logits``, seen as it is made, so a streaming caller can use it).
+    ``ignore_eos``: run to ``max_new_tokens`` (or a stopping criterion) through end-of-sequence tokens, which
+    stay in the output (vLLM's ``ignore_eos``).
     """
     if coeffs is not None and steerer is None:
         raise ValueError("coefficients need a steerer")
@@ -61,6 +64,8 @@ def generate(
     pad = pad_token_id(tokenizer)
     stops = stop_token_ids(model, tokenizer)
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad)
+    if ignore_eos:
+        kwargs["eos_token_id"] = None  # transformers: no end-of-sequence criterion
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
         if top_k is not None:
@@ -87,7 +92,7 @@ def generate(
         with torch.inference_mode(), steering, _logits_hook(model, on_logits):
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         for row in generated[:, width:].tolist():
-            cut = next((k for k, token in enumerate(row) if token in stops), len(row))
+            cut = len(row) if ignore_eos else next((k for k, token in enumerate(row) if token in stops), len(row))
             out.append(row[:cut])
         if progress is not None:
             progress(f"generated {start + len(batch)}/{len(prompt_ids)} rows ({time.perf_counter() - began:.1f}s)")

@@ -24,7 +24,8 @@ class HFSteerer:
     """Holds a bundle's basis on the model's device/dtype (cast once) and applies coefficients.
 
     ``coeffs`` may be ``[n_emotions]`` (one steering for the whole batch) or ``[batch, n_emotions]``
-    (one per row).
+    (one per row). ``steer`` is ``applied(additions(coeffs))``: the batched HF server computes the additions
+    of its rows once per change of the batch and applies them at every step, through the same two methods.
     """
 
     def __init__(self, model: torch.nn.Module, bundle: EmotionBundle, alpha_scale: str | None = None,
@@ -44,14 +45,28 @@ class HFSteerer:
         c = torch.as_tensor(np.asarray(coeffs, dtype=np.float32), device=self.basis.device).to(self.basis.dtype)
         return torch.einsum("...e,leh->l...h", c, self.basis)
 
+    def additions(self, coeffs: np.ndarray | torch.Tensor | None) -> list[torch.Tensor] | None:
+        """What ``push`` adds at each chosen layer: ``[hidden]`` for one steering, ``[batch, 1, hidden]`` for one
+        per row (broadcast over positions); None when every coefficient is zero (nothing is hooked then)."""
+        if coeffs is None or not np.any(np.asarray(coeffs)):
+            return None
+        if np.ndim(coeffs) == 1:
+            return list(self.delta(coeffs))
+        # Per-row steering: each row's addition computed alone (exactly what that steering adds to a batch of one),
+        # [layers, batch, 1, hidden], broadcast over positions.
+        return list(torch.stack([self.delta(row) for row in coeffs], dim=1)[:, :, None, :])
+
+    @contextmanager
+    def applied(self, additions: list[torch.Tensor] | None) -> Iterator[None]:
+        """Within the context, forwards of the model get ``additions`` (from ``additions``; None: untouched)."""
+        if additions is None:
+            yield
+            return
+        with push(self.model, self.bundle.chosen_layers, additions):
+            yield
+
     @contextmanager
     def steer(self, coeffs: np.ndarray | torch.Tensor | None) -> Iterator[None]:
         """Within the context, forwards of the model are steered by ``coeffs`` (None/zeros: untouched)."""
-        if coeffs is None or not np.any(np.asarray(coeffs)):
-            yield
-            return
-        delta = self.delta(coeffs)
-        if delta.ndim == 3:  # per-row steering: [layers, batch, hidden] -> broadcast over positions
-            delta = delta[:, :, None, :]
-        with push(self.model, self.bundle.chosen_layers, list(delta)):
+        with self.applied(self.additions(coeffs)):
             yield

@@ -6,6 +6,7 @@
 #   bash scripts/gpu/single.sh engine      # emolab bench --engine: N=64, no HTTP
 #   bash scripts/gpu/single.sh soak-start  # emolab soak, 10 min at N=20, detached (outlives the call)
 #   bash scripts/gpu/single.sh soak-wait   # wait for it and copy its report
+#   bash scripts/gpu/single.sh hfbatch     # HF backend: continuous batching vs one at a time, N=1/8/20
 set -euo pipefail
 STEP=$1
 export PYTHONUNBUFFERED=1
@@ -31,6 +32,13 @@ engine)
     python3 -m emolab.cli bench --engine --serve-model "$MODEL" --serve-vectors "$BUNDLE" --agents 64 \
         --prompt-tokens 200 --max-tokens 512 --repeats 2 --engine-seconds 30 --dtype bfloat16 --max-model-len 2048 \
         --engine-arg load_format=dummy --output "$OUT/bench_engine.json" --log-dir /tmp/engine-logs | tail -15 ;;
+hfbatch)
+    # The HF backend (the fallback for families vLLM cannot serve) on the Qwen3-8B shape, random bf16 weights
+    # built on the GPU: --hf-max-batch 32 vs 1, mixed steering, ~5 min. Runs are short (the serial worker is
+    # slow at N=20), so --min-run-seconds 3: the ratios read here are several-fold, not a few percent.
+    python3 scripts/bench_hf_batch.py --model "$MODEL" --vectors "$BUNDLE" --load-format dummy --dtype bfloat16 \
+        --max-model-len 2048 --agents 1,8,20 --scenarios mixed --prompt-tokens 200 --max-tokens 128 \
+        --requests-per-agent 1 --repeats 2 --min-run-seconds 3 --output "$OUT/hf_batch" | tail -20 ;;
 soak-start)
     mkdir -p /tmp/soak
     setsid nohup python3 -m emolab.cli soak --serve-model "$MODEL" --serve-vectors "$BUNDLE" --model qwen3-8b \

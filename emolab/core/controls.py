@@ -126,8 +126,10 @@ class RowPlan:
 
 
 def row_plan(pairs: Sequence[tuple[int, float]], modes: Sequence[tuple[int, str]], n: int,
-             param: str = MODES_FIELD) -> RowPlan:
-    """The plan of ``steering`` pairs under ``modes``; a clamp needs its target in the pairs, an ablate none."""
+             param: str = MODES_FIELD, names: Sequence[str] | None = None) -> RowPlan:
+    """The plan of ``steering`` pairs under ``modes``; a clamp needs its target in the pairs, an ablate none.
+    ``names`` (the emotions) word the errors."""
+    label = (lambda e: names[e]) if names else (lambda e: f"emotion {e}")  # noqa: E731
     alphas = np.zeros(n, dtype=np.float64)
     named = set()
     for emotion_id, alpha in pairs:
@@ -138,11 +140,11 @@ def row_plan(pairs: Sequence[tuple[int, float]], modes: Sequence[tuple[int, str]
     for emotion_id, mode in modes:
         if mode == "clamp":
             if emotion_id not in named:
-                raise SteeringError(f"{param}: clamp needs a target level: give emotion {emotion_id}'s alpha in "
+                raise SteeringError(f"{param}: clamp needs a target level: give {label(emotion_id)}'s alpha in "
                                     "steering", param)
             target[emotion_id] = alphas[emotion_id]
         elif mode == "ablate" and alphas[emotion_id] != 0:
-            raise SteeringError(f"{param}: emotion {emotion_id} is ablated and also given alpha "
+            raise SteeringError(f"{param}: {label(emotion_id)} is ablated and also given alpha "
                                 f"{alphas[emotion_id]:g} in steering; an ablated emotion takes no alpha", param)
         add[emotion_id] = 0.0
         constrained[emotion_id] = True

@@ -24,7 +24,13 @@ import numpy as np
 
 from emolab.core.bundle import READOUT_KEY, BundleError, EmotionBundle
 
-__all__ = ["READOUT_KEY", "ReadoutReference", "ReadoutScale", "readout_scale", "score_tokens", "unit_directions"]
+__all__ = ["READ_AT", "READOUT_KEY", "ReadoutReference", "ReadoutScale", "readout_scale", "readout_summary",
+           "score_tokens", "unit_directions"]
+
+# Where a served readout is taken (the response and the docs say it): at each chosen layer, the residual stream
+# as this request's forward found it, before this request's own addition, ablation or clamp at that layer.
+READ_AT = ("before this request's own steering at each chosen layer (what it steers at earlier layers has "
+           "propagated into the stream; an unsteered request's readout is untouched)")
 
 
 
@@ -108,3 +114,25 @@ def score_tokens(projections: np.ndarray, scale: ReadoutScale, mask: np.ndarray)
     z = (np.asarray(projections, dtype=np.float64) - scale.center) / scale.spread
     weights = mask.astype(np.float64)
     return (z * weights).sum(axis=1) / np.maximum(weights.sum(axis=0), 1.0)
+
+
+def readout_summary(emotions: list[str], scale: ReadoutScale, mask: np.ndarray, *, prompt: np.ndarray,
+                    generated: np.ndarray, per_token: bool = False) -> dict:
+    """A served request's readout from its positions' projections (``[positions, n_layers, n_emotions]``):
+    ``prompt``, the prompt's tokens after the first (an attention sink in every model here), and ``generated``,
+    the generated tokens fed back into the model (all but the last, which no forward reads). Each emotion's
+    mean score over each, ``null`` where there is no token; with ``per_token`` the generated tokens' scores."""
+
+    def means(projections: np.ndarray) -> dict[str, float | None]:
+        if len(projections) == 0:
+            return {e: None for e in emotions}
+        mean = score_tokens(np.asarray(projections, np.float64).mean(axis=0, keepdims=True), scale, mask)[0]
+        return {e: round(float(v), 6) for e, v in zip(emotions, mean, strict=True)}
+
+    summary = {"emotions": list(emotions), "prompt": means(prompt), "generated": means(generated),
+               "tokens": {"prompt": int(len(prompt)), "generated": int(len(generated))},
+               "scale": scale.kind, "meaning": scale.meaning, "read_at": READ_AT}
+    if per_token:
+        scores = score_tokens(generated, scale, mask) if len(generated) else np.zeros((0, len(emotions)))
+        summary["generated_tokens"] = np.round(scores, 6).tolist()
+    return summary

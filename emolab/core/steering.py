@@ -166,7 +166,7 @@ class Steering:
             scope = parse_scope(raw, param=param)
         steering = cls(pairs.pairs, modes, scope)
         if modes:
-            row_plan(steering.pairs, modes, len(emotions), param=controls[MODES_FIELD][1])
+            row_plan(steering.pairs, modes, len(emotions), param=controls[MODES_FIELD][1], names=list(emotions))
         return steering
 
     @classmethod

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria
 
+from emolab.core.steering import Steering
 from emolab.serve.logprobs import StepLogprobs, TokenRenderer
 
 __all__ = ["Delta", "GenerationParams", "GenerationResult", "TextWatcher", "finish"]
@@ -34,9 +35,19 @@ class GenerationParams:
     top_p: float
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
-    coeffs: np.ndarray | None = None  # [n_emotions]; None or zeros = the plain model
+    coeffs: np.ndarray | None = None  # [n_emotions]; None or zeros = the plain model (additions only)
     logprobs: int | None = None  # top alternatives per token (0..20); None = no logprobs
     ignore_eos: bool = False  # run to max_tokens through end-of-sequence tokens (vLLM's ignore_eos)
+    steering: Steering | None = None  # the full steering (modes, scope); wins over coeffs when given
+    readout: str | None = None  # None, "means" or "per_token" (emolab.core.readout.readout_summary)
+
+    def row_steering(self) -> Steering | None:
+        """What steers this request: ``steering``, else plain additions of ``coeffs``."""
+        if self.steering is not None:
+            return self.steering or None
+        if self.coeffs is None or not np.any(self.coeffs):
+            return None
+        return Steering(tuple((e, float(a)) for e, a in enumerate(np.asarray(self.coeffs, np.float32)) if a))
 
 
 @dataclass
@@ -47,6 +58,7 @@ class GenerationResult:
     completion_tokens: int
     token_ids: list[int]
     logprobs: list[StepLogprobs] | None = None  # one per generated token (the stop token too) when asked for
+    readout: dict | None = None  # emolab.core.readout.readout_summary, when asked for
 
 
 @dataclass
@@ -121,7 +133,8 @@ class TextWatcher(StoppingCriteria):
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
-def finish(params: GenerationParams, watcher: TextWatcher, generated: list[int], cancelled: bool) -> GenerationResult:
+def finish(params: GenerationParams, watcher: TextWatcher, generated: list[int], cancelled: bool,
+           readout: dict | None = None) -> GenerationResult:
     """The result of a generation that produced ``generated`` (cut before its end-of-sequence token, if any).
 
     Sends what the watcher still held back. A generation that ended before ``max_tokens`` without a stop string
@@ -139,4 +152,4 @@ def finish(params: GenerationParams, watcher: TextWatcher, generated: list[int],
         reason = "length"
     n_tokens = len(generated) + (1 if ended_early and not watcher.stop_hit and not cancelled else 0)
     return GenerationResult(text, reason, len(params.prompt_ids), n_tokens, generated,
-                            watcher.steps if params.logprobs is not None else None)
+                            watcher.steps if params.logprobs is not None else None, readout)

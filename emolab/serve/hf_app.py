@@ -46,7 +46,9 @@ from emolab.serve.schema import (
     validate_generation,
 )
 
-__all__ = ["create_app"]
+READOUT_RESPONSE = "emotion_readout"  # the response field of a request that asked for a readout
+
+__all__ = ["READOUT_RESPONSE", "create_app"]
 
 logger = logging.getLogger("emolab.hf")
 
@@ -140,16 +142,16 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
         check_hf_support(validated)
         return validated
 
-    def params_for(req: Any, prompt_ids: list[int], pairs, logprobs: int | None) -> GenerationParams:
+    def params_for(req: Any, prompt_ids: list[int], validated: ValidatedRequest, logprobs: int | None) -> GenerationParams:
         max_tokens = backend.check_lengths(prompt_ids, req.max_completion_tokens or req.max_tokens)
         temperature, top_p = backend.sampling_defaults()
-        coeffs = coefficients(pairs, len(bundle.emotions))
+        coeffs = coefficients(validated.pairs, len(bundle.emotions))
         return GenerationParams(
             prompt_ids=prompt_ids, max_tokens=max_tokens,
             temperature=temperature if req.temperature is None else req.temperature,
             top_p=top_p if req.top_p is None else req.top_p, seed=req.seed,
             stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []), coeffs=coeffs,
-            logprobs=logprobs, ignore_eos=req.ignore_eos,
+            logprobs=logprobs, ignore_eos=req.ignore_eos, steering=validated.steering, readout=validated.readout,
         )
 
     async def answer(request: Request, req: Any, params: GenerationParams, kind: str, id_prefix: str,
@@ -160,18 +162,21 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return sse(chunks(backend.stream(params), rid, model, created, include_usage, params.logprobs))
         result = await backend.complete(params, disconnected=request.is_disconnected)
-        return {"id": rid, "object": kind, "created": int(time.time()), "model": model,
+        body = {"id": rid, "object": kind, "created": int(time.time()), "model": model,
                 "choices": [{"index": 0, "logprobs": None, **choice(result), "finish_reason": result.finish_reason}],
                 "usage": usage(result)}
+        if result.readout is not None:
+            body[READOUT_RESPONSE] = result.readout
+        return body
 
     @app.post(CHAT_PATH)
     async def chat_completions(request: Request):
         validated = await parse(request, CHAT_PATH)
-        req, pairs = validated.request, validated.pairs
+        req = validated.request
         messages = [message_dict(m) for m in req.messages]
         prompt_ids = backend.chat_prompt(messages, req.chat_template_kwargs)
         top = (req.top_logprobs or 0) if req.logprobs else None
-        params = params_for(req, prompt_ids, pairs, top)
+        params = params_for(req, prompt_ids, validated, top)
 
         def choice(result) -> dict[str, Any]:
             logprobs = None if top is None else chat_logprobs(result.logprobs, top)
@@ -182,14 +187,14 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
     @app.post(COMPLETIONS_PATH)
     async def completions(request: Request):
         validated = await parse(request, COMPLETIONS_PATH)
-        req, pairs = validated.request, validated.pairs
+        req = validated.request
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
                 raise APIError(400, "prompt: one prompt per request (batches are not supported)", param="prompt")
             prompt = prompt[0]
         top = req.logprobs
-        params = params_for(req, backend.text_prompt(prompt), pairs, top)
+        params = params_for(req, backend.text_prompt(prompt), validated, top)
 
         def choice(result) -> dict[str, Any]:
             return {"text": result.text, "logprobs": None if top is None else completion_logprobs(result.logprobs, top)}
@@ -212,6 +217,13 @@ def message_dict(message: ChatMessage) -> dict[str, Any]:
 def usage(result) -> dict[str, int]:
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+def with_readout(events: list[dict[str, Any]], result) -> list[dict[str, Any]]:
+    """A stream's closing chunks, the last of them carrying the readout when the request asked for one."""
+    if result.readout is not None:
+        events[-1] = {**events[-1], READOUT_RESPONSE: result.readout}
+    return events
 
 
 def sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
@@ -242,10 +254,12 @@ async def chat_chunks(stream, rid: str, model: str, created: int, include_usage:
         if isinstance(item, Delta):
             yield chunk({"content": item.text}, None, None if top is None else chat_logprobs(item.logprobs, top))
             continue
-        yield chunk({}, item.finish_reason)
+        last = [chunk({}, item.finish_reason)]
         if include_usage:
-            yield {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [], "usage": usage(item)}
+            last.append({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                         "choices": [], "usage": usage(item)})
+        for event in with_readout(last, item):
+            yield event
 
 
 async def completion_chunks(stream, rid: str, model: str, created: int, include_usage: bool,
@@ -264,7 +278,9 @@ async def completion_chunks(stream, rid: str, model: str, created: int, include_
             offset += sum(len(s.tokens[0]) for s in item.logprobs)
             yield chunk(item.text, None, logprobs)
             continue
-        yield chunk("", item.finish_reason)
+        last = [chunk("", item.finish_reason)]
         if include_usage:
-            yield {"id": rid, "object": "text_completion", "created": created, "model": model,
-                   "choices": [], "usage": usage(item)}
+            last.append({"id": rid, "object": "text_completion", "created": created, "model": model,
+                         "choices": [], "usage": usage(item)})
+        for event in with_readout(last, item):
+            yield event

@@ -21,10 +21,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+import torch
 from transformers import StoppingCriteriaList
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.models import chat_prompt_ids, decoder_layers, load_model, pad_token_id
+from emolab.core.readout import readout_scale, readout_summary
 from emolab.serve.contract import APIError
 from emolab.serve.generation import Delta, GenerationParams, GenerationResult, TextWatcher, finish
 from emolab.serve.hf_batch import BatchScheduler
@@ -151,13 +154,32 @@ class HFBackend:
         if cancel.is_set():  # the client left while this request waited in the queue
             return finish(params, watcher, [], cancelled=True)
         # One generation at a time on this thread, so seeding torch's global RNG is safe.
+        forwards: list[list[torch.Tensor]] = []  # readout: per forward, every chosen block's projections
+
+        def read(index: int, projections: torch.Tensor) -> None:
+            if index == 0:
+                forwards.append([])
+            forwards[-1].append(projections[0].float().cpu())
+
         generated = generate(
-            self.model, self.tokenizer, [params.prompt_ids], steerer=self.steerer, coeffs=params.coeffs,
+            self.model, self.tokenizer, [params.prompt_ids], steerer=self.steerer, steerings=[params.row_steering()],
             max_new_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, seed=params.seed,
             stopping_criteria=StoppingCriteriaList([watcher]), on_logits=watcher.logits.append if wanted else None,
-            ignore_eos=params.ignore_eos,
+            ignore_eos=params.ignore_eos, on_readout=read if params.readout else None,
         )[0]
-        return finish(params, watcher, generated, cancelled=cancel.is_set())
+        return finish(params, watcher, generated, cancelled=cancel.is_set(), readout=self._readout(params, forwards))
+
+    def _readout(self, params: GenerationParams, forwards: list[list[torch.Tensor]]) -> dict | None:
+        """The readout of a request run by ``generate``: its prompt's forward, then each token fed back."""
+        if not params.readout or not forwards:
+            return None
+        per_forward = [torch.stack(layers, dim=1).numpy() for layers in forwards]  # [positions, layers, n] each
+        generated = (np.concatenate(per_forward[1:]) if len(per_forward) > 1
+                     else np.zeros((0, *per_forward[0].shape[1:]), dtype=np.float32))
+        bundle = self.steerer.bundle
+        return readout_summary(list(bundle.emotions), readout_scale(bundle), bundle.steering_mask(),
+                               prompt=per_forward[0][1:], generated=generated,
+                               per_token=params.readout == "per_token")
 
     def _submit(self, params: GenerationParams, emit: Callable[[Delta], None],
                 cancel: threading.Event) -> Future[GenerationResult]:

@@ -23,9 +23,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from emolab.core.models import pad_token_id
+from emolab.core.readout import readout_scale, readout_summary
 from emolab.serve.generation import Delta, GenerationParams, GenerationResult, TextWatcher, finish
 from emolab.serve.logprobs import TokenRenderer
 from emolab.steer import HFSteerer, stop_token_ids
@@ -57,6 +59,8 @@ class _Row:
     cancel: threading.Event
     chooser: TokenChooser | None = None
     generated: list[int] = field(default_factory=list)
+    read_prompt: np.ndarray | None = None  # readout: the prompt's projections [positions, layers, n]
+    read_generated: list[np.ndarray] = field(default_factory=list)  # ... and each fed-back token's [layers, n]
 
     @property
     def reserved(self) -> int:
@@ -72,6 +76,7 @@ class BatchScheduler:
         self.model, self.tokenizer, self.renderer = model, tokenizer, renderer
         self.max_batch, self.max_batch_tokens = max_batch, max_batch_tokens
         self.batch = RowBatch(model, steerer, pad_token_id(tokenizer))
+        self.steerer = steerer
         self.stops = stop_token_ids(model, tokenizer)
         self.stats = BatchStats()
         self.waiting: deque[_Row] = deque()
@@ -140,16 +145,42 @@ class BatchScheduler:
                 row.chooser = TokenChooser(self.model.generation_config, temperature=row.params.temperature,
                                            top_p=row.params.top_p, seed=row.params.seed, device=self.batch.device)
             self.running += joining  # before the forward: should it fail, these fail with the rest
-            logits = self.batch.prefill([r.params.prompt_ids for r in joining], [r.params.coeffs for r in joining])
+            logits = self.batch.prefill([r.params.prompt_ids for r in joining],
+                                        [r.params.row_steering() for r in joining],
+                                        [r.params.readout is not None for r in joining])
+            self._read(joining, prompt=True)
             self.stats.prefills += 1
             self._note_size()
             self._advance(len(self.running) - len(joining), logits)
         elif self.running:
             tokens = torch.tensor([row.generated[-1] for row in self.running], dtype=torch.long)
             logits = self.batch.step(tokens)
+            self._read(self.running, prompt=False)
             self.stats.steps += 1
             self._note_size()
             self._advance(0, logits)
+
+    def _read(self, rows: list[_Row], prompt: bool) -> None:
+        """Keep the last forward's projections of the rows that asked for a readout (row order = forward order)."""
+        found = self.batch.last_readout
+        if found is None:
+            return
+        for i, row in enumerate(rows):
+            if row.params.readout is None:
+                continue
+            if prompt:  # left-padded: the prompt's positions are the last ones
+                row.read_prompt = found[i, found.shape[1] - len(row.params.prompt_ids):]
+            else:
+                row.read_generated.append(found[i, 0])
+
+    def _readout(self, row: _Row) -> dict | None:
+        if row.params.readout is None or self.steerer is None or row.read_prompt is None:
+            return None
+        bundle = self.steerer.bundle
+        generated = np.stack(row.read_generated) if row.read_generated else np.zeros((0, *row.read_prompt.shape[1:]))
+        return readout_summary(list(bundle.emotions), readout_scale(bundle), bundle.steering_mask(),
+                               prompt=row.read_prompt[1:], generated=generated,
+                               per_token=row.params.readout == "per_token")
 
     def _admit(self) -> list[_Row]:
         """Waiting requests that fit now, first come first served (a cancelled one ends here, unrun)."""
@@ -203,7 +234,7 @@ class BatchScheduler:
         if row.future.done():
             return
         try:
-            row.future.set_result(finish(row.params, row.watcher, generated, cancelled))
+            row.future.set_result(finish(row.params, row.watcher, generated, cancelled, self._readout(row)))
         except Exception as exc:  # e.g. the client's emit failed: this request fails, not the loop
             row.future.set_exception(exc)
 

@@ -15,12 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from emolab.core.steering import SteeringError, SteeringLimits
-from emolab.serve.contract import APIError, check_model_name, json_type, steering_error, validate_steering
+from emolab.core.steering import MODES_FIELD, SCOPE_FIELD, Steering, SteeringError, SteeringLimits
+from emolab.serve.contract import APIError, check_model_name, json_type, steering_error
 
 __all__ = [
-    "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "ChatMessage", "ChatRequest",
-    "CompletionRequest", "RequestContract", "ValidatedRequest", "validate_generation", "validation_message",
+    "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "READOUT_FIELD", "READOUT_KINDS",
+    "STEERING_XARGS", "ChatMessage", "ChatRequest", "CompletionRequest", "RequestContract", "ValidatedRequest",
+    "parse_readout", "validate_generation", "validation_message",
 ]
 
 CHAT_PATH = "/v1/chat/completions"
@@ -29,6 +30,9 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_TOKENS_BOUND = 2**31 - 1  # far beyond any context; keeps integers inside what engines store
 MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs
+STEERING_XARGS = frozenset({"steering", SCOPE_FIELD, MODES_FIELD})  # vllm_xargs keys of emolab's steering
+READOUT_FIELD = "readout"  # top level: true (means over prompt and generated tokens) or "per_token" (also each token)
+READOUT_KINDS = ("means", "per_token")
 
 
 class _Strict(BaseModel):
@@ -64,6 +68,9 @@ class _Sampling(_Strict):
     stream_options: StreamOptions | None = None
     vllm_xargs: dict[str, Any] | None = None
     steering: Any = None
+    steering_scope: Any = None
+    steering_modes: Any = None
+    readout: Any = None
     user: str | None = None
     cache_salt: str | None = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens through end-of-sequence tokens
@@ -105,16 +112,41 @@ class ValidatedRequest:
     body: dict[str, Any]
     request: _Sampling
     pairs: list[tuple[int, float]]  # (emotion id, alpha); [] = the plain model
+    steering: Steering = Steering()  # the pairs with their modes and scope
+    readout: str | None = None  # None, "means" or "per_token"
+
+
+def parse_readout(body: dict[str, Any]) -> str | None:
+    """The request's readout: None (not asked), ``"means"`` or ``"per_token"``; a bad value is a 400."""
+    xargs = body.get("vllm_xargs")
+    if isinstance(xargs, dict) and READOUT_FIELD in xargs:
+        raise APIError(400, "readout is a top-level field of the request, not a vllm_xargs entry",
+                       param=f"vllm_xargs.{READOUT_FIELD}")
+    raw = body.get(READOUT_FIELD)
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return "means"
+    if raw == "per_token":
+        return "per_token"
+    if isinstance(raw, dict) and set(raw) <= {"per_token"} and isinstance(raw.get("per_token", False), bool):
+        return "per_token" if raw.get("per_token") else "means"
+    raise APIError(400, f"readout takes true, false, \"per_token\" or {{\"per_token\": true|false}}; got a JSON "
+                        f"{json_type(raw)}", param=READOUT_FIELD)
 
 
 def validate_generation(body: dict[str, Any], path: str, contract: RequestContract) -> ValidatedRequest:
     """Check one chat or text-completion body; raise ``APIError`` (4xx) on the first problem."""
     schema = GENERATION_SCHEMAS[path]
     check_field_names(body, schema, contract)
+    if not isinstance(body, dict):
+        raise APIError(400, f"request body must be a JSON object, got a JSON {json_type(body)}")
     try:
-        pairs = validate_steering(body, list(contract.emotions), contract.limits)
+        steering = Steering.from_body(body, list(contract.emotions), contract.limits)
     except SteeringError as exc:
         raise steering_error(exc) from None
+    pairs = list(steering.pairs)
+    readout = parse_readout(body)
     if contract.served_names is not None:
         check_model_name(body, contract.served_names)
     try:
@@ -122,7 +154,7 @@ def validate_generation(body: dict[str, Any], path: str, contract: RequestContra
     except ValidationError as exc:
         message, param = validation_message(exc)
         raise APIError(400, message, param=param) from None
-    if pairs and body.get("use_beam_search"):
+    if steering and body.get("use_beam_search"):
         # vLLM builds beam-search requests without extra_args: the steering would silently vanish.
         raise APIError(400, "steering cannot be combined with use_beam_search", param="use_beam_search")
     if isinstance(request, ChatRequest) and request.top_logprobs and not request.logprobs:
@@ -135,7 +167,9 @@ def validate_generation(body: dict[str, Any], path: str, contract: RequestContra
         raise APIError(400, "stop takes up to 16 non-empty strings", param="stop")
     if isinstance(request, CompletionRequest) and isinstance(request.prompt, list) and not request.prompt:
         raise APIError(400, "prompt is an empty list", param="prompt")
-    return ValidatedRequest(body=body, request=request, pairs=pairs)
+    if readout and (request.n or 1) > 1:
+        raise APIError(400, "readout reads one completion per request; ask with n = 1", param=READOUT_FIELD)
+    return ValidatedRequest(body=body, request=request, pairs=pairs, steering=steering, readout=readout)
 
 
 def check_field_names(body: dict[str, Any], schema: type[_Sampling], contract: RequestContract) -> None:
@@ -155,7 +189,7 @@ def check_field_names(body: dict[str, Any], schema: type[_Sampling], contract: R
     if not isinstance(xargs, dict):
         return
     for key in xargs:
-        if key == "steering":
+        if key in STEERING_XARGS:
             continue
         if _near_miss(key) or (contract.xargs_keys is not None and key not in contract.xargs_keys):
             raise APIError(400, f"vllm_xargs.{key} is not a field this server reads; steering goes in "

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from emolab.core.models import pad_token_id
+from emolab.core.steering import Steering
 from emolab.steer.hf import HFSteerer
+from emolab.steer.row_steering import Readout
 
 __all__ = ["generate", "stop_token_ids"]
 
@@ -45,11 +47,16 @@ def generate(
     progress: Callable[[str], None] | None = None,
     on_logits: Callable[[torch.Tensor], None] | None = None,
     ignore_eos: bool = False,
+    steerings: Sequence[Steering | None] | None = None,
+    on_readout: Readout | None = None,
 ) -> list[list[int]]:
     """Continuation token ids for each prompt, cut before its first stop token.
 
     ``coeffs``: ``None`` (unsteered), ``[n_emotions]`` for every row, or ``[rows, n_emotions]``: one
     steering per row, so many conditions share one batch (far faster on CPU than a batch each).
+    ``steerings``: instead of ``coeffs``, one full ``Steering`` per prompt (modes, scope; None: plain).
+    ``on_readout``: called at every chosen block of every forward with the projections before its steering
+    (``HFSteerer.steer_rows``; needs a steerer): the prompt's forward first, then one per token fed back.
     ``temperature`` 0 is greedy; otherwise sampling with ``top_p`` (and ``top_k`` when given; None
     keeps the model's generation config). ``seed`` seeds torch's global RNG once, before the first batch.
     ``on_logits``: called at every step, before the token is chosen, with that step's next-token logits
@@ -58,8 +65,12 @@ def generate(
     ``ignore_eos``: run to ``max_new_tokens`` (or a stopping criterion) through end-of-sequence tokens, which
     stay in the output (vLLM's ``ignore_eos``).
     """
-    if coeffs is not None and steerer is None:
-        raise ValueError("coefficients need a steerer")
+    if (coeffs is not None or steerings is not None or on_readout is not None) and steerer is None:
+        raise ValueError("steering needs a steerer")
+    if coeffs is not None and steerings is not None:
+        raise ValueError("give coeffs or steerings, not both")
+    if steerings is not None and len(steerings) != len(prompt_ids):
+        raise ValueError(f"{len(steerings)} steerings for {len(prompt_ids)} prompts")
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     stops = stop_token_ids(model, tokenizer)
@@ -88,7 +99,11 @@ def generate(
             ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
             mask[i, width - len(row):] = 1
         chunk = np.asarray(coeffs)[start:start + len(batch)] if per_row else coeffs
-        steering = steerer.steer(chunk) if steerer is not None else nullcontext()
+        if steerings is not None or on_readout is not None:
+            rows = steerings[start:start + len(batch)] if steerings is not None else [None] * len(batch)
+            steering = steerer.steer_rows(rows, on_readout)
+        else:
+            steering = steerer.steer(chunk) if steerer is not None else nullcontext()
         with torch.inference_mode(), steering, _logits_hook(model, on_logits):
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         for row in generated[:, width:].tolist():

@@ -2,12 +2,13 @@
 
 This is the reference semantics every backend must reproduce: the same point as extraction
 (output of block L, ``hidden_states[L+1]``), every position of the sequence, prompt and generated
-tokens alike.
+tokens alike; with controls (``emolab.core.steering``) a row may instead ablate or clamp an emotion, and
+steer its prompt or its generated tokens only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -15,17 +16,20 @@ import torch
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.models import decoder_layers
-from emolab.core.push import push
+from emolab.core.steering import Steering
+from emolab.steer.row_steering import Readout, RowSteering, scope_rows
 
 __all__ = ["HFSteerer"]
 
 
 class HFSteerer:
-    """Holds a bundle's basis on the model's device/dtype (cast once) and applies coefficients.
+    """Holds a bundle's basis on the model's device/dtype and steers forwards of the model.
 
-    ``coeffs`` may be ``[n_emotions]`` (one steering for the whole batch) or ``[batch, n_emotions]``
-    (one per row). ``steer`` is ``applied(additions(coeffs))``: the batched HF server computes the additions
-    of its rows once per change of the batch and applies them at every step, through the same two methods.
+    ``steer(coeffs)``: every forward inside adds ``coeffs @ basis`` at each chosen layer, at every position;
+    ``coeffs`` may be ``[n_emotions]`` (one steering for the whole batch) or ``[batch, n_emotions]`` (one per
+    row). ``steer_rows(steerings)``: one full ``Steering`` per row (modes and scopes too), the first forward
+    inside being the prompt and every later one a generated token (``generate``'s order). Both run the one
+    operator, ``emolab.core.steering_ops.steer_rows``, through ``rows()`` (``RowSteering``).
     """
 
     def __init__(self, model: torch.nn.Module, bundle: EmotionBundle, alpha_scale: str | None = None,
@@ -39,34 +43,61 @@ class HFSteerer:
         self.model = model
         self.bundle = bundle
         self.basis = torch.as_tensor(basis, dtype=param.dtype, device=param.device)
+        self._basis_array = np.asarray(basis, dtype=np.float32)
+        self._rows: RowSteering | None = None
+
+    def rows(self) -> RowSteering:
+        """The per-row operator (modes, scopes, readout) on this steerer's basis (``emolab.steer.row_steering``)."""
+        if self._rows is None:
+            self._rows = RowSteering(self.model, self.bundle, self._basis_array)
+        return self._rows
 
     def delta(self, coeffs: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``[n_layers, (batch,) hidden]``: what gets added at each chosen layer."""
-        c = torch.as_tensor(np.asarray(coeffs, dtype=np.float32), device=self.basis.device).to(self.basis.dtype)
-        return torch.einsum("...e,leh->l...h", c, self.basis)
-
-    def additions(self, coeffs: np.ndarray | torch.Tensor | None) -> list[torch.Tensor] | None:
-        """What ``push`` adds at each chosen layer: ``[hidden]`` for one steering, ``[batch, 1, hidden]`` for one
-        per row (broadcast over positions); None when every coefficient is zero (nothing is hooked then)."""
-        if coeffs is None or not np.any(np.asarray(coeffs)):
-            return None
-        if np.ndim(coeffs) == 1:
-            return list(self.delta(coeffs))
-        # Per-row steering: each row's addition computed alone (exactly what that steering adds to a batch of one),
-        # [layers, batch, 1, hidden], broadcast over positions.
-        return list(torch.stack([self.delta(row) for row in coeffs], dim=1)[:, :, None, :])
-
-    @contextmanager
-    def applied(self, additions: list[torch.Tensor] | None) -> Iterator[None]:
-        """Within the context, forwards of the model get ``additions`` (from ``additions``; None: untouched)."""
-        if additions is None:
-            yield
-            return
-        with push(self.model, self.bundle.chosen_layers, additions):
-            yield
+        """``[n_layers, (batch,) hidden]``: what plain additions of ``coeffs`` add at each chosen layer."""
+        c = torch.as_tensor(np.asarray(coeffs, dtype=np.float32), device=self.basis.device)
+        return torch.einsum("...e,leh->l...h", c, self.basis.float()).to(self.basis.dtype)
 
     @contextmanager
     def steer(self, coeffs: np.ndarray | torch.Tensor | None) -> Iterator[None]:
         """Within the context, forwards of the model are steered by ``coeffs`` (None/zeros: untouched)."""
-        with self.applied(self.additions(coeffs)):
+        if coeffs is None or not np.any(np.asarray(coeffs)):
             yield
+            return
+        array = np.asarray(coeffs, dtype=np.float32)
+        rows = [array] if array.ndim == 1 else list(array)
+        steerings = [Steering(tuple((e, float(a)) for e, a in enumerate(row) if a)) for row in rows]
+        with self._hooked(steerings, broadcast=array.ndim == 1):
+            yield
+
+    @contextmanager
+    def steer_rows(self, steerings: Sequence[Steering | None], readout: Readout | None = None) -> Iterator[None]:
+        """Within the context, row ``b`` of every forward is steered by ``steerings[b]`` (modes, scope): the
+        first forward is the prompt phase, every later one the generated phase. ``readout(layer index,
+        [batch, positions, n])`` receives every chosen block's projections before its steering."""
+        if not any(steerings) and readout is None:
+            yield
+            return
+        with self._hooked(list(steerings), broadcast=False, readout=readout):
+            yield
+
+    @contextmanager
+    def _hooked(self, steerings: list[Steering | None], broadcast: bool, readout: Readout | None = None) -> Iterator[None]:
+        rows = self.rows()
+        tables = rows.tables(steerings)
+        forwards = [0]
+
+        def count(module, args, kwargs):
+            forwards[0] += 1
+
+        def token_rows(batch: int, positions: int) -> torch.Tensor:
+            phase = "prompt" if forwards[0] <= 1 else "generated"
+            scopes = tables.scopes * batch if broadcast else tables.scopes
+            found = scope_rows(scopes, phase, positions, rows.device)
+            return found.clamp(max=1) if broadcast else found  # one steering for every row: all point at row 1
+
+        handle = self.model.register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            with rows.hooked(tables, token_rows, readout):
+                yield
+        finally:
+            handle.remove()

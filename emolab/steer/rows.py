@@ -8,10 +8,12 @@ as a batch of their own (left-padded among themselves), then merges their cache 
 rows and the leading columns no remaining row uses, so the cache never holds more than
 ``rows x longest row`` positions.
 
-Steering: every forward runs inside ``HFSteerer.applied(additions)``, where ``additions`` are the rows'
-own coefficient rows turned into ``[batch, 1, hidden]`` per layer by ``HFSteerer.additions`` (each row's
-delta computed alone, zero for an unsteered row), recomputed only when the rows change. A batch with no
-steered row hooks nothing.
+Steering: every row carries its own ``Steering`` (pairs, a mode per emotion, a scope); the rows' tables
+(``RowSteering.tables``, row 0 the plain model) are rebuilt only when the rows change, and every forward
+runs inside ``RowSteering.hooked``: each position points at its row, or at 0 where the row does not steer in
+this phase (``prefill`` is the prompt, ``step`` a generated token) or the position is padding. A batch with
+no steered row and no readout hooks nothing. A row that asks for a readout gets, after each forward, its
+positions' projections before steering at every chosen block (``last_readout``).
 
 Numerics: a row alone runs exactly as ``model.generate`` runs it (same inputs, same cache, same mask), so
 its logits are bit-identical. Beside other rows, matrix products of another shape and the padding mask
@@ -32,7 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from emolab.core.errors import EmolabError
+from emolab.core.steering import Steering
 from emolab.steer.hf import HFSteerer
+from emolab.steer.row_steering import RowTables, scope_rows
+
+RowSteer = Steering | np.ndarray | None  # a row's steering (coefficients alone: additions everywhere)
 
 __all__ = ["PROBE_TOLERANCE", "BatchingError", "RowBatch", "batching_problem"]
 
@@ -88,11 +94,13 @@ class RowBatch:
         self.cache = None
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         self.lengths = torch.zeros((0,), dtype=torch.long, device=self.device)
-        self.coeffs: list[np.ndarray | None] = []
-        self.additions: list[torch.Tensor] | None = None
+        self.steerings: list[Steering | None] = []
+        self.reads: list[bool] = []  # which rows want their readout
+        self.tables: RowTables | None = None
+        self.last_readout: np.ndarray | None = None  # [rows of the last forward, positions, layers, n] float32
 
     def __len__(self) -> int:
-        return len(self.coeffs)
+        return len(self.steerings)
 
     @property
     def width(self) -> int:
@@ -107,28 +115,41 @@ class RowBatch:
         return int(keys.shape[0] * keys.shape[-2])
 
     # ------------------------------------------------------------------------------ steering
-    def _additions_for(self, coeffs: list[np.ndarray | None]) -> list[torch.Tensor] | None:
-        if self.steerer is None or not any(c is not None and np.any(c) for c in coeffs):
-            return None
-        n = len(self.steerer.bundle.emotions)
-        rows = np.stack([np.zeros(n, np.float32) if c is None else np.asarray(c, np.float32) for c in coeffs])
-        return self.steerer.additions(rows)
+    def _steering(self, row: RowSteer) -> Steering | None:
+        if row is None or isinstance(row, Steering):
+            return row if row else None
+        return Steering(tuple((int(e), float(a)) for e, a in enumerate(np.asarray(row, np.float32)) if a)) or None
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
-                 additions: list[torch.Tensor] | None) -> torch.Tensor:
-        context = self.steerer.applied(additions) if self.steerer is not None else nullcontext()
+    def _tables_for(self, steerings: list[Steering | None]) -> RowTables | None:
+        if self.steerer is None or not any(steerings):
+            return None
+        return self.steerer.rows().tables(steerings)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache,
+                 tables: RowTables | None, phase: str, reads: list[bool], attention: torch.Tensor) -> torch.Tensor:
+        rows = None if tables is None else scope_rows(tables.scopes, phase, ids.shape[1], self.device, mask)
+        collected: dict[int, torch.Tensor] = {}
+        readout = None
+        if self.steerer is not None and any(reads):
+            def readout(index: int, projections: torch.Tensor) -> None:
+                collected[index] = projections
+        context = (self.steerer.rows().hooked(tables, rows, readout) if self.steerer is not None else nullcontext())
         with context:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
                              use_cache=True, **self.forward_kwargs)
         if out.past_key_values is not cache:
             raise BatchingError("its forward does not fill the cache it is given")
+        self.last_readout = (torch.stack([collected[i] for i in sorted(collected)], dim=2).cpu().numpy()
+                             if collected else None)
         return out.logits[:, -1].to(torch.float32, copy=True)  # as generate reads them
 
     # ------------------------------------------------------------------------------ rows
-    def prefill(self, prompts: Sequence[Sequence[int]], coeffs: Sequence[np.ndarray | None]) -> torch.Tensor:
+    def prefill(self, prompts: Sequence[Sequence[int]], steerings: Sequence[RowSteer],
+                reads: Sequence[bool] | None = None) -> torch.Tensor:
         """Run joining prompts (as their own left-padded batch) and append them as the last rows.
 
-        Returns their next-token logits ``[len(prompts), vocab]`` (float32, raw)."""
+        Returns their next-token logits ``[len(prompts), vocab]`` (float32, raw); with ``reads``, the rows that
+        asked find their prompts' projections in ``last_readout`` (left-padded like the prompts)."""
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -138,17 +159,18 @@ class RowBatch:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)  # as generate numbers a left-padded row
         cache = _cache_class()()
-        coeffs = list(coeffs)
-        logits = self._forward(ids, mask, positions, cache, self._additions_for(coeffs))
-        self._merge(cache, mask, coeffs)
+        joining = [self._steering(s) for s in steerings]
+        reads = list(reads) if reads is not None else [False] * len(joining)
+        logits = self._forward(ids, mask, positions, cache, self._tables_for(joining), "prompt", reads, mask)
+        self._merge(cache, mask, joining, reads)
         return logits
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (``[rows]``, in row order); the next-token logits ``[rows, vocab]``."""
         ones = torch.ones((len(self), 1), dtype=torch.long, device=self.device)
         self.mask = torch.cat([self.mask, ones], dim=1)
-        logits = self._forward(tokens.to(self.device).view(-1, 1), self.mask, self.lengths.view(-1, 1), self.cache,
-                               self.additions)
+        logits = self._forward(tokens.to(self.device).view(-1, 1), None, self.lengths.view(-1, 1), self.cache,
+                               self.tables, "generated", self.reads, self.mask)
         self.lengths = self.lengths + 1
         return logits
 
@@ -167,10 +189,11 @@ class RowBatch:
                                 for k, v in _layers(self.cache)])
         self.mask = self.mask.index_select(0, index)[:, lead:]
         self.lengths = lengths
-        self.coeffs = [self.coeffs[i] for i in rows]
-        self.additions = self._additions_for(self.coeffs)
+        self.steerings = [self.steerings[i] for i in rows]
+        self.reads = [self.reads[i] for i in rows]
+        self.tables = self._tables_for(self.steerings)
 
-    def _merge(self, cache, mask: torch.Tensor, coeffs: list[np.ndarray | None]) -> None:
+    def _merge(self, cache, mask: torch.Tensor, steerings: list[Steering | None], reads: list[bool]) -> None:
         lengths = mask.sum(-1)
         if self.cache is None:
             self.cache, self.mask, self.lengths = cache, mask, lengths
@@ -184,8 +207,9 @@ class RowBatch:
         for keys, values in _layers(self.cache):
             if keys.shape[-2] != self.width or values.shape[-2] != self.width or keys.shape[0] != self.mask.shape[0]:
                 raise BatchingError(f"its cache holds {tuple(keys.shape)} keys for a batch of {tuple(self.mask.shape)}")
-        self.coeffs += coeffs
-        self.additions = self._additions_for(self.coeffs)
+        self.steerings += steerings
+        self.reads += reads
+        self.tables = self._tables_for(self.steerings)
 
 
 def _run(model: torch.nn.Module, pad_id: int, prompts: list[list[int]], feed: list[int]) -> list[torch.Tensor]:

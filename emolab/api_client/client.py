@@ -6,6 +6,9 @@ the notebook widgets, users' own simulations): the ``openai`` client for the Ope
 
     client = SteeringClient("http://127.0.0.1:8000", api_key=KEY)
     client.chat("How was your day?", steering={"fear": 1.0, "joy": -0.5}, max_tokens=40)
+    client.chat("How was your day?", steering={"fear": 0.5}, modes={"fear": "clamp"}, scope="generated")
+    reply = client.chat("How was your day?", steering={"joy": 1.0}, readout=True)
+    reply.readout["generated"]["joy"]   # the reply is a str; .readout is the server's emotion_readout
 
 Works against either emolab backend, and against the reference tool's server.
 """
@@ -16,16 +19,35 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
-from emolab.core.steering import Steering, SteeringLimits
+from emolab.core.steering import Steering, SteeringLimits, parse_modes, parse_scope
 from emolab.serve.contract import resolve_api_key
 
-__all__ = ["DEFAULT_BASE_URL", "AsyncSteeringClient", "SteeringClient", "SteeringSpec", "v1_url"]
+__all__ = ["DEFAULT_BASE_URL", "AsyncSteeringClient", "Reply", "SteeringClient", "SteeringSpec", "readout_of", "v1_url"]
+
+READOUT_RESPONSE = "emotion_readout"  # the response field a readout comes back in (both backends)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 # A steering as callers give it: {"fear": 1.0}, a Steering, the flat request list, or None (unsteered).
 SteeringSpec = Mapping[str | int, float] | Steering | Sequence[Any] | None
 # The client checks names and shape; the bounds on alphas and pairs are the server's to enforce.
 _CLIENT_LIMITS = SteeringLimits(max_alpha=float("inf"), max_pairs=1 << 20)
+
+
+class Reply(str):
+    """A reply's text (a ``str``), with the server's emotion readout when one was asked for (else None)."""
+
+    readout: dict[str, Any] | None
+
+    def __new__(cls, text: str, readout: dict[str, Any] | None = None) -> Reply:
+        reply = super().__new__(cls, text)
+        reply.readout = readout
+        return reply
+
+
+def readout_of(response: Any) -> dict[str, Any] | None:
+    """The ``emotion_readout`` of an openai response object or stream chunk (None when it has none)."""
+    extra = getattr(response, "model_extra", None) or {}
+    return extra.get(READOUT_RESPONSE)
 
 
 def v1_url(base_url: str) -> str:
@@ -48,24 +70,39 @@ class _Common:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def steering_list(self, steering: SteeringSpec, emotions: Sequence[str]) -> list[Any] | None:
-        """The flat request list ``[id, alpha, ...]`` for ``steering``, checked against the server's emotions (None: unsteered)."""
+    def steering_value(self, steering: SteeringSpec, emotions: Sequence[str], modes: Mapping[str | int, str] | None = None,
+                       scope: str | None = None) -> Steering | None:
+        """``steering`` (with ``modes`` per emotion and a ``scope``) as a ``Steering`` checked against the server's
+        emotions; None when it steers nothing."""
         if steering is None:
-            return None
-        if isinstance(steering, Steering):
+            value = Steering()
+        elif isinstance(steering, Steering):
             value = steering
         elif isinstance(steering, Mapping):
             value = Steering.from_mapping(steering, emotions, _CLIENT_LIMITS)
         else:
             value = Steering.parse(list(steering), emotions, _CLIENT_LIMITS, param="steering")
+        if modes or scope:
+            value = Steering(value.pairs, parse_modes(dict(modes), emotions) if modes else value.modes,
+                             parse_scope(scope) if scope else value.scope)
+            value.plan(len(emotions))  # a clamp without its level, an ablate with an alpha: refused here
+        return value if value else None
+
+    def steering_list(self, steering: SteeringSpec, emotions: Sequence[str]) -> list[Any] | None:
+        """The flat request list ``[id, alpha, ...]`` for ``steering``, checked against the server's emotions (None: unsteered)."""
+        value = self.steering_value(steering, emotions)
         return value.as_request() if value else None  # ids: what every server, the reference tool's too, takes
 
-    def _extra_body(self, steering: list[Any] | None, extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _extra_body(self, steering: Steering | None, extra_body: Mapping[str, Any] | None,
+                    readout: bool | str = False) -> dict[str, Any]:
         body = dict(extra_body or {})
         if steering is not None:
             xargs = dict(body.get("vllm_xargs") or {})
-            xargs["steering"] = steering
+            xargs["steering"] = steering.as_request()  # ids: what every server, the reference tool's too, takes
+            xargs.update(steering.controls())
             body["vllm_xargs"] = xargs
+        if readout:
+            body["readout"] = readout
         return body
 
     @staticmethod
@@ -116,26 +153,32 @@ class SteeringClient(_Common):
         """The bundle's recommended alpha per emotion, when it is on the server's alpha scale."""
         return self._recommended(self.info)
 
-    def _steering(self, steering: SteeringSpec) -> list[Any] | None:
+    def _steering(self, steering: SteeringSpec, modes: Mapping[str | int, str] | None = None,
+                  scope: str | None = None) -> Steering | None:
         # /v1/emotions is read only for a steered request: a plain vLLM server has no such route.
-        return None if steering is None else self.steering_list(steering, self.emotions)
+        if steering is None and not modes and not scope:
+            return None
+        return self.steering_value(steering, self.emotions, modes, scope)
 
     def chat_completion(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, *,
-                        extra_body: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        """The whole ``ChatCompletion`` (or the stream, with ``stream=True``)."""
-        body = self._extra_body(self._steering(steering), extra_body)
+                        extra_body: Mapping[str, Any] | None = None, modes: Mapping[str | int, str] | None = None,
+                        scope: str | None = None, readout: bool | str = False, **kwargs: Any) -> Any:
+        """The whole ``ChatCompletion`` (or the stream, with ``stream=True``); ``readout_of`` reads its readout."""
+        body = self._extra_body(self._steering(steering, modes, scope), extra_body, readout)
         return self.openai.chat.completions.create(model=self.model, messages=self._messages(messages),
                                                    extra_body=body or None, **kwargs)
 
-    def chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, **kwargs: Any) -> str:
-        """The reply's text."""
-        return self.chat_completion(messages, steering, **kwargs).choices[0].message.content or ""
+    def chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, **kwargs: Any) -> Reply:
+        """The reply's text (a ``Reply``: a ``str`` with ``.readout`` when ``readout=True`` or ``"per_token"``)."""
+        response = self.chat_completion(messages, steering, **kwargs)
+        return Reply(response.choices[0].message.content or "", readout_of(response))
 
-    def complete(self, prompt: str, steering: SteeringSpec = None, *,
-                 extra_body: Mapping[str, Any] | None = None, **kwargs: Any) -> str:
-        body = self._extra_body(self._steering(steering), extra_body)
-        reply = self.openai.completions.create(model=self.model, prompt=prompt, extra_body=body or None, **kwargs)
-        return reply.choices[0].text
+    def complete(self, prompt: str, steering: SteeringSpec = None, *, extra_body: Mapping[str, Any] | None = None,
+                 modes: Mapping[str | int, str] | None = None, scope: str | None = None, readout: bool | str = False,
+                 **kwargs: Any) -> Reply:
+        body = self._extra_body(self._steering(steering, modes, scope), extra_body, readout)
+        response = self.openai.completions.create(model=self.model, prompt=prompt, extra_body=body or None, **kwargs)
+        return Reply(response.choices[0].text, readout_of(response))
 
     def close(self) -> None:
         if "openai" in self.__dict__:
@@ -179,16 +222,19 @@ class AsyncSteeringClient(_Common):
         return self._recommended(await self.info())
 
     async def chat_completion(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, *,
-                              extra_body: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
-        steering_list = self.steering_list(steering, await self.emotions()) if steering is not None else None
-        body = self._extra_body(steering_list, extra_body)
+                              extra_body: Mapping[str, Any] | None = None, modes: Mapping[str | int, str] | None = None,
+                              scope: str | None = None, readout: bool | str = False, **kwargs: Any) -> Any:
+        value = None
+        if steering is not None or modes or scope:
+            value = self.steering_value(steering, await self.emotions(), modes, scope)
+        body = self._extra_body(value, extra_body, readout)
         return await self.openai.chat.completions.create(model=await self.model(), messages=self._messages(messages),
                                                          extra_body=body or None, **kwargs)
 
     async def chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None,
-                   **kwargs: Any) -> str:
-        reply = await self.chat_completion(messages, steering, **kwargs)
-        return reply.choices[0].message.content or ""
+                   **kwargs: Any) -> Reply:
+        response = await self.chat_completion(messages, steering, **kwargs)
+        return Reply(response.choices[0].message.content or "", readout_of(response))
 
     async def stream_chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None,
                           **kwargs: Any) -> AsyncIterator[Any]:

@@ -19,7 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.errors import EmolabError
-from emolab.core.steering import SteeringError, SteeringLimits, parse_steering, steering_field
+from emolab.core.readout import READ_AT, readout_scale
+from emolab.core.steering import MODES, SCOPES, SteeringError, SteeringLimits, parse_steering, steering_field
 
 __all__ = [
     "API_KEY_ENV_VARS", "APIError", "APIKeyError", "BearerAuthMiddleware", "OPEN_PATHS", "check_api_key",
@@ -247,6 +248,16 @@ def emotions_payload(
         "steering_field": "vllm_xargs.steering",
         "steering_format": "flat list [emotion id or name, alpha, ...]; repeated ids add",
         "limits": {"max_alpha": limits.max_alpha, "max_pairs": limits.max_pairs},
+        "controls": {
+            "steering_scope": {"values": list(SCOPES), "default": "all",
+                               "meaning": "steer every position, the prompt's only, or the generated tokens' only"},
+            "steering_modes": {"values": list(MODES), "default": "add",
+                               "format": "flat list [emotion, mode, ...] (top level also {emotion: mode})",
+                               "meaning": "add alpha x v; ablate: project the direction out; clamp: hold the "
+                                          "projection at alpha x |v| (alpha from steering, on this alpha scale)"},
+        },
+        "readout": {"field": "readout", "values": [True, "per_token"], "response_field": "emotion_readout",
+                    **readout_scale(bundle).to_json(), "read_at": READ_AT},
         "vector_norms": {e: [round(x, 6) for x in norms] for e, norms in bundle.norms().items()},
     }
     for key in ("alpha_recommendations", "alpha_recommendations_scale", "validated_alpha_range", "normalization",

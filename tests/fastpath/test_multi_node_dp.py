@@ -149,6 +149,7 @@ def test_head_and_headless_emolab_serve_steer_as_one_engine(vllm_server, smollm2
         engines = vllm_engine_requests(url)
     for name in ("head.log", "headless.log"):  # the plugin in each node's engine
         assert (tmp_path / name).read_text().count("emolab steering on") == 1, name
+    assert "headless: engines only, no HTTP" in (tmp_path / "headless.log").read_text()  # not a URL it never serves
     assert mixed == one_engine  # token-identical greedy text, steered and unsteered, spread over both replicas
     assert pinned[0] == one_engine and pinned[1] == one_engine  # each replica alone
     # /metrics lists both nodes' workers; both took steered work when spread, and the counts sum exactly.

@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-/tmp/vllm-cache}
 WORK=${WORK:-/tmp/dp}
 OUT=${OUT:-$WORK/out}
 PY=${PY:-python3}
-LIMIT=${LIMIT:-580}  # seconds this call follows the run before it returns (a device call may last 600)
+LIMIT=${LIMIT:-565}  # seconds this call follows the run (a device call may last 600; the summary imports torch)
 mkdir -p "$WORK" "$OUT"
 
 if [ "${DRY:-0}" = 1 ]; then

@@ -165,7 +165,8 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
         raise VLLMServerError("VLLM_PLUGINS is set and excludes emolab_steering: steering would silently do nothing")
     extra = [token for item in options.extra_args for token in item.split()]
     # Several API servers, or an engine apart from them (--headless): only `vllm serve` starts those.
-    launcher = options.api_server_count > 1 or "--headless" in extra
+    headless = "--headless" in extra
+    launcher = options.api_server_count > 1 or headless
     command = [
         *server_command(sys.executable, launcher),
         *(["--api-server-count", str(options.api_server_count)] if options.api_server_count > 1 else []),
@@ -201,7 +202,7 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
         f"layers {bundle.chosen_layers}), alpha scale {alpha_scale}, auth {'on' if api_key else 'off'}, "
         f"model names {', '.join(names)}, "
         f"{f'{options.api_server_count} API-server processes, ' if options.api_server_count > 1 else ''}"
-        f"http://{host}:{port}/v1",
+        f"{'headless: engines only, no HTTP (requests come through the head node)' if headless else f'http://{host}:{port}/v1'}",
         flush=True,
     )
     os.execvpe(command[0], command, env)

@@ -19,6 +19,7 @@ import torch
 
 from emolab.core.cache import check_hf_cache, emolab_cache, hub_offline
 from emolab.core.errors import EmolabError
+from emolab.core.families import proven_architectures
 
 __all__ = [
     "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "ModelError", "cache_dir", "chat_prompt_ids",
@@ -27,9 +28,9 @@ __all__ = [
 
 ALIASES = ("smollm2", "tiny-qwen3", "tiny-llama")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Architectures the vLLM fast path steers: in vLLM as in transformers their decoder blocks are the
-# ModuleList ``model.layers``, and in vLLM each block returns ``(hidden_states, residual)``.
-FASTPATH_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+# The architectures whose vLLM fast path the tests prove exact (``emolab.core.families``). The fast path is
+# not limited to them: it steers any model whose decoder blocks it finds (``emolab.fastpath.adapters.blocks``).
+FASTPATH_ARCHITECTURES = proven_architectures()
 # Where causal LMs keep their decoder blocks, tried in order (the first ModuleList found wins).
 DECODER_LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers")
 

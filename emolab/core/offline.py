@@ -1,4 +1,5 @@
-"""The offline models: SmolLM2-135M-Instruct (from PyPI) and tiny random Qwen3 / Llama for tests.
+"""The offline models: SmolLM2-135M-Instruct (from PyPI), tiny random Qwen3 / Llama, and a tiny random model
+of every family in ``emolab.core.families`` (the fast path's per-family tests).
 
 Each is built once into the emolab cache (``emolab.core.models.cache_dir``); a half-built folder is
 never used (builds go to a temporary sibling, then one rename).
@@ -17,7 +18,10 @@ import torch
 
 from emolab.core.models import ModelError, cache_dir
 
-__all__ = ["QWEN3_8B_DIR", "build_tiny_llama", "build_tiny_qwen3", "ensure_smollm2", "smollm2_gguf", "tiny_qwen3_config"]
+__all__ = [
+    "QWEN3_8B_DIR", "build_tiny_family", "build_tiny_llama", "build_tiny_qwen3", "ensure_smollm2", "smollm2_gguf",
+    "tiny_family_config", "tiny_qwen3_config",
+]
 
 QWEN3_8B_DIR = Path(__file__).resolve().parent.parent / "assets" / "qwen3_8b"  # Qwen3-8B config + tokenizer, no weights
 
@@ -132,11 +136,59 @@ def build_tiny_llama(target: Path, seed: int = 0, **overrides: Any) -> Path:
     return _atomic_build(target, build)
 
 
-def _scale_up_init(model: torch.nn.Module) -> None:
+def _scale_up_init(model: torch.nn.Module, min_ndim: int = 2, max_ndim: int = 2) -> None:
     """HF's default init (std 0.02) gives near-uniform logits; wider weights give varied greedy text."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.ndim == 2:
+            if min_ndim <= param.ndim <= max_ndim:
                 param.normal_(0.0, 0.2 if "embed" in name or "lm_head" in name else 0.08)
+
+
+def _tokenizer_source(name: str) -> Path:
+    if name == "qwen3":
+        return QWEN3_8B_DIR
+    if name == "smollm2":
+        return ensure_smollm2()
+    raise ModelError(f"no offline tokenizer {name!r} (qwen3 or smollm2)")
+
+
+def tiny_family_config(name: str, **overrides: Any):
+    """The transformers config of family ``name``'s tiny model (``emolab.core.families``): TINY_SHAPE, the
+    family's own settings, and the vocabulary and special tokens of its offline tokenizer."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    from emolab.core.families import TINY_SHAPE, family
+
+    entry = family(name)
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(entry.tokenizer))
+    settings: dict[str, Any] = {
+        **TINY_SHAPE, "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "dtype": "float32",
+        "architectures": [entry.architecture], **entry.settings, **overrides,
+    }
+    return getattr(transformers, entry.config_class)(**settings)
+
+
+def build_tiny_family(name: str, target: Path | None = None, seed: int = 0) -> Path:
+    """A tiny random model of family ``name`` with its offline tokenizer, saved as a normal HF folder
+    (once: ``<emolab cache>/models/families/<name>``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emolab.core.families import family
+
+    config = tiny_family_config(name)
+    target = target or cache_dir() / "models" / "families" / name
+
+    def build(out: Path) -> None:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if type(model).__name__ != config.architectures[0]:
+            raise ModelError(f"{name}: transformers built {type(model).__name__}, not {config.architectures[0]}")
+        _scale_up_init(model, max_ndim=3)  # 3: stacked expert weights of mixture-of-experts blocks
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(_tokenizer_source(family(name).tokenizer)).save_pretrained(out)
+
+    return _atomic_build(target, build)
 
 

@@ -37,11 +37,18 @@ class Family:
     tokenizer: str  # "qwen3" (the Qwen3-8B tokenizer in emolab/assets) or "smollm2"
     what: str  # what about the family the fast path must get right
     settings: Mapping[str, Any] = field(default_factory=dict)  # config fields beyond TINY_SHAPE
-    moe: bool = False
+    layout: str = "pair"  # how its vLLM block returns its output (emolab.fastpath.adapters.blocks.LAYOUTS)
+    # The random init (emolab.core.offline): spread of the embeddings and of the other matrices, and noise
+    # added to vectors (norm gains, biases). Gemma scales its embeddings by sqrt(hidden), ties them to the
+    # output head and norms every sub-block's output: with the usual init each token predicts itself or
+    # one token repeats; these give varied greedy text, which makes the exactness checks sharp.
+    embed_std: float = 0.2
+    weight_std: float = 0.08
+    vector_noise: float = 0.0
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", "LlamaForCausalLM", "LlamaConfig", "smollm2", "vLLM block returns (hidden, residual)"),
+    Family("llama", "LlamaForCausalLM", "LlamaConfig", "smollm2", "the reference layout"),
     Family("qwen2", "Qwen2ForCausalLM", "Qwen2Config", "qwen3", "q/k/v biases"),
     Family("qwen3", "Qwen3ForCausalLM", "Qwen3Config", "qwen3", "q/k norms"),
     Family("mistral", "MistralForCausalLM", "MistralConfig", "smollm2", "sliding-window attention",
@@ -51,27 +58,29 @@ FAMILIES: tuple[Family, ...] = (
            "embeddings",
            {"sliding_window": _SLIDING, "query_pre_attn_scalar": 32, "tie_word_embeddings": True,
             "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
-            "layer_types": ["sliding_attention", "full_attention"] * 2}),
+            "layer_types": ["sliding_attention", "full_attention"] * 2},
+           embed_std=0.02, weight_std=0.4, vector_noise=1.0),
     Family("gemma3", "Gemma3ForCausalLM", "Gemma3TextConfig", "smollm2",
            "text-only Gemma 3 (gemma3_text): scaled embeddings, post-norms, q/k norms, local and global RoPE, "
            "sliding windows, tied embeddings",
            {"sliding_window": _SLIDING, "query_pre_attn_scalar": 32, "tie_word_embeddings": True,
-            "layer_types": ["sliding_attention"] * 3 + ["full_attention"]}),
+            "layer_types": ["sliding_attention"] * 3 + ["full_attention"]},
+           embed_std=0.02, weight_std=0.4, vector_noise=1.0),
     Family("phi3", "Phi3ForCausalLM", "Phi3Config", "smollm2", "fused qkv and gate/up weights",
            {"original_max_position_embeddings": 4096}),
     Family("olmo2", "Olmo2ForCausalLM", "Olmo2Config", "smollm2",
-           "norms after attention and MLP, block returns one tensor (vLLM 0.32 runs it on its Transformers "
-           "backend)"),
+           "norms after attention and MLP, q/k norms; vLLM 0.32 runs it on its Transformers backend "
+           "(transformers' own blocks)", layout="tensor"),
     Family("granite", "GraniteForCausalLM", "GraniteConfig", "smollm2",
-           "embedding, residual, attention and logit multipliers; block returns one tensor",
+           "embedding, residual, attention and logit multipliers",
            {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 1 / 32,
-            "logits_scaling": 8.0}),
+            "logits_scaling": 8.0}, layout="tensor"),
     Family("mixtral", "MixtralForCausalLM", "MixtralConfig", "smollm2", "mixture of experts (4 experts, top 2)",
-           {"num_local_experts": 4, "num_experts_per_tok": 2}, moe=True),
+           {"num_local_experts": 4, "num_experts_per_tok": 2}),
     Family("qwen3_moe", "Qwen3MoeForCausalLM", "Qwen3MoeConfig", "qwen3",
            "mixture of experts (4 experts, top 2, normalised top-k), q/k norms",
            {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64, "decoder_sparse_step": 1,
-            "mlp_only_layers": [], "norm_topk_prob": True}, moe=True),
+            "mlp_only_layers": [], "norm_topk_prob": True}),
 )
 
 

@@ -22,7 +22,8 @@ from emolab.core.errors import EmolabError
 from emolab.core.families import proven_architectures
 
 __all__ = [
-    "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "ModelError", "cache_dir", "chat_prompt_ids",
+    "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "ModelError", "attention_settings", "cache_dir",
+    "chat_prompt_ids",
     "check_model_cache", "decoder_layers", "load_model", "pad_token_id", "pick_device", "pick_dtype", "resolve_model",
 ]
 
@@ -93,8 +94,18 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto"):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(dev).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **attention_settings(path)).to(dev).eval()
     return model, tokenizer
+
+
+def attention_settings(path: str) -> dict[str, str]:
+    """transformers' attention choice for a model, where its default would compute another model: attention
+    logit soft-capping (Gemma 2) exists only in the eager implementation; SDPA, the default, skips it silently."""
+    from transformers import AutoConfig
+
+    if getattr(AutoConfig.from_pretrained(path).get_text_config(), "attn_logit_softcapping", None):
+        return {"attn_implementation": "eager"}
+    return {}
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:

@@ -49,9 +49,17 @@ N_TOKENS = 16
 
 
 def engine(model: Path, **extra) -> dict:
+    # Prompts go in as token ids (the same ids the HF reference gets), so vLLM needs no tokenizer.
     return {"model": str(model), "dtype": "float32", "enforce_eager": True, "seed": 0, "max_model_len": 512,
             "max_num_seqs": 8, "max_num_batched_tokens": 64, "enable_chunked_prefill": True,
-            "enable_prefix_caching": False, **extra}
+            "enable_prefix_caching": False, "skip_tokenizer_init": True, **extra}
+
+
+def tokenized(model: Path, requests: list[dict]) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return [{**r, "prompt": tokenizer(r["prompt"]).input_ids, "detokenize": False} for r in requests]
 
 
 def unsteered(requests: list[dict]) -> list[dict]:
@@ -106,20 +114,24 @@ def bundle(tmp_path_factory) -> Path:
 def runs(tmp_path_factory, models, bundle) -> dict:
     """Every family's engine with the plugin, then without it; the HF reference is computed meanwhile."""
     tmp = tmp_path_factory.mktemp("families")
-    scenarios = {"batch": {"kind": "batch", "requests": REQUESTS},
-                 "solo": {"kind": "sequence", "requests": REQUESTS}}
-    on = [{"name": name, "engine": engine(models[name]), "scenarios": scenarios} for name in NAMES]
+    requests = {name: tokenized(path, REQUESTS) for name, path in models.items()}
+
+    def scenarios(name: str) -> dict:
+        return {"batch": {"kind": "batch", "requests": requests[name]},
+                "solo": {"kind": "sequence", "requests": requests[name]}}
+
+    on = [{"name": name, "engine": engine(models[name]), "scenarios": scenarios(name)} for name in NAMES]
     on.append({"name": "gemma3n", "engine": engine(models["gemma3n"]),
-               "scenarios": {"batch": {"kind": "batch", "requests": REQUESTS[:1]}}})
+               "scenarios": {"batch": {"kind": "batch", "requests": requests["gemma3n"][:1]}}})
     # vLLM's default mode (torch.compile traces the hooks) for blocks that return one tensor.
     on.append({"name": "granite-compiled", "engine": engine(models["granite"], enforce_eager=False),
-               "scenarios": scenarios})
+               "scenarios": scenarios("granite")})
     off = [{"name": name, "engine": engine(models[name]),
-            "scenarios": {"batch": {"kind": "batch", "requests": unsteered(REQUESTS)}}} for name in NAMES]
+            "scenarios": {"batch": {"kind": "batch", "requests": unsteered(requests[name])}}} for name in NAMES]
     vectors = {"EMOLAB_VECTORS": str(bundle)}
     started = start_engines(tmp, "on", on, vectors)
     try:
-        hf = hf_reference(models, bundle)
+        hf = hf_reference(models, bundle, requests)
     finally:
         with_plugin = finish(started)
     return {"on": with_plugin, "off": finish(start_engines(tmp, "off", off, {**vectors, "VLLM_PLUGINS": ""})),
@@ -133,7 +145,7 @@ def ran(runs: dict, side: str, name: str) -> dict:
     return result
 
 
-def hf_reference(models: dict[str, Path], bundle: Path) -> dict[str, list[list[int]]]:
+def hf_reference(models: dict[str, Path], bundle: Path, requests: dict[str, list[dict]]) -> dict[str, list[list[int]]]:
     """Greedy tokens from transformers with the HF reference steerer, every family, every request (on one
     thread: the engines run beside it)."""
     from emolab.core.bundle import EmotionBundle
@@ -147,14 +159,14 @@ def hf_reference(models: dict[str, Path], bundle: Path) -> dict[str, list[list[i
     out = {}
     try:
         for name in NAMES:
-            model, tokenizer = load_model(str(models[name]), dtype="float32", device="cpu")
+            model = load_model(str(models[name]), dtype="float32", device="cpu")[0]
             steerer = HFSteerer(model, loaded)
             rows = []
-            for request in REQUESTS:
+            for request in requests[name]:
                 steering = request["steering"]
                 coeffs = (coefficients(parse_steering(steering, loaded.emotions), len(loaded.emotions))
                           if steering else None)
-                ids = tokenizer(request["prompt"], return_tensors="pt").input_ids
+                ids = torch.tensor([request["prompt"]])
                 tokens, past = [], None
                 with torch.inference_mode(), steerer.steer(coeffs):
                     for _ in range(N_TOKENS):  # EOS is not special here, as with vLLM's ignore_eos

@@ -10,7 +10,8 @@ job, and each one's ``emolab.vllm`` log lines kept under "log". A scenario's kin
 ``batch`` (all requests submitted together), ``sequence`` (one after another: prefix-cache order),
 or ``staggered`` (request i joins at engine step ``start``; long prompts exercise chunked prefill).
 The output also holds ``stats.preempted``: how many times the scheduler preempted a request.
-A request: {"prompt": str or token ids, "steering": [...] or null, "max_tokens": int}.
+A request: {"prompt": str or token ids, "steering": [...] or null, "max_tokens": int, "detokenize": bool}
+(token ids and ``detokenize: false`` for an engine started with ``skip_tokenizer_init``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def params(request: dict):
 
     extra = {"steering": request["steering"]} if request.get("steering") else None
     return SamplingParams(temperature=0.0, max_tokens=request.get("max_tokens", 16), logprobs=5,
-                          ignore_eos=True, extra_args=extra)
+                          ignore_eos=True, extra_args=extra, detokenize=request.get("detokenize", True))
 
 
 def prompt(request: dict):

@@ -1,7 +1,7 @@
 """Run steering scenarios on a real vLLM engine (in-process) and dump tokens and logprobs as JSON.
 
-Used by tests/test_vllm_engine.py as a subprocess, so each engine (plugin on / plugin off) lives in
-its own process with its own environment. Usage: ``python tests/fastpath/vllm_job.py JOB.json OUT.json``.
+Used by tests/fastpath/test_engine.py and test_families.py as a subprocess, so each engine (plugin on /
+plugin off) lives in a process with its own environment. Usage: ``python tests/fastpath/vllm_job.py JOB.json OUT.json``.
 
 A job: {"engine": {LLM kwargs}, "scenarios": {name: {"kind": ..., ...}}}, or {"engines": [{"name": ...,
 "engine": ..., "scenarios": ...}, ...]}: several engines one after another in this one process (each deleted

@@ -68,10 +68,11 @@ class BlockPlan:
         return self.architecture in proven_architectures()
 
     def describe(self) -> str:
-        kinds = sorted({(type(b).__name__, lay) for b, lay in zip(self.blocks, self.layouts, strict=True) if lay is not None})
-        blocks = "; ".join(f"{name} returns {LAYOUTS[lay]}" for name, lay in kinds)
-        proof = ("a family emolab's tests prove exact" if self.proven
-                 else "not a family emolab's tests prove exact (emolab.core.families); steering follows the same rules")
+        kinds = sorted({(type(block).__name__, layout)
+                        for block, layout in zip(self.blocks, self.layouts, strict=True) if layout is not None})
+        blocks = "; ".join(f"{name} returns {LAYOUTS[layout]}" for name, layout in kinds)
+        proof = ("a family emolab's tests prove exact" if self.proven else
+                 "not a family emolab's tests prove exact (emolab.core.families); steering follows the same rules")
         return f"{self.architecture}: {len(self.blocks)} blocks, {blocks}; {proof}"
 
 
@@ -151,8 +152,11 @@ def _block_lists(model: torch.nn.Module, num_layers: int) -> list[torch.nn.Modul
                 found = getattr(found, attr, None)
             if isinstance(found, torch.nn.ModuleList) and len(found) == num_layers:
                 return [found]
-    return [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == num_layers
-            and any(not is_missing_layer(b) and "hidden_states" in inspect.signature(b.forward).parameters for b in m)]
+    def holds_blocks(candidate: torch.nn.Module) -> bool:
+        return (isinstance(candidate, torch.nn.ModuleList) and len(candidate) == num_layers and any(
+            not is_missing_layer(b) and "hidden_states" in inspect.signature(b.forward).parameters for b in candidate))
+
+    return [m for m in model.modules() if holds_blocks(m)]
 
 
 def find_blocks(model: torch.nn.Module, architecture: str, num_layers: int) -> BlockPlan:
@@ -214,7 +218,7 @@ def probe_path(model: str, dtype: str = "auto") -> dict[str, Any]:
     return {"ok": True, "reason": plan.describe(), "architecture": architecture}
 
 
-def check_model(model: str, timeout: float = 600.0) -> tuple[bool | None, str]:
+def check_model(model: str, timeout: float = 180.0) -> tuple[bool | None, str]:
     """``probe_path`` in a subprocess (vLLM's Transformers backend patches transformers classes in the
     process that builds them; the caller may go on to serve with transformers), cached per config.
 

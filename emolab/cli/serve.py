@@ -140,5 +140,6 @@ def pick_backend(requested: str, model: str, prog: str = "emolab") -> str:
     except ImportError as exc:
         ok, reason = False, f"vLLM backend unavailable ({exc})"
     choice = "vllm" if ok else "hf"
-    print(f"{prog} serve: backend auto -> {choice}: {reason}", flush=True)
+    why = reason if ok else f"falls back to the HF backend, since the vLLM fast path cannot serve it: {reason}"
+    print(f"{prog} serve: backend auto -> {choice}: {why}", flush=True)
     return choice

@@ -19,18 +19,20 @@ import torch
 
 from emolab.core.cache import check_hf_cache, emolab_cache, hub_offline
 from emolab.core.errors import EmolabError
+from emolab.core.families import proven_architectures
 
 __all__ = [
-    "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "LOAD_FORMATS", "ModelError", "cache_dir",
+    "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "LOAD_FORMATS", "ModelError",
+    "attention_settings", "cache_dir",
     "chat_prompt_ids",
     "check_model_cache", "decoder_layers", "load_model", "pad_token_id", "pick_device", "pick_dtype", "resolve_model",
 ]
 
 ALIASES = ("smollm2", "tiny-qwen3", "tiny-llama")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Architectures the vLLM fast path steers: in vLLM as in transformers their decoder blocks are the
-# ModuleList ``model.layers``, and in vLLM each block returns ``(hidden_states, residual)``.
-FASTPATH_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+# The architectures whose vLLM fast path the tests prove exact (``emolab.core.families``). The fast path is
+# not limited to them: it steers any model whose decoder blocks it finds (``emolab.fastpath.adapters.blocks``).
+FASTPATH_ARCHITECTURES = proven_architectures()
 # Where causal LMs keep their decoder blocks, tried in order (the first ModuleList found wins).
 DECODER_LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers")
 
@@ -105,10 +107,21 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_format
     if load_format == "dummy":
         torch.manual_seed(0)
         with dev:
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch_dtype).eval()
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch_dtype,
+                                                     **attention_settings(path)).eval()
         return model, tokenizer
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(dev).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **attention_settings(path)).to(dev).eval()
     return model, tokenizer
+
+
+def attention_settings(path: str) -> dict[str, str]:
+    """transformers' attention choice for a model, where its default would compute another model: attention
+    logit soft-capping (Gemma 2) exists only in the eager implementation; SDPA, the default, skips it silently."""
+    from transformers import AutoConfig
+
+    if getattr(AutoConfig.from_pretrained(path).get_text_config(), "attn_logit_softcapping", None):
+        return {"attn_implementation": "eager"}
+    return {}
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:

@@ -1,4 +1,5 @@
-"""The offline models: SmolLM2-135M-Instruct (from PyPI) and tiny random Qwen3 / Llama for tests.
+"""The offline models: SmolLM2-135M-Instruct (from PyPI), tiny random Qwen3 / Llama, and a tiny random model
+of every family in ``emolab.core.families`` (the fast path's per-family tests).
 
 Each is built once into the emolab cache (``emolab.core.models.cache_dir``); a half-built folder is
 never used (builds go to a temporary sibling, then one rename).
@@ -10,14 +11,19 @@ import importlib.util
 import json
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from emolab.core.families import Family
 from emolab.core.models import ModelError, cache_dir
 
-__all__ = ["QWEN3_8B_DIR", "build_tiny_llama", "build_tiny_qwen3", "ensure_smollm2", "smollm2_gguf", "tiny_qwen3_config"]
+__all__ = [
+    "QWEN3_8B_DIR", "build_tiny_family", "build_tiny_llama", "build_tiny_qwen3", "ensure_smollm2", "smollm2_gguf",
+    "tiny_family_config", "tiny_qwen3_config",
+]
 
 QWEN3_8B_DIR = Path(__file__).resolve().parent.parent / "assets" / "qwen3_8b"  # Qwen3-8B config + tokenizer, no weights
 
@@ -132,11 +138,74 @@ def build_tiny_llama(target: Path, seed: int = 0, **overrides: Any) -> Path:
     return _atomic_build(target, build)
 
 
-def _scale_up_init(model: torch.nn.Module) -> None:
+def _scale_up_init(model: torch.nn.Module, max_ndim: int = 2, embed_std: float = 0.2, weight_std: float = 0.08,
+                   vector_noise: float = 0.0) -> None:
     """HF's default init (std 0.02) gives near-uniform logits; wider weights give varied greedy text."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.ndim == 2:
-                param.normal_(0.0, 0.2 if "embed" in name or "lm_head" in name else 0.08)
+            if 2 <= param.ndim <= max_ndim:
+                param.normal_(0.0, embed_std if "embed" in name or "lm_head" in name else weight_std)
+            elif param.ndim == 1 and vector_noise:
+                param.add_(torch.randn_like(param) * vector_noise)
+
+
+def _tokenizer_source(name: str) -> Path:
+    if name == "qwen3":
+        return QWEN3_8B_DIR
+    if name == "smollm2":
+        return ensure_smollm2()
+    raise ModelError(f"no offline tokenizer {name!r} (qwen3 or smollm2)")
+
+
+def _family(entry: Family | str) -> Family:
+    from emolab.core.families import family
+
+    return family(entry) if isinstance(entry, str) else entry
+
+
+def tiny_family_config(entry: Family | str, **overrides: Any):
+    """The transformers config of a family's tiny model (a name in ``emolab.core.families`` or a ``Family``):
+    TINY_SHAPE, the family's own settings, and the vocabulary and special tokens of its offline tokenizer."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    from emolab.core.families import TINY_SHAPE
+
+    entry = _family(entry)
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(entry.tokenizer))
+    settings: dict[str, Any] = {
+        **TINY_SHAPE, "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "dtype": "float32",
+        "architectures": [entry.architecture], **entry.settings, **overrides,
+    }
+    return getattr(transformers, entry.config_class)(**settings)
+
+
+def build_tiny_family(entry: Family | str, target: Path | None = None, seed: int | None = None) -> Path:
+    """A tiny random model of a family (a name in ``emolab.core.families`` or a ``Family``) with its offline
+    tokenizer, saved as a normal HF folder, once: ``<emolab cache>/models/families/<name>-<recipe hash>``
+    (a changed recipe builds a new folder). Seeded by the family's name unless ``seed`` is given."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    entry = _family(entry)
+    name = entry.name
+    config = tiny_family_config(entry)
+    seed = zlib.crc32(name.encode()) if seed is None else seed
+    recipe = json.dumps([config.to_dict(), entry.embed_std, entry.weight_std, entry.vector_noise, seed],
+                        sort_keys=True, default=str)
+    target = target or cache_dir() / "models" / "families" / f"{name}-{zlib.crc32(recipe.encode()):08x}"
+
+    def build(out: Path) -> None:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if type(model).__name__ != config.architectures[0]:
+            raise ModelError(f"{name}: transformers built {type(model).__name__}, not {config.architectures[0]}")
+        # max_ndim 3: the stacked expert weights of mixture-of-experts blocks
+        _scale_up_init(model, max_ndim=3, embed_std=entry.embed_std, weight_std=entry.weight_std,
+                       vector_noise=entry.vector_noise)
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(_tokenizer_source(entry.tokenizer)).save_pretrained(out)
+
+    return _atomic_build(target, build)
 
 

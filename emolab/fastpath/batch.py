@@ -9,9 +9,11 @@ batch layout before each forward. Design:
 * ``token_rows`` ``[max_tokens]`` int64: the row of every token slot of the flattened batch.
   Padding and unsteered tokens point at row 0, so they get an exact zero.
 
-Each hooked block adds ``rows[token_rows[:n]] @ basis[l]`` to its residual output: a gather and a
-small matmul per layer, no Python loop over tokens, no host-device sync. The buffers are allocated
-before torch.compile and CUDA-graph capture and only ever written in place, so graphs stay valid.
+Each hooked block adds ``rows[token_rows[:n]] @ basis[l]`` to its output: a gather and a small matmul
+per layer, no Python loop over tokens, no host-device sync. Where the output sits in what the block
+returns is its layout (``emolab.fastpath.adapters.blocks``: ``pair``, ``tensor`` or ``first``), fixed
+when the hook is made, so a call does no more than the arithmetic. The buffers are allocated before
+torch.compile and CUDA-graph capture and only ever written in place, so graphs stay valid.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class BatchSteering:
         max_rows: int,
         device: torch.device,
         dtype: torch.dtype,
+        layouts: Sequence[str],
         limits: SteeringLimits | None = None,
     ) -> None:
         self.emotions = list(bundle.emotions)
@@ -56,7 +59,8 @@ class BatchSteering:
         self._refcount: dict[int, int] = {}
         self._row_of_req: dict[str, int] = {}
         self._dirty_tokens = 0  # token_rows[:_dirty_tokens] may be non-zero
-        self._handles = [layer.register_forward_hook(self._make_hook(i)) for i, layer in enumerate(layers)]
+        self._handles = [layer.register_forward_hook(self._make_hook(i, layout))
+                         for i, (layer, layout) in enumerate(zip(layers, layouts, strict=True))]
         # Operators read these on /metrics (emolab.fastpath.metrics); published after each update.
         self.steered_total = 0
         self.invalid_total = 0
@@ -65,15 +69,27 @@ class BatchSteering:
         self._publish()
 
     # ------------------------------------------------------------------ inside the forward pass
-    def _make_hook(self, index: int):
-        def hook(module, args, output):
+    def _make_hook(self, index: int, layout: str):
+        def pair(module, args, output):
             hidden_states, residual = output
             n = residual.shape[0]
             delta = self.rows[self.token_rows[:n]] @ self.basis[index]
             # Block output = hidden_states + residual; add to exactly one of them.
             return hidden_states, residual + delta
 
-        return hook
+        def tensor(module, args, output):
+            # [tokens, hidden], or [1, tokens, hidden] from transformers' own blocks: the delta broadcasts.
+            n = output.shape[-2]
+            return output + self.rows[self.token_rows[:n]] @ self.basis[index]
+
+        def first(module, args, output):
+            n = output[0].shape[-2]
+            return (output[0] + self.rows[self.token_rows[:n]] @ self.basis[index], *output[1:])
+
+        hooks = {"pair": pair, "tensor": tensor, "first": first}
+        if layout not in hooks:
+            raise ValueError(f"unknown block layout {layout!r}; expected one of {sorted(hooks)}")
+        return hooks[layout]
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -17,7 +17,6 @@ import os
 from typing import Any
 
 from emolab.core.bundle import EmotionBundle
-from emolab.core.models import FASTPATH_ARCHITECTURES, decoder_layers
 from emolab.core.steering import (
     SALT_SECRET_ENV,
     Steering,
@@ -81,45 +80,52 @@ def _cache_salt(client_salt: str | None, params: Any) -> str | None:
 
 
 def install(runner: Any) -> None:
-    """Attach per-request steering to a loaded model runner (called in each worker)."""
+    """Attach per-request steering to a loaded model runner (called in each worker).
+
+    The decoder blocks and how each returns its output are found in the loaded model
+    (``adapters.blocks.find_blocks``); a model whose blocks cannot be steered exactly is refused here,
+    with one line naming its architecture and why, before vLLM compiles or serves anything.
+    """
     from emolab.fastpath.adapters import (
         attach_to_runner,
-        is_missing_layer,
+        runner_architecture,
         runner_description,
         runner_limits,
         runner_model,
         runner_model_name,
+        runner_text_config,
     )
+    from emolab.fastpath.adapters.blocks import UnsupportedModel, find_blocks
     from emolab.fastpath.batch import BatchSteering
 
     settings = _settings()
     model = runner_model(runner)
-    arch = type(model).__name__
-    if arch not in FASTPATH_ARCHITECTURES:
-        raise RuntimeError(
-            f"emolab vLLM steering supports {', '.join(FASTPATH_ARCHITECTURES)}; this model is {arch}. "
-            "Use `emolab serve --backend hf` for other architectures."
-        )
-    layers = decoder_layers(model)
+    text = runner_text_config(runner)
+    try:
+        plan = find_blocks(model, runner_architecture(runner), int(text.num_hidden_layers))
+    except UnsupportedModel as exc:
+        raise UnsupportedModel(f"emolab cannot steer this model on vLLM: {exc}. "
+                               "Serve it with `emolab serve --backend hf`.") from None
     bundle = EmotionBundle.load(settings.vectors, load_full_sweep=False)
-    bundle.check_model(len(layers), int(model.config.hidden_size))
+    bundle.check_model(len(plan.blocks), int(text.hidden_size))
     # Plain `vllm serve` / `LLM(...)` users get the name check here (emolab serve did it before vLLM started).
     problem = check_bundle_model(bundle, runner_model_name(runner), settings.model_check)
     if problem:
         logger.warning("emolab: %s (set %s=strict to refuse such a pair)", problem, ENV["model_check"])
     param = next(model.parameters())
-    # Under pipeline parallelism a rank holds only some blocks; it steers the ones it holds.
-    local = [(i, layers[layer]) for i, layer in enumerate(bundle.chosen_layers) if not is_missing_layer(layers[layer])]
+    # Under pipeline parallelism a rank holds only some blocks (the others are placeholders); it steers its own.
+    local = [(i, layer) for i, layer in enumerate(bundle.chosen_layers) if plan.layouts[layer] is not None]
     scale = bundle.resolve_alpha_scale(settings.alpha_scale)
     basis = bundle.steering_basis(scale)[[i for i, _ in local]]
     max_tokens, max_seqs = runner_limits(runner)
     steering = BatchSteering(
-        [layer for _, layer in local], bundle, basis, max_tokens=max_tokens, max_rows=2 * max_seqs + 8,
-        device=param.device, dtype=param.dtype, limits=settings.limits,
+        [plan.blocks[layer] for _, layer in local], bundle, basis, max_tokens=max_tokens, max_rows=2 * max_seqs + 8,
+        device=param.device, dtype=param.dtype, layouts=[plan.layouts[layer] for _, layer in local],
+        limits=settings.limits,
     )
     attach_to_runner(runner, steering)
     logger.warning(
-        "emolab steering on: %d emotions %s at layers %s (%s scale), %s, buffers for %d tokens",
-        len(bundle.emotions), bundle.emotions, [bundle.chosen_layers[i] for i, _ in local], scale,
-        runner_description(runner), max_tokens,
+        "emolab steering on: %d emotions %s at layers %s (%s scale), %s, buffers for %d tokens; %s",
+        len(bundle.emotions), bundle.emotions, [layer for _, layer in local], scale,
+        runner_description(runner), max_tokens, plan.describe(),
     )

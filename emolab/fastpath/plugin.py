@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import tempfile
 from typing import Any
 
 from emolab.core.bundle import EmotionBundle
@@ -23,8 +24,9 @@ from emolab.core.steering import (
     SteeringLimits,
     combine_cache_salt,
     new_salt_secret,
-    steering_field,
 )
+from emolab.fastpath.metrics import METRICS_DIR_ENV, metrics_directory
+from emolab.fastpath.readout_store import READOUT_XARG, parse_xarg, readout_folder
 from emolab.serve.settings import ENV, ServeSettings, check_bundle_model
 
 __all__ = ["install", "register"]
@@ -44,6 +46,10 @@ def register() -> None:
     # vLLM loads plugins in the launcher before it spawns API servers (`vllm serve --api-server-count N`):
     # a secret drawn here is inherited by each, so a steering's cache salt is the same in all of them.
     os.environ.setdefault(SALT_SECRET_ENV, new_salt_secret())
+    # Readouts travel from the workers to the API servers through files in the metrics folder
+    # (emolab.fastpath.readout_store): one folder for every process this launcher starts.
+    if metrics_directory() is None:
+        os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="emolab-metrics-")
     adapters.patch_worker_load_model(install)
     adapters.patch_input_processor(_cache_salt)
     _registered = True
@@ -66,17 +72,24 @@ def _settings() -> ServeSettings:
 def _cache_salt(client_salt: str | None, params: Any) -> str | None:
     """A request's prefix-cache salt: its client's own salt (namespaced) plus a keyed steering salt.
 
-    Different steerings never share cached KV, no client can forge another steering's salt, and
-    unsteered requests without a salt share the cache as before. Malformed steering raises
-    ``SteeringError`` (a ValueError: HTTP 400 before the request is scheduled).
+    Different steerings (pairs, modes, scope) never share cached KV, no client can forge another steering's
+    salt, and unsteered requests without a salt share the cache as before. A request that asks for a readout
+    gets a salt of its own (its readout key): every prompt token is then computed, so read. Malformed steering
+    raises ``SteeringError`` (a ValueError: HTTP 400 before the request is scheduled).
     """
-    found = steering_field(getattr(params, "extra_args", None) or {})
-    if found is None:
-        return combine_cache_salt(client_salt, None)
-    emotions, limits = _request_contract()
-    raw, param = found
-    steering = Steering.parse(raw, emotions, limits, param=f"vllm_xargs.{param}")
-    return combine_cache_salt(client_salt, steering.salt(len(emotions)))
+    args = getattr(params, "extra_args", None) or {}
+    readout = parse_xarg(args.get(READOUT_XARG))
+    steering = Steering()
+    if any(key != READOUT_XARG for key in args):
+        emotions, limits = _request_contract()
+        steering = Steering.from_body({"vllm_xargs": {k: v for k, v in args.items() if k != READOUT_XARG}},
+                                      emotions, limits)
+        salt = steering.salt(len(emotions))
+    else:
+        salt = None
+    if readout is not None:
+        salt = f"{salt or ''}|r:{readout[0]}"
+    return combine_cache_salt(client_salt, salt)
 
 
 def install(runner: Any) -> None:
@@ -121,7 +134,8 @@ def install(runner: Any) -> None:
     steering = BatchSteering(
         [plan.blocks[layer] for _, layer in local], bundle, basis, max_tokens=max_tokens, max_rows=2 * max_seqs + 8,
         device=param.device, dtype=param.dtype, layouts=[plan.layouts[layer] for _, layer in local],
-        limits=settings.limits,
+        limits=settings.limits, layer_ids=[i for i, _ in local],
+        readout_folder=readout_folder(metrics_directory()) if metrics_directory() else None,
     )
     attach_to_runner(runner, steering)
     logger.warning(

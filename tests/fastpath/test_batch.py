@@ -87,7 +87,7 @@ def test_re_added_request_replaces_its_old_steering():
     steering.update([("a", {"steering": [2, 1.0]})], [])  # re-sent after preemption (V2 does this)
     steering.set_layout(["a"], np.array([1]))
     row = int(steering.token_rows[0])
-    assert steering.rows[row].tolist() == [0.0, 0.0, 1.0]
+    assert steering.add[row].tolist() == [0.0, 0.0, 1.0]
     assert steering.active_requests == 1
 
 

@@ -219,11 +219,12 @@ def runner_kind(runner: Any) -> str:
     return "v1"
 
 
-def _new_and_finished(scheduler_output: Any) -> tuple[list[tuple[str, dict | None]], set[str]]:
+def _new_and_finished(scheduler_output: Any) -> tuple[list[tuple[str, dict | None, int | None]], set[str]]:
     new = []
     for data in scheduler_output.scheduled_new_reqs:
         params = getattr(data, "sampling_params", None)
-        new.append((data.req_id, getattr(params, "extra_args", None) if params is not None else None))
+        new.append((data.req_id, getattr(params, "extra_args", None) if params is not None else None,
+                    getattr(params, "max_tokens", None) if params is not None else None))
     return new, set(scheduler_output.finished_req_ids)
 
 
@@ -255,8 +256,13 @@ def attach_to_runner(runner: Any, steering: BatchSteering) -> str:
 
         @functools.wraps(original)
         def prepare_v1(scheduler_output, num_scheduled_tokens, *args, **kwargs):
-            num_reqs = runner.input_batch.num_reqs
-            steering.set_layout(runner.input_batch.req_ids[:num_reqs], np.asarray(num_scheduled_tokens))
+            batch = runner.input_batch
+            num_reqs = batch.num_reqs
+            if steering.needs_positions:  # each request's tokens computed before this step, and its prompt's length
+                steering.set_layout(batch.req_ids[:num_reqs], np.asarray(num_scheduled_tokens),
+                                    batch.num_computed_tokens_cpu[:num_reqs], batch.num_prompt_tokens[:num_reqs])
+            else:
+                steering.set_layout(batch.req_ids[:num_reqs], np.asarray(num_scheduled_tokens))
             return original(scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
         runner._prepare_inputs = prepare_v1
@@ -266,7 +272,12 @@ def attach_to_runner(runner: Any, steering: BatchSteering) -> str:
         @functools.wraps(original)
         def prepare_v2(scheduler_output, batch_desc, *args, **kwargs):
             batch = original(scheduler_output, batch_desc, *args, **kwargs)
-            steering.set_layout(batch.req_ids, np.asarray(batch.num_scheduled_tokens))
+            if steering.needs_positions:
+                prompt_lens = runner.req_states.prompt_len.np[batch.idx_mapping_np[:batch.num_reqs]]
+                steering.set_layout(batch.req_ids, np.asarray(batch.num_scheduled_tokens),
+                                    batch.num_computed_tokens_np[:batch.num_reqs], prompt_lens)
+            else:
+                steering.set_layout(batch.req_ids, np.asarray(batch.num_scheduled_tokens))
             return batch
 
         runner.prepare_inputs = prepare_v2

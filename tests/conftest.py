@@ -134,7 +134,8 @@ def smollm2_hf(smollm2_path, smollm2_bundle_path):
     from emolab.steer.hf import HFSteerer
 
     model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
-    return model, tokenizer, HFSteerer(model, EmotionBundle.load(smollm2_bundle_path))
+    bundle = EmotionBundle.load(smollm2_bundle_path)  # the servers steer valence/arousal too, after the emotions
+    return model, tokenizer, HFSteerer(model, bundle, basis=bundle.steering_basis(None, derived=True))
 
 
 # ------------------------------------------------------------------ the suite leaves the checkout clean

@@ -58,7 +58,8 @@ class BatchSteering:
         readout_folder: Path | None = None,
         readout_token_slots: int = 16384,
     ) -> None:
-        self.emotions = list(bundle.emotions)
+        self.emotions = bundle.steering_names  # ids as requests give them; the readout reads the emotions only
+        n_read = len(bundle.emotions)
         self.limits = limits or SteeringLimits()
         self.device = device
         n, n_layers = len(self.emotions), len(layers)
@@ -69,7 +70,7 @@ class BatchSteering:
         self.solve = torch.zeros(max_rows + 1, n_layers, n, n, dtype=torch.float32, device=device)
         self.target = torch.zeros(max_rows + 1, n_layers, n, dtype=torch.float32, device=device)
         self.token_rows = torch.zeros(max_tokens, dtype=torch.int64, device=device)
-        self.readout = ReadoutBuffers(list(layer_ids if layer_ids is not None else range(n_layers)), n,
+        self.readout = ReadoutBuffers(list(layer_ids if layer_ids is not None else range(n_layers)), n_read,
                                       max_tokens=max_tokens, max_requests=max(1, max_rows // 2),
                                       token_slots=readout_token_slots, device=device, folder=readout_folder)
         self._free_rows = list(range(max_rows, 0, -1))
@@ -93,7 +94,7 @@ class BatchSteering:
         flat = output.reshape(-1, output.shape[-1])  # [tokens, hidden] (transformers' blocks: [1, tokens, hidden])
         delta, before = steering_delta(flat, self.token_rows[:flat.shape[0]], self.add, self.basis[index],
                                        self.units[index], self.cross[index], self.solve[:, index], self.target[:, index])
-        self.readout.accumulate(index, before)
+        self.readout.accumulate(index, before[:, :self.readout.n])
         return delta.to(output.dtype).view(output.shape)
 
     def _make_hook(self, index: int, layout: str):

@@ -103,7 +103,7 @@ class SteeringMiddleware:
 
     def _contract(self) -> RequestContract:
         # vllm_xargs keys other than steering pass on (other vLLM plugins may read them).
-        return RequestContract(tuple(self.bundle.emotions), self.limits, self.served_names, xargs_keys=None)
+        return RequestContract(tuple(self.bundle.steering_names), self.limits, self.served_names, xargs_keys=None)
 
     def _learn_served_names(self, scope: Scope) -> None:
         from emolab.fastpath.adapters import app_served_model_names

@@ -57,9 +57,10 @@ def register() -> None:
 
 @functools.lru_cache(maxsize=1)
 def _request_contract() -> tuple[list[str], SteeringLimits]:
-    """The bundle's emotions and the steering limits, read once per process (requests' hot path)."""
+    """What requests may steer (the emotions, then valence/arousal if the bundle has them) and the limits,
+    read once per process (requests' hot path)."""
     settings = _settings()
-    return list(EmotionBundle.load(settings.vectors, load_full_sweep=False).emotions), settings.limits
+    return EmotionBundle.load(settings.vectors, load_full_sweep=False).steering_names, settings.limits
 
 
 def _settings() -> ServeSettings:
@@ -129,7 +130,7 @@ def install(runner: Any) -> None:
     # Under pipeline parallelism a rank holds only some blocks (the others are placeholders); it steers its own.
     local = [(i, layer) for i, layer in enumerate(bundle.chosen_layers) if plan.layouts[layer] is not None]
     scale = bundle.resolve_alpha_scale(settings.alpha_scale)
-    basis = bundle.steering_basis(scale)[[i for i, _ in local]]
+    basis = bundle.steering_basis(scale, derived=True)[[i for i, _ in local]]
     max_tokens, max_seqs = runner_limits(runner)
     steering = BatchSteering(
         [plan.blocks[layer] for _, layer in local], bundle, basis, max_tokens=max_tokens, max_rows=2 * max_seqs + 8,

@@ -49,7 +49,7 @@ class ReadoutBuffers:
     def __init__(self, layer_ids: list[int], n: int, *, max_tokens: int, max_requests: int, token_slots: int,
                  device: torch.device, folder: Path | None) -> None:
         layers = len(layer_ids)
-        self.layer_ids, self.folder, self.device = list(layer_ids), folder, device
+        self.layer_ids, self.folder, self.device, self.n = list(layer_ids), folder, device, n
         self.sums = torch.zeros(layers, 1 + 2 * max_requests, n, dtype=torch.float32, device=device)
         self.tokens = torch.zeros(layers, 1 + token_slots, n, dtype=torch.float32, device=device)
         self.slot_of_token = torch.zeros(max_tokens, dtype=torch.int64, device=device)

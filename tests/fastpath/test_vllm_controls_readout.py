@@ -28,6 +28,8 @@ CONTROLS = [
     ({"fear": 0.5}, {"fear": "clamp"}, None),
     ({"sadness": 0.3, "surprise": -0.2}, {"sadness": "clamp", "joy": "ablate"}, "prompt"),
     (None, {"anger": "ablate"}, "generated"),
+    ({"valence": -0.4, "arousal": 0.3}, None, None),  # the derived directions, by name
+    ({"valence": 0.3, "joy": 0.2}, {"valence": "clamp"}, "generated"),
 ]
 
 

@@ -78,6 +78,9 @@ class _Common:
             value = Steering()
         elif isinstance(steering, Steering):
             value = steering
+        elif isinstance(steering, Mapping) and modes:  # with modes a 0 may be a clamp's level: keep it
+            value = Steering.parse([x for k, a in steering.items() for x in (k, a)], emotions, _CLIENT_LIMITS,
+                                   param="steering")
         elif isinstance(steering, Mapping):
             value = Steering.from_mapping(steering, emotions, _CLIENT_LIMITS)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.names import served_model_names
@@ -20,7 +21,8 @@ def run_hf_server(settings: ServeSettings, *, model: str, host: str, port: int, 
     """Serve until interrupted. The bundle is checked against the model before the port opens.
 
     A bundle extracted from another model (by name) is refused under ``settings.model_check == "strict"``;
-    under ``warn`` the mismatch goes to ``warn`` (default: this module's logger).
+    under ``warn`` the mismatch goes to ``warn`` (default: this module's logger). ``settings.chat_template``
+    (a file) replaces the tokenizer's chat template; without any, chat requests get a 400.
     """
     import uvicorn
 
@@ -34,6 +36,8 @@ def run_hf_server(settings: ServeSettings, *, model: str, host: str, port: int, 
     alpha_scale = bundle.resolve_alpha_scale(settings.alpha_scale)
     backend = HFBackend.load(model, bundle, dtype=dtype, device=device, alpha_scale=alpha_scale,
                              max_model_len=max_model_len, max_queue=max_queue)
+    if settings.chat_template:  # the user's template replaces (or supplies) the model's own
+        backend.tokenizer.chat_template = Path(settings.chat_template).read_text()
     names = settings.served_model_names or served_model_names(model)
     app = create_app(backend, bundle, served_model_names=names, api_key=api_key, limits=settings.limits,
                      alpha_scale=alpha_scale)

@@ -19,7 +19,7 @@ from emolab.core.steering import SteeringError, SteeringLimits
 from emolab.serve.contract import APIError, check_model_name, json_type, steering_error, validate_steering
 
 __all__ = [
-    "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "ChatMessage", "ChatRequest",
+    "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "NO_CHAT_TEMPLATE", "ChatMessage", "ChatRequest",
     "CompletionRequest", "RequestContract", "ValidatedRequest", "validate_generation", "validation_message",
 ]
 
@@ -29,6 +29,8 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_TOKENS_BOUND = 2**31 - 1  # far beyond any context; keeps integers inside what engines store
 MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs
+NO_CHAT_TEMPLATE = ("this model has no chat template (a base model): send the text to continue to /v1/completions, "
+                    "or start the server with --chat-template FILE")
 
 
 class _Strict(BaseModel):
@@ -90,13 +92,15 @@ class RequestContract:
     ``xargs_keys``: the ``vllm_xargs`` keys honoured besides ``steering``; ``None`` passes any other
     key on (vLLM hands them to its plugins), but a near-miss of ``steering`` is refused either way.
     ``served_names``: the model names accepted in ``model``; ``None`` leaves that check to the server
-    behind (plain ``vllm serve`` before its names are known).
+    behind (plain ``vllm serve`` before its names are known). ``chat``: False when the model has no
+    chat template and none was given: chat requests get a 400 (``NO_CHAT_TEMPLATE``).
     """
 
     emotions: tuple[str, ...]
     limits: SteeringLimits
     served_names: tuple[str, ...] | None
     xargs_keys: frozenset[str] | None = None
+    chat: bool = True
 
 
 @dataclass
@@ -116,6 +120,8 @@ def validate_generation(body: dict[str, Any], path: str, contract: RequestContra
         raise steering_error(exc) from None
     if contract.served_names is not None:
         check_model_name(body, contract.served_names)
+    if path == CHAT_PATH and not contract.chat:
+        raise APIError(400, NO_CHAT_TEMPLATE, param="messages", code="no_chat_template")
     try:
         request = schema.model_validate(body)
     except ValidationError as exc:

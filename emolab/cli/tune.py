@@ -34,7 +34,8 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heldout-prompts", type=positive_int("--heldout-prompts"), default=None,
                    help="report on the first N held-out prompts (default all)")
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=40)
-    p.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM when installed")
+    p.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto",
+                   help="auto: vLLM when installed and its fast path serves the model, else the HF loop")
     p.add_argument("--prompt-style", choices=["auto", "chat", "continuation"], default="auto",
                    help="chat: user turns through the chat template; continuation: texts the model continues (base "
                         "models); auto: chat when the model has a chat template")

@@ -94,7 +94,9 @@ def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, token
                         setting="windows")
     if not config.pushes or min(config.pushes) <= 0:
         raise TuneError("pushes must be positive numbers", setting="pushes")
-    backend = pick_backend(config.backend)
+    from emolab.core.models import resolve_model
+
+    backend = pick_backend(config.backend, resolve_model(config.model))
     select_limits = config.selection_limits or config.limits.tighter()
 
     t0 = time.perf_counter()
@@ -177,7 +179,9 @@ def evaluate_tuned(folder: str, config: TuneConfig, progress: Any = print) -> di
     if missing:
         raise TuneError(f"{folder} has no tuned recipe and recommended alpha for {missing} (made by a tune)",
                         setting="bundle")
-    runner = _runner(config, pick_backend(config.backend), bundle, progress)
+    from emolab.core.models import resolve_model
+
+    runner = _runner(config, pick_backend(config.backend, resolve_model(config.model)), bundle, progress)
     heldout = stage_prompts(runner.style, "heldout")[:config.heldout_prompts or None]
     result = heldout_eval(runner, Path(folder), list(bundle.emotions), bundle, heldout, config.limits)
     return {"config": {**asdict(config), "limits": config.limits.as_dict()}, "bundle": str(folder),

@@ -67,7 +67,7 @@ extract: $(MODEL_SETUP)
 # The committed bundle at its recommended alphas on the held-out prompts (read-only): the numbers of
 # docs/steering-effect.md, written to runs/effect-<bundle>/ (tables.md, report.json, steering-effect.md).
 effect: $(MODEL_SETUP)
-	$(BIN)/emolab tune --evaluate $(BUNDLE) --model $(MODEL) --report runs/effect-$(notdir $(BUNDLE)) \
+	$(BIN)/emolab tune --evaluate $(BUNDLE) --report runs/effect-$(notdir $(BUNDLE)) --model $(MODEL) \
 		--markdown runs/effect-$(notdir $(BUNDLE))/steering-effect.md --compare-hf $(ARGS)
 
 # The full tune (docs/steering-effect.md): two extractions with the full sweep over layers 6-22 (mean

@@ -76,6 +76,13 @@ effect: $(MODEL_SETUP)
 # HF generation speed measured). Everything goes to runs/; replacing vectors/$(MODEL) is a deliberate
 # copy + commit, never a make target. A mean-position extraction without "mean_skips" in its metadata
 # predates sink-free pooling (2026-11-27) and is made again.
+# Gemma 3 270M (18 blocks, a base model: tuned on texts it continues): a grid small enough for 2 shared cores
+# (docs/gemma3-270m.md); its generation costs ~4x SmolLM2's per token (a 262k vocabulary).
+ifeq ($(MODEL),gemma3-270m)
+TUNE_LAYERS ?= all
+TUNE_ARGS ?= --windows 4-9 --pushes 1.25,1.75 --search-prompts 6 --confirm-top 1 --confirm-prompts 12 \
+	--heldout-prompts 24 --max-new-tokens 24
+endif
 TUNE_LAYERS ?= 6-22
 TUNE_ARGS ?= --windows 10-18,8-20,6-22 --pushes 2,2.5,2.75,3,3.25 --search-prompts 12 --confirm-top 2 --compare-hf
 TUNE_EXTRACT = $(BIN)/emolab extract --model $(MODEL) --layers $(TUNE_LAYERS) --dtype float32 --device cpu --no-progress

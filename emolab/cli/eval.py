@@ -56,6 +56,9 @@ def run_eval_cli(args: argparse.Namespace) -> int:
             raise UsageError(f"--prompts-file: {args.prompts_file} holds no prompt")
     else:
         prompts = None  # the built-in prompts of the prompt style
+    available = len(prompts) if prompts else min(len(DEFAULT_PROMPTS), N_DEFAULT_CONTINUATIONS)  # both styles: 24
+    if args.prompts and args.prompts > available:
+        raise UsageError(f"--prompts: only {available} prompts available, asked for {args.prompts}")
     if args.temperature < 0:
         raise UsageError("--temperature must be >= 0")
     if args.ppl_factor <= 1:

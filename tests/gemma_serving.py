@@ -19,7 +19,7 @@ __all__ = ["ALPHA", "EMOTION", "N_TOKENS", "PROMPT", "TEMPLATE", "USER", "check_
 N_TOKENS = 12
 PROMPT = "This morning I got up, opened the curtains and"
 USER = [{"role": "user", "content": "What did you do this morning?"}]
-EMOTION, ALPHA = "joy", 2.0  # on the bundle's normalized scale; a power of two keeps alpha x v exact
+EMOTION, ALPHA = "joy", 0.5  # on the bundle's normalized scale (recommended: 0.21); a power of two keeps alpha x v exact
 # A user-given template in Gemma's habit: it writes <bos> itself, since a rendered chat is tokenized
 # without special tokens (by vLLM and by emolab alike), so the prompt holds exactly one <bos>.
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

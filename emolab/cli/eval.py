@@ -66,7 +66,8 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()] if args.emotions else None
     config = EvalConfig(
         model=args.model, bundle=args.bundle, emotions=emotions, alphas=args.alphas, scale=args.alpha_scale,
-        prompts=prompts, n_prompts=args.prompts, prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens, samples=args.samples, temperature=args.temperature,
+        prompts=prompts, n_prompts=args.prompts, prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens,
+        samples=args.samples, temperature=args.temperature,
         batch_size=args.batch_size, seed=args.seed, server=args.server, served_model=args.served_model,
         ppl_factor=args.ppl_factor, judge_train_per_class=args.judge_train_per_class,
         judge_test_per_class=args.judge_test_per_class,

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from emolab.cli.common import UsageError, number_list, positive_int
+from emolab.evaluate.prompting import PROMPT_STYLES
 from emolab.evaluate.report import markdown_tables, save_report, write_recommendations
-from emolab.evaluate.sweep import DEFAULT_PROMPTS, EvalConfig, run_eval
+from emolab.evaluate.sweep import DEFAULT_PROMPTS, N_DEFAULT_CONTINUATIONS, EvalConfig, run_eval
 
 __all__ = ["add_eval"]
 
@@ -22,8 +23,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha-scale", choices=["raw", "normalized"], default=None,
                    help="alpha scale for in-process steering (default: the bundle's alpha_scale, else raw)")
     p.add_argument("--prompts", type=positive_int("--prompts"), default=None,
-                   help=f"use the first N built-in neutral prompts (default all {len(DEFAULT_PROMPTS)})")
+                   help=f"use the first N prompts (default all: {len(DEFAULT_PROMPTS)} built-in chat turns, or "
+                        f"{N_DEFAULT_CONTINUATIONS} texts to continue)")
     p.add_argument("--prompts-file", default=None, help="one prompt per line instead of the built-in ones")
+    p.add_argument("--prompt-style", choices=list(PROMPT_STYLES), default="auto",
+                   help="chat: user turns through the chat template; continuation: texts the model continues "
+                        "(/v1/completions; for base models); auto: chat when the model has a chat template")
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=40)
     p.add_argument("--samples", type=positive_int("--samples"), default=1, help="samples per prompt (>1 samples)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -50,11 +55,10 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         if not prompts:
             raise UsageError(f"--prompts-file: {args.prompts_file} holds no prompt")
     else:
-        prompts = list(DEFAULT_PROMPTS)
-    if args.prompts:
-        if args.prompts > len(prompts):
-            raise UsageError(f"--prompts: only {len(prompts)} prompts available, asked for {args.prompts}")
-        prompts = prompts[:args.prompts]
+        prompts = None  # the built-in prompts of the prompt style
+    available = len(prompts) if prompts else min(len(DEFAULT_PROMPTS), N_DEFAULT_CONTINUATIONS)  # both styles: 24
+    if args.prompts and args.prompts > available:
+        raise UsageError(f"--prompts: only {available} prompts available, asked for {args.prompts}")
     if args.temperature < 0:
         raise UsageError("--temperature must be >= 0")
     if args.ppl_factor <= 1:
@@ -62,11 +66,13 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()] if args.emotions else None
     config = EvalConfig(
         model=args.model, bundle=args.bundle, emotions=emotions, alphas=args.alphas, scale=args.alpha_scale,
-        prompts=prompts, max_new_tokens=args.max_new_tokens, samples=args.samples, temperature=args.temperature,
+        prompts=prompts, n_prompts=args.prompts, prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens,
+        samples=args.samples, temperature=args.temperature,
         batch_size=args.batch_size, seed=args.seed, server=args.server, served_model=args.served_model,
         ppl_factor=args.ppl_factor, judge_train_per_class=args.judge_train_per_class,
         judge_test_per_class=args.judge_test_per_class,
     )
+    args.flags = {"n_prompts": "--prompts", "prompts": "--prompts-file"}
     report = run_eval(config)
     output = args.output or f"runs/eval-{Path(args.bundle).name}"
     save_report(report, output)

@@ -88,6 +88,7 @@ class SteeringMiddleware:
         self.bundle = EmotionBundle.load(settings.vectors, load_full_sweep=False)
         self.limits = settings.limits
         self.alpha_scale = self.bundle.resolve_alpha_scale(settings.alpha_scale)
+        self.chat = settings.chat  # False: no chat template (a base model): chat requests get emolab's 400
         # The same key check as the HF backend, in front of everything below (and of vLLM's app).
         self.guarded = BearerAuthMiddleware(self.handle, resolve_api_key(None))
         # emolab serve passes the names; under plain `vllm serve` they are read from vLLM's app on the
@@ -103,7 +104,8 @@ class SteeringMiddleware:
 
     def _contract(self) -> RequestContract:
         # vllm_xargs keys other than steering pass on (other vLLM plugins may read them).
-        return RequestContract(tuple(self.bundle.steering_names), self.limits, self.served_names, xargs_keys=None)
+        return RequestContract(tuple(self.bundle.steering_names), self.limits, self.served_names, xargs_keys=None,
+                               chat=self.chat)
 
     def _learn_served_names(self, scope: Scope) -> None:
         from emolab.fastpath.adapters import app_served_model_names

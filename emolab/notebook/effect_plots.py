@@ -1,5 +1,6 @@
-"""Figures of an ``emolab eval`` report, in the same style as ``emolab.notebook.plots``: each function
-takes the report and returns a fresh ``Figure`` built without pyplot (no global state, no GUI backend).
+"""Figures of an ``emolab eval`` report (and of a tune's held-out stage, ``heldout_effect``), in the same style
+as ``emolab.notebook.plots``: each function takes the report and returns a fresh ``Figure`` built without
+pyplot (no global state, no GUI backend).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from matplotlib.figure import Figure
 
 from emolab.notebook.plots import new_figure
 
-__all__ = ["confusion_heatmap", "effect_curves", "fluency_curves", "save_all"]
+__all__ = ["confusion_heatmap", "effect_curves", "fluency_curves", "heldout_effect", "save_all"]
 
 
 def effect_curves(report: dict[str, Any]) -> Figure:
@@ -94,6 +95,40 @@ def confusion_heatmap(report: dict[str, Any]) -> Figure:
     ax.set_xlabel("judge: mean probability")
     ax.set_ylabel(f"steered emotion @ alpha ({report.get('scale', 'raw')})")
     fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def heldout_effect(heldout: dict[str, Any]) -> Figure:
+    """A tune's held-out stage (``report["heldout"]``): per emotion the judge's mean P(target) unsteered and
+    steered at the recommended alpha (the change's 95% CI as the error bar), and the fluency cost (median
+    perplexity relative to unsteered, degenerate share)."""
+    rows = heldout["rows"]
+    emotions = list(rows)
+    base = heldout["baseline"]
+    x = np.arange(len(emotions))
+    fig = new_figure(10, 3.4, constrained=False)
+    left, right = fig.subplots(1, 2)
+    before = [base["judge_mean"][e] for e in emotions]
+    after = [rows[e]["target"] for e in emotions]
+    errors = np.array([[rows[e]["delta"] - rows[e]["delta_ci95"][0], rows[e]["delta_ci95"][1] - rows[e]["delta"]]
+                       for e in emotions]).T
+    left.bar(x - 0.2, before, 0.4, color="lightgrey", label="unsteered")
+    left.bar(x + 0.2, after, 0.4, yerr=errors, capsize=3, label="steered (recommended alpha)",
+             color=[matplotlib.rcParams["axes.prop_cycle"].by_key()["color"][k % 10] for k in range(len(emotions))])
+    left.set_xticks(x, emotions, fontsize=8)
+    left.set_ylabel("judge mean P(target emotion)")
+    left.set_ylim(0, 1)
+    left.legend(fontsize=8, frameon=False)
+    left.set_title(f"held-out effect ({heldout['n_prompts']} prompts; bars: 95% CI of the change)", fontsize=9)
+    right.bar(x - 0.2, [rows[e]["ppl_median"] / base["ppl_median"] for e in emotions], 0.4, label="median ppl / unsteered")
+    right.bar(x + 0.2, [rows[e]["degenerate"] for e in emotions], 0.4, label="degenerate share")
+    right.axhline(1.0, color="grey", lw=0.8, ls=":")
+    right.set_xticks(x, emotions, fontsize=8)
+    right.legend(fontsize=8, frameon=False)
+    right.set_title(f"fluency cost (unsteered degenerate share {base['degenerate']:.2f})", fontsize=9)
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 

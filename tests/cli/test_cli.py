@@ -73,7 +73,8 @@ def test_extract_on_tiny_qwen3_then_inspect(tmp_path, capsys):
     )
     assert code == 0, err
     assert f"saved bundle to {out}" in stdout and "validation ROC-AUC" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["anger_chosen.npy", "joy_chosen.npy", "metadata.json", "sadness_chosen.npy"]
+    assert sorted(p.name for p in out.iterdir()) == ["anger_chosen.npy", "arousal_derived.npy", "joy_chosen.npy",
+                                                     "metadata.json", "sadness_chosen.npy", "valence_derived.npy"]
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["model"] == "tiny-qwen3" and meta["search_layers"] == [0, 1, 2, 3] and meta["seed"] == 1
     assert len(meta["chosen_layers"]) == 2 and meta["dtype"] == "float32"

@@ -107,19 +107,19 @@ def test_auc_plots_refuse_a_bundle_without_auc():
 
 def test_save_inspection_plots_writes_pngs(tmp_path):
     paths = plots.save_inspection_plots(hand_bundle(), tmp_path / "all")
-    assert sorted(paths) == ["auc_heatmap", "cosine", "mean_auc", "norms"]
+    assert sorted(paths) == ["auc_heatmap", "circumplex", "cosine", "mean_auc", "norms"]  # 3 rated emotions
     for path in paths.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     paths = plots.save_inspection_plots(hand_bundle(with_auc=False), tmp_path / "no-auc")
-    assert sorted(paths) == ["cosine", "norms"]
-    assert sorted(p.name for p in (tmp_path / "no-auc").iterdir()) == ["cosine.png", "norms.png"]
+    assert sorted(paths) == ["circumplex", "cosine", "norms"]
+    assert sorted(p.name for p in (tmp_path / "no-auc").iterdir()) == ["circumplex.png", "cosine.png", "norms.png"]
 
 
 def test_reference_bundle_plots(reference_bundle_path, tmp_path):
     """A bundle of the reference tool: family-split AUCs folded into one heatmap, norms of the chosen layers."""
     bundle = EmotionBundle.load(reference_bundle_path)
     paths = plots.save_inspection_plots(bundle, tmp_path)
-    assert sorted(paths) == ["auc_heatmap", "cosine", "mean_auc", "norms"]
+    assert sorted(paths) == ["auc_heatmap", "circumplex", "cosine", "mean_auc", "norms"]  # fitted on the fly
     ax = plots.auc_heatmap(bundle).axes[0]
     assert ax.images[0].get_array().shape == (12, 6)
     (window,) = [p for p in ax.patches if p.get_label() == "chosen window"]
@@ -130,7 +130,7 @@ def test_reference_bundle_plots(reference_bundle_path, tmp_path):
 def test_committed_bundle_plots(smollm2_bundle_path, tmp_path):
     bundle = EmotionBundle.load(smollm2_bundle_path)
     paths = plots.save_inspection_plots(bundle, tmp_path)
-    assert sorted(paths) == ["auc_heatmap", "cosine", "mean_auc", "norms"]
+    assert sorted(paths) == ["auc_heatmap", "circumplex", "cosine", "mean_auc", "norms"]
     layers, _ = plots.vector_norms(bundle)
     assert layers == (bundle.search_layers if bundle.full_sweep is not None else bundle.chosen_layers)
 

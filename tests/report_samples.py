@@ -73,7 +73,7 @@ def tune_report() -> dict:
     for emotion in emotions:
         row = _row(rng, emotion, 0.4, 0)
         row.update(recipe={"source": "meandiff-mean"}, checks=goal_checks(row, base, Limits()),
-                   judge_mean=_judge_mean(rng, emotions),
+                   judge_mean=_judge_mean(rng, emotions), target=base["judge_mean"][emotion] + row["delta"],
                    examples=[{"prompt": "hi", "baseline": "b", "steered": "s", "p_target_baseline": 0.1,
                               "p_target_steered": 0.6}])
         rows[emotion] = row

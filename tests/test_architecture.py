@@ -73,3 +73,44 @@ def test_the_public_api_resolves():
 
     for name in emolab.__all__:
         assert getattr(emolab, name) is not None, name
+
+
+def module_imports(path: Path) -> set[str]:
+    """The emolab modules a file imports (``from emolab.core import offline`` counts as ``emolab.core.offline``),
+    function-level imports included."""
+    known = {".".join(("emolab", *p.relative_to(PACKAGE).with_suffix("").parts)) for p in MODULES}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            if name in known:
+                found.add(name)
+                break  # the most specific module named: `from a.b import c` is a.b.c when that is a module
+    return found
+
+
+def test_core_modules_import_each_other_without_cycles():
+    """core is the bottom of the pipeline; inside it no two modules may import each other, even lazily
+    (models re-exports offline's alias table; offline needs nothing from models)."""
+    graph = {}
+    for path in MODULES:
+        if subpackage(path) == "core":
+            name = ".".join(("emolab", *path.relative_to(PACKAGE).with_suffix("").parts))
+            graph[name] = {m for m in module_imports(path) if m.startswith("emolab.core.") and m != name}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
+            assert state.get(target) != 1, "import cycle: " + " -> ".join([*trail, node, target])
+            if target not in state:
+                visit(target, [*trail, node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])

@@ -78,6 +78,9 @@ class _Common:
             value = Steering()
         elif isinstance(steering, Steering):
             value = steering
+        elif isinstance(steering, Mapping) and modes:  # with modes a 0 may be a clamp's level: keep it
+            value = Steering.parse([x for k, a in steering.items() for x in (k, a)], emotions, _CLIENT_LIMITS,
+                                   param="steering")
         elif isinstance(steering, Mapping):
             value = Steering.from_mapping(steering, emotions, _CLIENT_LIMITS)
         else:
@@ -144,6 +147,11 @@ class SteeringClient(_Common):
         return list(self.info["emotions"])
 
     @property
+    def steerable(self) -> list[str]:
+        """What may be steered by name: the emotions, then derived directions (valence, arousal) if served."""
+        return list(self.info.get("steerable") or self.info["emotions"])
+
+    @property
     def model(self) -> str:
         if self._model is None:
             self._model = self.info.get("model") or self.openai.models.list().data[0].id
@@ -158,7 +166,7 @@ class SteeringClient(_Common):
         # /v1/emotions is read only for a steered request: a plain vLLM server has no such route.
         if steering is None and not modes and not scope:
             return None
-        return self.steering_value(steering, self.emotions, modes, scope)
+        return self.steering_value(steering, self.steerable, modes, scope)
 
     def chat_completion(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, *,
                         extra_body: Mapping[str, Any] | None = None, modes: Mapping[str | int, str] | None = None,
@@ -213,6 +221,10 @@ class AsyncSteeringClient(_Common):
     async def emotions(self) -> list[str]:
         return list((await self.info())["emotions"])
 
+    async def steerable(self) -> list[str]:
+        info = await self.info()
+        return list(info.get("steerable") or info["emotions"])
+
     async def model(self) -> str:
         if self._model is None:
             self._model = (await self.info()).get("model") or (await self.openai.models.list()).data[0].id
@@ -226,7 +238,7 @@ class AsyncSteeringClient(_Common):
                               scope: str | None = None, readout: bool | str = False, **kwargs: Any) -> Any:
         value = None
         if steering is not None or modes or scope:
-            value = self.steering_value(steering, await self.emotions(), modes, scope)
+            value = self.steering_value(steering, await self.steerable(), modes, scope)
         body = self._extra_body(value, extra_body, readout)
         return await self.openai.chat.completions.create(model=await self.model(), messages=self._messages(messages),
                                                          extra_body=body or None, **kwargs)

@@ -4,7 +4,9 @@ An offline ``vllm.LLM`` runs N simulated agents: exactly N requests are in fligh
 step (a finished request is replaced by that agent's next one), each with a fixed prompt length and
 ``max_tokens`` generated (``ignore_eos``). Scenarios ``none``, ``mixed`` (every request a random
 blend of one or two emotions) and, when asked for, ``mixed-null`` (those blends at a millionth of the
-alpha: the steering code without its effect on the text; ``emolab.bench.load``) alternate in one engine,
+alpha: the steering code without its effect on the text; ``emolab.bench.load``), ``controls`` (the blends
+with a random mode per emotion, an ablation and a scope) and ``readout`` (unsteered, every request asking for
+its readout) alternate in one engine,
 repeat after repeat; ``plain`` is the same
 load on an engine with the plugin not loaded, in its own process (``VLLM_PLUGINS=""``). Runs are
 sized to last about ``run_seconds`` each, so a 2% difference can be read.
@@ -26,7 +28,7 @@ from typing import Any
 
 from emolab.bench.load import pick_steering
 
-__all__ = ["engine_job", "run_engine_bench"]
+__all__ = ["ENGINE_SCENARIOS", "engine_job", "run_engine_bench"]
 
 WORDS = ("river stone market window garden letter evening table morning station coffee paper mountain bridge "
          "lantern harbour orchard meadow village kitchen").split()
@@ -42,11 +44,31 @@ def _prompts(tokenizer: Any, count: int, length: int, seed: int) -> list[list[in
     return prompts
 
 
-def _steering(scenario: str, rng: random.Random, n_emotions: int, alpha: float) -> list[float] | None:
-    if scenario == "plain":
+ENGINE_SCENARIOS = ("none", "mixed", "mixed-null", "controls", "readout")
+
+
+def _engine_args(scenario: str, rng: random.Random, n_emotions: int, alpha: float) -> dict[str, Any] | None:
+    """The request's ``extra_args`` (what ``vllm_xargs`` becomes) for a scenario; None unsteered.
+
+    ``controls``: mixed's blend, each emotion added or clamped at random, sometimes a third emotion ablated,
+    and a random scope; ``readout``: unsteered, asking for the readout (means)."""
+    if scenario in ("plain", "none"):
         return None
-    steering = pick_steering(scenario, rng, n_emotions, alpha)
-    return None if steering is None else [float(x) for x in steering]
+    if scenario == "readout":
+        from emolab.fastpath.readout_store import READOUT_XARG, new_key
+
+        return {READOUT_XARG: f"{new_key()}:means"}
+    steering = [float(x) for x in pick_steering("mixed-null" if scenario == "mixed-null" else "mixed", rng,
+                                                n_emotions, alpha)]
+    args: dict[str, Any] = {"steering": steering}
+    if scenario == "controls":
+        ids = [int(x) for x in steering[0::2]]
+        modes = [x for e in ids for x in (float(e), rng.choice(("add", "clamp")))]
+        spare = [e for e in range(n_emotions) if e not in ids]
+        if spare and rng.random() < 0.5:
+            modes += [float(rng.choice(spare)), "ablate"]
+        args.update(steering_modes=modes, steering_scope=rng.choice(("all", "prompt", "generated")))
+    return args
 
 
 def _run(llm: Any, agents: int, per_agent: int, scenario: str, job: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -62,9 +84,8 @@ def _run(llm: Any, agents: int, per_agent: int, scenario: str, job: dict[str, An
     while queue or in_flight:
         while queue and in_flight < agents:
             index, prompt = queue.pop()
-            steering = _steering(scenario, rng, job["n_emotions"], job["alpha"])
             params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=True,
-                                    extra_args={"steering": steering} if steering else None)
+                                    extra_args=_engine_args(scenario, rng, job["n_emotions"], job["alpha"]))
             engine.add_request(f"{scenario}-{seed}-{index}", {"prompt_token_ids": prompt}, params)
             in_flight += 1
         for output in engine.step():

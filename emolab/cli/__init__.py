@@ -19,7 +19,7 @@ from emolab.cli.common import REFERENCE_PROG, UsageError, flag_for
 from emolab.cli.eval import add_eval
 from emolab.cli.export import add_export_gguf
 from emolab.cli.extract import add_build_model, add_extract, add_test
-from emolab.cli.readout import add_readout
+from emolab.cli.readout import add_circumplex, add_readout
 from emolab.cli.serve import add_serve
 from emolab.cli.simulate import add_simulate
 from emolab.cli.soak import add_soak
@@ -29,7 +29,7 @@ from emolab.cli.tune import add_tune
 __all__ = ["REFERENCE_PROG", "build_parser", "emotion_steering", "main"]
 
 BUILDERS = (add_extract, add_test, add_build_model, add_serve, add_test_http, add_bench, add_soak, add_eval,
-            add_tune, add_export_gguf, add_simulate, add_readout)
+            add_tune, add_export_gguf, add_simulate, add_readout, add_circumplex)
 
 
 def build_parser(prog: str = "emolab") -> argparse.ArgumentParser:

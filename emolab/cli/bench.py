@@ -19,7 +19,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agents", type=number_list("--agents", int, minimum=1), default=[1, 20, 64], help="comma-separated agent counts")
     p.add_argument("--scenarios", type=word_list, default=None,
                    help="comma-separated, from none, same, mixed, mixed-null, churn, churn-none (default none,mixed,"
-                        "churn); --engine: from none, mixed, mixed-null (default none,mixed)")
+                        "churn); --engine: from none, mixed, mixed-null, controls, readout (default none,mixed)")
     p.add_argument("--prompt-tokens", type=positive_int("--prompt-tokens"), default=200)
     p.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=256)
     p.add_argument("--requests-per-agent", type=positive_int("--requests-per-agent"), default=2)
@@ -71,7 +71,8 @@ def run_engine_cli(args: argparse.Namespace) -> int:
         raise UsageError("--engine needs --serve-model and --serve-vectors")
     if not math.isfinite(args.engine_seconds) or args.engine_seconds <= 0:
         raise UsageError(f"--engine-seconds must be a positive number, got {args.engine_seconds}")
-    engine_scenarios = ("none", "mixed", "mixed-null")
+    from emolab.bench.engine import ENGINE_SCENARIOS as engine_scenarios
+
     scenarios = tuple(args.scenarios or ("none", "mixed"))
     unknown = [s for s in scenarios if s not in engine_scenarios]
     if unknown:

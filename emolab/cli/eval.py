@@ -8,9 +8,9 @@ from pathlib import Path
 
 from emolab.cli.common import UsageError, number_list, positive_int, word_list
 from emolab.evaluate.controls import DEFAULT_CONTROLS
+from emolab.evaluate.prompting import PROMPT_STYLES, stage_prompts
 from emolab.evaluate.report import markdown_tables, save_report, write_recommendations
-from emolab.evaluate.sweep import DEFAULT_PROMPTS, EvalConfig, run_eval
-from emolab.extraction.prompts import PROMPT_SETS, read_prompts
+from emolab.evaluate.sweep import DEFAULT_PROMPTS, N_DEFAULT_CONTINUATIONS, EvalConfig, run_eval
 
 __all__ = ["add_eval"]
 
@@ -25,11 +25,15 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha-scale", choices=["raw", "normalized"], default=None,
                    help="alpha scale for in-process steering (default: the bundle's alpha_scale, else raw)")
     p.add_argument("--prompts", type=positive_int("--prompts"), default=None,
-                   help="use the first N prompts of the set (default all)")
-    p.add_argument("--prompt-set", choices=["builtin", *PROMPT_SETS], default=None,
-                   help=f"builtin ({len(DEFAULT_PROMPTS)} neutral prompts; the sweep's default) or a steering prompt "
-                        "set (heldout: the --controls default)")
+                   help=f"use the first N prompts (default all: {len(DEFAULT_PROMPTS)} built-in chat turns or "
+                        f"{N_DEFAULT_CONTINUATIONS} texts to continue; 48 of a --prompt-set)")
+    p.add_argument("--prompt-set", choices=["builtin", "tune", "heldout"], default=None,
+                   help="builtin (the sweep's default) or the prompt style's tuning or held-out set (heldout: the "
+                        "--controls default)")
     p.add_argument("--prompts-file", default=None, help="one prompt per line instead of a prompt set")
+    p.add_argument("--prompt-style", choices=list(PROMPT_STYLES), default="auto",
+                   help="chat: user turns through the chat template; continuation: texts the model continues "
+                        "(/v1/completions; for base models); auto: chat when the model has a chat template")
     p.add_argument("--controls", type=word_list, default=None,
                    help="compare controls per emotion at the bundle's recommended alpha instead of sweeping alphas: "
                         "MODE[:LEVEL][@SCOPE], e.g. add,add@generated,clamp:matched,clamp:same@generated "
@@ -56,7 +60,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_eval_cli)
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
+def _prompts(args: argparse.Namespace) -> list[str] | None:
     if args.prompts_file and args.prompt_set:
         raise UsageError("--prompts-file: give it or --prompt-set, not both")
     if args.prompts_file:
@@ -67,13 +71,20 @@ def _prompts(args: argparse.Namespace) -> list[str]:
         if not prompts:
             raise UsageError(f"--prompts-file: {args.prompts_file} holds no prompt")
     else:
-        name = args.prompt_set or ("heldout" if args.controls is not None else "builtin")
-        prompts = list(DEFAULT_PROMPTS) if name == "builtin" else read_prompts(name)
-    if args.prompts:
-        if args.prompts > len(prompts):
-            raise UsageError(f"--prompts: only {len(prompts)} prompts available, asked for {args.prompts}")
-        prompts = prompts[:args.prompts]
+        prompts = None  # the built-in prompts or the set, of the prompt style (the model decides it)
+    if prompts:
+        available = len(prompts)
+    elif _prompt_set(args) == "builtin":
+        available = min(len(DEFAULT_PROMPTS), N_DEFAULT_CONTINUATIONS)  # both styles: 24
+    else:
+        available = min(len(stage_prompts(style, _prompt_set(args))) for style in ("chat", "continuation"))
+    if args.prompts and args.prompts > available:
+        raise UsageError(f"--prompts: only {available} prompts available, asked for {args.prompts}")
     return prompts
+
+
+def _prompt_set(args: argparse.Namespace) -> str:
+    return args.prompt_set or ("heldout" if args.controls is not None else "builtin")
 
 
 def run_eval_cli(args: argparse.Namespace) -> int:
@@ -87,12 +98,15 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()] if args.emotions else None
     config = EvalConfig(
         model=args.model, bundle=args.bundle, emotions=emotions, alphas=args.alphas or [0.5, 1.0, 1.5, 2.0],
-        scale=args.alpha_scale,
-        prompts=prompts, max_new_tokens=args.max_new_tokens, samples=args.samples, temperature=args.temperature,
+        scale=args.alpha_scale, prompts=prompts, n_prompts=args.prompts,
+        prompt_set=None if prompts or _prompt_set(args) == "builtin" else _prompt_set(args),
+        prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens, samples=args.samples,
+        temperature=args.temperature,
         batch_size=args.batch_size, seed=args.seed, server=args.server, served_model=args.served_model,
         ppl_factor=args.ppl_factor, judge_train_per_class=args.judge_train_per_class,
         judge_test_per_class=args.judge_test_per_class,
     )
+    args.flags = {"n_prompts": "--prompts", "prompts": "--prompts-file"}
     report = run_eval(config)
     output = args.output or f"runs/eval-{Path(args.bundle).name}"
     save_report(report, output, plots=not args.no_plots)
@@ -105,7 +119,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def _controls_cli(args: argparse.Namespace, prompts: list[str]) -> int:
+def _controls_cli(args: argparse.Namespace, prompts: list[str] | None) -> int:
     """``emolab eval --controls``: the controls comparison, in process, greedy, at the recommended alphas."""
     from emolab.evaluate.controls import ControlsConfig, run_controls
     from emolab.evaluate.controls_report import save_controls_report, write_control_recommendations
@@ -125,11 +139,12 @@ def _controls_cli(args: argparse.Namespace, prompts: list[str]) -> int:
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()] if args.emotions else None
     config = ControlsConfig(
         model=args.model, bundle=args.bundle, emotions=emotions, controls=controls, prompted=args.prompted,
-        prompt_set=args.prompt_set or (f"file {args.prompts_file}" if args.prompts_file else "heldout"), prompts=prompts,
-        calibration_prompts=args.calibration_prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        prompt_set=f"file {args.prompts_file}" if prompts else _prompt_set(args), prompts=prompts,
+        n_prompts=args.prompts, prompt_style=args.prompt_style, calibration_prompts=args.calibration_prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         seed=args.seed, limits=Limits(ppl_factor=args.ppl_factor), judge_train_per_class=args.judge_train_per_class,
         judge_test_per_class=args.judge_test_per_class,
     )
+    args.flags = {"n_prompts": "--prompts", "prompts": "--prompts-file", "prompt_set": "--prompt-set"}
     report = run_controls(config, progress=lambda line: print(line, flush=True))
     output = args.output or f"runs/controls-{Path(args.bundle).name}"
     markdown = save_controls_report(report, output, plots=not args.no_plots)

@@ -15,7 +15,7 @@ REFERENCE_OUTPUT = "./vectors"  # the reference tool's --output default (kept un
 
 def add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="extract contrastive emotion vectors into a bundle folder")
-    p.add_argument("-m", "--model", default="Qwen/Qwen3-8B", help="hub id, local folder, or smollm2 / tiny-qwen3")
+    p.add_argument("-m", "--model", default="Qwen/Qwen3-8B", help="hub id, local folder, or smollm2 / gemma3-270m / tiny-qwen3 / tiny-llama")
     p.add_argument("-e", "--emotions", default=",".join(DEFAULT_EMOTIONS), help="comma-separated Ekman emotions")
     where = p.add_mutually_exclusive_group()
     where.add_argument("-l", "--layers", default=None,
@@ -138,8 +138,10 @@ def run_test(args: argparse.Namespace) -> int:
 
 
 def add_build_model(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build-model", help="build an offline model (smollm2, tiny-qwen3, tiny-llama) and print its folder")
-    p.add_argument("name", choices=["smollm2", "tiny-qwen3", "tiny-llama"])
+    from emolab.core.offline import ALIASES
+
+    p = sub.add_parser("build-model", help=f"build an offline model ({', '.join(ALIASES)}) and print its folder")
+    p.add_argument("name", choices=list(ALIASES))
     p.set_defaults(func=run_build_model)
 
 

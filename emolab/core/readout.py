@@ -25,7 +25,7 @@ import numpy as np
 from emolab.core.bundle import READOUT_KEY, BundleError, EmotionBundle
 
 __all__ = ["READ_AT", "READOUT_KEY", "ReadoutReference", "ReadoutScale", "readout_scale", "readout_summary",
-           "score_tokens", "unit_directions"]
+           "score_tokens", "summary_from_sums", "unit_directions"]
 
 # Where a served readout is taken (the response and the docs say it): at each chosen layer, the residual stream
 # as this request's forward found it, before this request's own addition, ablation or clamp at that layer.
@@ -122,17 +122,30 @@ def readout_summary(emotions: list[str], scale: ReadoutScale, mask: np.ndarray, 
     ``prompt``, the prompt's tokens after the first (an attention sink in every model here), and ``generated``,
     the generated tokens fed back into the model (all but the last, which no forward reads). Each emotion's
     mean score over each, ``null`` where there is no token; with ``per_token`` the generated tokens' scores."""
+    prompt, generated = np.asarray(prompt, np.float64), np.asarray(generated, np.float64)
+    return summary_from_sums(emotions, scale, mask, prompt_sum=prompt.sum(axis=0), prompt_count=len(prompt),
+                             generated_sum=generated.sum(axis=0), generated_count=len(generated),
+                             per_token=generated if per_token else None)
 
-    def means(projections: np.ndarray) -> dict[str, float | None]:
-        if len(projections) == 0:
+
+def summary_from_sums(emotions: list[str], scale: ReadoutScale, mask: np.ndarray, *, prompt_sum: np.ndarray,
+                      prompt_count: int, generated_sum: np.ndarray, generated_count: int,
+                      per_token: np.ndarray | None = None) -> dict:
+    """``readout_summary`` from per-layer sums of projections (``[n_layers, n_emotions]``) and token counts, as a
+    batched engine accumulates them (a score is affine in the projection, so the mean score is the score of
+    the mean projection); ``per_token``: the generated tokens' projections ``[k, n_layers, n_emotions]``."""
+
+    def means(total: np.ndarray, count: int) -> dict[str, float | None]:
+        if count == 0:
             return {e: None for e in emotions}
-        mean = score_tokens(np.asarray(projections, np.float64).mean(axis=0, keepdims=True), scale, mask)[0]
+        mean = score_tokens(np.asarray(total, np.float64)[None] / count, scale, mask)[0]
         return {e: round(float(v), 6) for e, v in zip(emotions, mean, strict=True)}
 
-    summary = {"emotions": list(emotions), "prompt": means(prompt), "generated": means(generated),
-               "tokens": {"prompt": int(len(prompt)), "generated": int(len(generated))},
+    summary = {"emotions": list(emotions), "prompt": means(prompt_sum, prompt_count),
+               "generated": means(generated_sum, generated_count),
+               "tokens": {"prompt": int(prompt_count), "generated": int(generated_count)},
                "scale": scale.kind, "meaning": scale.meaning, "read_at": READ_AT}
-    if per_token:
-        scores = score_tokens(generated, scale, mask) if len(generated) else np.zeros((0, len(emotions)))
+    if per_token is not None:
+        scores = score_tokens(per_token, scale, mask) if len(per_token) else np.zeros((0, len(emotions)))
         summary["generated_tokens"] = np.round(scores, 6).tolist()
     return summary

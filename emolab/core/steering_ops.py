@@ -25,7 +25,7 @@ import torch
 
 from emolab.core.steering import MODES_FIELD, RowPlan, SteeringError
 
-__all__ = ["ControlTables", "steer_rows"]
+__all__ = ["ControlTables", "steer_rows", "steering_delta"]
 
 
 @dataclass
@@ -75,6 +75,23 @@ class ControlTables:
         return solve, target
 
 
+def steering_delta(hidden: torch.Tensor, rows: torch.Tensor, add: torch.Tensor, basis: torch.Tensor,
+                   units: torch.Tensor, cross: torch.Tensor, solve: torch.Tensor | None = None,
+                   target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chosen layer, a flat batch of tokens: ``(what to add to the block output [T, H] float32, the
+    projections before steering [T, n] float32)``; the arguments as for ``steer_rows``."""
+    work = hidden.float()
+    before = work @ units.float().T  # [T, n]: the stream as the request found it (the readout's view)
+    alphas = add[rows].float()
+    delta = alphas @ basis.float()
+    if solve is not None and target is not None:
+        after_add = before + alphas @ cross.float()
+        gap = (target[rows].float() - after_add).unsqueeze(-1)
+        held = torch.bmm(solve[rows].float(), gap).squeeze(-1)  # zero for rows without constraints
+        delta = delta + held @ units.float()
+    return delta, before
+
+
 def steer_rows(hidden: torch.Tensor, rows: torch.Tensor, add: torch.Tensor, basis: torch.Tensor,
                units: torch.Tensor, cross: torch.Tensor, solve: torch.Tensor | None = None,
                target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,13 +102,5 @@ def steer_rows(hidden: torch.Tensor, rows: torch.Tensor, add: torch.Tensor, basi
     [R, n] this layer's constraint tables (None: additions only). Projections and the solve run in float32;
     the change is cast to ``hidden``'s dtype once. No Python branches on values, no host sync: graph-safe.
     """
-    work = hidden.float()
-    before = work @ units.float().T  # [T, n]: the stream as the request found it (the readout's view)
-    alphas = add[rows].float()
-    delta = alphas @ basis.float()
-    if solve is not None and target is not None:
-        after_add = before + alphas @ cross.float()
-        gap = (target[rows].float() - after_add).unsqueeze(-1)
-        held = torch.bmm(solve[rows].float(), gap).squeeze(-1)  # zero for rows without constraints
-        delta = delta + held @ units.float()
+    delta, before = steering_delta(hidden, rows, add, basis, units, cross, solve, target)
     return hidden + delta.to(hidden.dtype), before

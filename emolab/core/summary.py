@@ -40,7 +40,12 @@ def summary(bundle: EmotionBundle) -> dict[str, Any]:
         "validated_alpha_range": meta.get("validated_alpha_range"),
         "convention_inject": meta.get("convention_inject"),
         "has_full_sweep": bundle.full_sweep is not None,
+        "steerable": bundle.steering_names,
     }
+    if bundle.derived:
+        from emolab.core.circumplex import circumplex_frame
+
+        out["circumplex"] = circumplex_frame(bundle).round(4).to_dict(orient="records")
     if auc is not None:
         out["auc_matrix"] = auc[bundle.emotions].to_numpy().tolist()
         out["mean_auc_per_layer"] = auc["mean"].tolist()
@@ -86,6 +91,16 @@ def print_report(bundle: EmotionBundle, console=None, *, norms: bool = True, auc
         for layer, row, mean, chosen in zip(frame.index, frame[bundle.emotions].to_numpy(), frame["mean"],
                                             frame["chosen"], strict=True):
             table.add_row(f"{'*' if chosen else ''}{layer}", *(f"{x:.3f}" for x in row), f"{mean:.3f}")
+        console.print(table)
+
+    if info.get("circumplex"):
+        table = Table(title="valence-arousal: published ratings (NRC VAD) and each vector's projection on the "
+                            "bundle's derived directions (steer them as 'valence' / 'arousal')")
+        for column in ("emotion", "valence", "arousal", "valence_projection", "arousal_projection"):
+            table.add_column(column, justify="left" if column == "emotion" else "right")
+        for row in info["circumplex"]:
+            table.add_row(row["emotion"], *(f"{row[k]:.3f}" for k in ("valence", "arousal", "valence_projection",
+                                                                     "arousal_projection")))
         console.print(table)
 
     if not norms:

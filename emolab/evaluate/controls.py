@@ -38,17 +38,20 @@ from emolab.core.emotions import DEFAULT_EMOTIONS, EMOTION_ADJECTIVES
 from emolab.core.steering import SCOPES, Steering
 from emolab.evaluate.generation import score
 from emolab.evaluate.metrics import bootstrap_ratio_ci
+from emolab.evaluate.prompting import encode_prompts, resolve_style, stage_prompts
 from emolab.evaluate.selection import Limits, summarize
-from emolab.evaluate.sweep import EvalError, user_prompt_ids
+from emolab.evaluate.sweep import EvalError, default_prompts
 from emolab.evaluate.tune_bundle import goal_checks
 
-__all__ = ["DEFAULT_CONTROLS", "PROMPTED_INSTRUCTION", "Control", "ControlsConfig",
+__all__ = ["DEFAULT_CONTROLS", "PROMPTED_INSTRUCTION", "PROMPTED_OPENING", "Control", "ControlsConfig",
            "calibrate_levels", "run_controls"]
 
 DEFAULT_CONTROLS = ("add", "add@prompt", "add@generated", "clamp:same", "clamp:matched", "clamp:matched@generated",
                     "clamp:matched*1.5", "clamp:matched*1.5@generated")
-# The emotion asked for, as `emolab simulate`'s prompted condition asks (simulate.spec's default emotion_prompt).
+# The emotion asked for, as `emolab simulate`'s prompted condition asks (simulate.spec's default emotion_prompt):
+# a system message for a chat model; for a model that continues texts, a first-person line before the text.
 PROMPTED_INSTRUCTION = "Right now you feel very {adjective}, and it colours how you see everything."
+PROMPTED_OPENING = "Right now I feel very {adjective}, and it colours how I see everything."
 
 _CONTROL = re.compile(r"(add|clamp|ablate)(?::([^@]+))?(?:@(\w+))?")
 _LEVEL = re.compile(r"(same|matched)(?:\*([0-9]*\.?[0-9]+))?")
@@ -121,8 +124,10 @@ class ControlsConfig:
     emotions: list[str] | None = None  # None: all of the bundle's
     controls: list[str] = field(default_factory=lambda: list(DEFAULT_CONTROLS))
     prompted: bool = True  # the prompted-emotion baseline beside the controls
-    prompt_set: str = "heldout"  # named set (extraction.prompts.read_prompts); with `prompts`, only their label
-    prompts: list[str] | None = None
+    prompt_set: str = "heldout"  # builtin, tune or heldout (of the prompt style); with `prompts`, only their label
+    prompts: list[str] | None = None  # given prompts (a file's) instead of a set
+    n_prompts: int | None = None  # the first N
+    prompt_style: str = "auto"  # chat | continuation | auto (prompting.resolve_style)
     calibration_prompts: int = 8  # the first N *tuning* prompts calibrate the matched clamp level
     max_new_tokens: int = 40
     batch_size: int = 64
@@ -140,7 +145,7 @@ def _progress(progress: Any, line: str) -> None:
 
 
 def calibrate_levels(model: Any, tokenizer: Any, steerer: Any, alphas: dict[str, float], prompts: list[str],
-                     max_new_tokens: int) -> dict[str, dict[str, Any]]:
+                     max_new_tokens: int, style: str = "chat") -> dict[str, dict[str, Any]]:
     """Per emotion, where plain ``add`` at ``alphas[e]`` holds the projection on e's direction, in alpha units.
 
     Read at every generated token of ``prompts`` (tuning prompts: no held-out text decides a level), at each of
@@ -153,7 +158,7 @@ def calibrate_levels(model: Any, tokenizer: Any, steerer: Any, alphas: dict[str,
 
     bundle = steerer.bundle
     lengths = np.linalg.norm(bundle.steering_basis(steerer.alpha_scale), axis=2)  # [chosen layers, n]
-    ids = user_prompt_ids(tokenizer, prompts)
+    ids = encode_prompts(tokenizer, prompts, style)
     groups = [None, *alphas]  # None: unsteered
     steerings = [None if e is None else Steering(((bundle.emotions.index(e), float(alphas[e])),))
                  for e in groups for _ in ids]
@@ -199,7 +204,6 @@ def run_controls(config: ControlsConfig, model: Any = None, tokenizer: Any = Non
     from emolab.core.models import chat_prompt_ids, load_model
     from emolab.evaluate.controls_report import adoption
     from emolab.evaluate.judge import JudgeConfig, load_or_train_judge
-    from emolab.extraction.prompts import read_prompts
     from emolab.steer import HFSteerer, generate
 
     began = time.perf_counter()
@@ -220,12 +224,23 @@ def run_controls(config: ControlsConfig, model: Any = None, tokenizer: Any = Non
     if config.prompted and any(e not in EMOTION_ADJECTIVES for e in emotions):
         raise EvalError(f"no adjective to ask for {[e for e in emotions if e not in EMOTION_ADJECTIVES]} "
                         "in the prompted baseline", setting="emotions")
-    prompts = list(config.prompts) if config.prompts is not None else read_prompts(config.prompt_set)
-    if not prompts:
-        raise EvalError("need at least one prompt", setting="prompts")
+    if config.prompts is None and config.prompt_set not in ("builtin", "tune", "heldout"):
+        raise EvalError(f"unknown prompt set {config.prompt_set!r}; choose builtin, tune or heldout",
+                        setting="prompt_set")
     scale = bundle.resolve_alpha_scale(bundle.metadata.get("alpha_recommendations_scale"))
     if model is None:
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    style = resolve_style(config.prompt_style, tokenizer)
+    if config.prompts is not None:
+        prompts = list(config.prompts)
+    else:
+        prompts = default_prompts(style) if config.prompt_set == "builtin" else stage_prompts(style, config.prompt_set)
+    if config.n_prompts is not None:
+        if not 1 <= config.n_prompts <= len(prompts):
+            raise EvalError(f"only {len(prompts)} prompts available, asked for {config.n_prompts}", setting="n_prompts")
+        prompts = prompts[:config.n_prompts]
+    if not prompts:
+        raise EvalError("need at least one prompt", setting="prompts")
     if judge is None:
         judge = load_or_train_judge(
             JudgeConfig(max_train_per_class=config.judge_train_per_class,
@@ -238,12 +253,12 @@ def run_controls(config: ControlsConfig, model: Any = None, tokenizer: Any = Non
     calibration: dict[str, dict[str, Any]] = {}
     if any(c.needs_matched for c in controls):
         t0 = time.perf_counter()
-        tune = read_prompts("tune")[:config.calibration_prompts]
+        tune = stage_prompts(style, "tune")[:config.calibration_prompts]
         _progress(progress, f"calibrating the matched clamp level on {len(tune)} tuning prompts")
-        calibration = calibrate_levels(model, tokenizer, steerer, alphas, tune, config.max_new_tokens)
+        calibration = calibrate_levels(model, tokenizer, steerer, alphas, tune, config.max_new_tokens, style)
         timings["calibrate_s"] = round(time.perf_counter() - t0, 1)
 
-    plain = user_prompt_ids(tokenizer, prompts)
+    plain = encode_prompts(tokenizer, prompts, style)
     conditions: list[dict[str, Any]] = [{"emotion": None, "control": "unsteered", "mode": None, "scope": None,
                                          "value": None}]
     row_ids: list[list[int]] = list(plain)
@@ -251,11 +266,16 @@ def run_controls(config: ControlsConfig, model: Any = None, tokenizer: Any = Non
     for emotion in emotions:
         k = bundle.emotions.index(emotion)
         if config.prompted:
-            instruction = PROMPTED_INSTRUCTION.format(adjective=EMOTION_ADJECTIVES[emotion])
+            adjective = EMOTION_ADJECTIVES[emotion]
+            if style == "chat":
+                instruction = PROMPTED_INSTRUCTION.format(adjective=adjective)
+                row_ids += [chat_prompt_ids(tokenizer, [{"role": "system", "content": instruction},
+                                                        {"role": "user", "content": p}]) for p in prompts]
+            else:
+                instruction = PROMPTED_OPENING.format(adjective=adjective)
+                row_ids += encode_prompts(tokenizer, [f"{instruction} {p}" for p in prompts], style)
             conditions.append({"emotion": emotion, "control": "prompted", "mode": None, "scope": None, "value": None,
                                "instruction": instruction})
-            row_ids += [chat_prompt_ids(tokenizer, [{"role": "system", "content": instruction},
-                                                    {"role": "user", "content": p}]) for p in prompts]
             row_steerings += [None] * len(prompts)
         for control in controls:
             value = control.level_of(alphas[emotion], calibration.get(emotion, {}).get("matched"))
@@ -295,7 +315,7 @@ def run_controls(config: ControlsConfig, model: Any = None, tokenizer: Any = Non
     report: dict[str, Any] = {
         "kind": "controls", "model": config.model, "bundle": str(config.bundle), "scale": scale,
         "emotions": emotions, "controls": [c.name for c in controls], "prompted": config.prompted,
-        "prompt_set": config.prompt_set, "n_prompts": n,
+        "prompt_set": config.prompt_set, "prompt_style": style, "n_prompts": n,
         "config": {**asdict(config), "prompts": None if config.prompts is None else len(config.prompts)},
         "judge": {"test_auc": judge.test_auc, **judge.info}, "recommended_alpha": alphas,
         "calibration": calibration, "baseline": base, "rows": rows, "limits": config.limits.as_dict(),

@@ -3,8 +3,8 @@
 
 * an ``emolab eval`` sweep (``EVAL_FIGURES``): the judge against alpha per steered emotion, fluency against
   alpha, and the confusion of steered emotion by judged emotion at the chosen alpha;
-* a tune's held-out evaluation (``HELDOUT_FIGURES``, ``report["heldout"]``): effect and fluency per emotion
-  at its recommended alpha against the goal lines, and the same confusion.
+* a tune's held-out evaluation (``HELDOUT_FIGURES``, ``report["heldout"]``): the judged target probability
+  unsteered and steered at each emotion's recommended alpha with the fluency cost, and the same confusion.
 
 ``write_figures`` saves a set as PNGs and returns the file names a report links.
 """
@@ -120,43 +120,45 @@ def heldout_confusion(report: dict[str, Any]) -> Any:
     return _matrix_plot(matrix, labels, columns, "steered emotion @ recommended alpha")
 
 
-def heldout_effect(report: dict[str, Any]) -> Any:
-    """A tune's held-out evaluation per emotion: Δ P(target) with its 95% CI, hit rate, median perplexity x the
-    unsteered median and degenerate rate, each against its goal line or fluency limit (dotted)."""
-    from emolab.evaluate.tune_bundle import GOAL
-
-    heldout = report["heldout"]
-    limits = report["config"]["limits"]
+def heldout_effect(heldout: dict[str, Any]) -> Any:
+    """A tune's held-out stage (``report["heldout"]``): per emotion the judge's mean P(target) unsteered and
+    steered at the recommended alpha (the change's 95% CI as the error bar), and the fluency cost (median
+    perplexity relative to unsteered, degenerate share)."""
+    rows = heldout["rows"]
+    emotions = list(rows)
     base = heldout["baseline"]
-    emotions = list(heldout["rows"])
-    rows = [heldout["rows"][e] for e in emotions]
-    colors = [emotion_color(i) for i in range(len(emotions))]
-    fig = new_figure(9.0, 5.2)
-    axes = fig.subplots(2, 2).ravel()
     x = np.arange(len(emotions))
-    delta = np.array([r["delta"] for r in rows])
-    err = np.array([[r["delta"] - r["delta_ci95"][0] for r in rows], [r["delta_ci95"][1] - r["delta"] for r in rows]])
-    panels = ((delta, "Δ P(target) vs unsteered [95% CI]", GOAL["delta"], err),
-              (np.array([r["hit_rate"] for r in rows]), "hit rate", GOAL["hit_rate"], None),
-              (np.array([r["ppl_median"] / base["ppl_median"] for r in rows]), "median perplexity / unsteered",
-               limits["ppl_factor"], None),
-              (np.array([r["degenerate"] for r in rows]), "degenerate rate",
-               base["degenerate"] + limits["degenerate_tolerance"], None))
-    for ax, (values, label, line, errors) in zip(axes, panels, strict=True):
-        ax.bar(x, values, yerr=errors, capsize=3, color=colors, edgecolor="0.2", linewidth=0.5)
-        ax.axhline(line, color="0.3", ls=":", lw=1)
-        ax.set_xticks(x, emotions, fontsize=8)
-        ax.set_title(label, fontsize=9)
-        ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"Held-out ({heldout['n_prompts']} prompts), each emotion at its recommended alpha "
-                 "(dotted: goal line or fluency limit)", fontsize=10)
+    fig = new_figure(10, 3.4, constrained=False)
+    left, right = fig.subplots(1, 2)
+    before = [base["judge_mean"][e] for e in emotions]
+    after = [rows[e]["target"] for e in emotions]
+    errors = np.array([[rows[e]["delta"] - rows[e]["delta_ci95"][0], rows[e]["delta_ci95"][1] - rows[e]["delta"]]
+                       for e in emotions]).T
+    left.bar(x - 0.2, before, 0.4, color="lightgrey", label="unsteered")
+    left.bar(x + 0.2, after, 0.4, yerr=errors, capsize=3, label="steered (recommended alpha)",
+             color=[emotion_color(k) for k in range(len(emotions))])
+    left.set_xticks(x, emotions, fontsize=8)
+    left.set_ylabel("judge mean P(target emotion)")
+    left.set_ylim(0, 1)
+    left.legend(fontsize=8, frameon=False)
+    left.set_title(f"held-out effect ({heldout['n_prompts']} prompts; bars: 95% CI of the change)", fontsize=9)
+    right.bar(x - 0.2, [rows[e]["ppl_median"] / base["ppl_median"] for e in emotions], 0.4,
+              label="median ppl / unsteered")
+    right.bar(x + 0.2, [rows[e]["degenerate"] for e in emotions], 0.4, label="degenerate share")
+    right.axhline(1.0, color="grey", lw=0.8, ls=":")
+    right.set_xticks(x, emotions, fontsize=8)
+    right.legend(fontsize=8, frameon=False)
+    right.set_title(f"fluency cost (unsteered degenerate share {base['degenerate']:.2f})", fontsize=9)
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     return fig
 
 
 EVAL_FIGURES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "effect_curves": effect_curves, "fluency": fluency_curves, "confusion": confusion_heatmap}
-HELDOUT_FIGURES: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "heldout-effect": heldout_effect, "heldout-confusion": heldout_confusion}
+HELDOUT_FIGURES: dict[str, Callable[[dict[str, Any]], Any]] = {  # of a tune report (its "heldout" stage)
+    "heldout-effect": lambda report: heldout_effect(report["heldout"]), "heldout-confusion": heldout_confusion}
 
 
 def write_figures(report: dict[str, Any], makers: Mapping[str, Callable[[dict[str, Any]], Any]], folder: str | Path,

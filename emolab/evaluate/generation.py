@@ -32,15 +32,22 @@ class GenerationError(EmolabError, RuntimeError):
     """A generation backend that is missing or failed."""
 
 
-def pick_backend(backend: str) -> str:
-    """``auto``: vLLM when it is installed, else the HF loop."""
+def pick_backend(backend: str, model_path: str | None = None) -> str:
+    """``auto``: vLLM when it is installed (and, given ``model_path``, when its fast path serves that model),
+    else the HF loop."""
     if backend not in BACKENDS:
         raise GenerationError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}", setting="backend")
     if backend != "auto":
         return backend
     import importlib.util
 
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    if importlib.util.find_spec("vllm") is None:
+        return "hf"
+    if model_path is not None:
+        from emolab.fastpath.server import vllm_support
+
+        return "vllm" if vllm_support(model_path)[0] else "hf"
+    return "vllm"
 
 
 def generate_requests(

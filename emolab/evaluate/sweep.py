@@ -1,7 +1,9 @@
 """The eval sweep: does steering move an independent judge, and what does it cost in fluency?
 
 For each emotion and alpha of a sweep (plus the unsteered baseline) the model continues a fixed set
-of neutral prompts, through transformers in-process or through a running emolab server. Every
+of neutral prompts, through transformers in-process or through a running emolab server: user turns
+through the chat template (``/v1/chat/completions``), or, for a model without one (a base model),
+story openings it continues (``/v1/completions``; ``emolab.evaluate.prompting``). Every
 continuation gets:
 
 * the judge's probabilities of the six Ekman emotions (``emolab.evaluate.judge``: MiniLM + logistic
@@ -16,7 +18,7 @@ written into the bundle's metadata as ``alpha_recommendations``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,9 +26,11 @@ import numpy as np
 from emolab.core.bundle import EmotionBundle
 from emolab.core.errors import EmolabError
 from emolab.evaluate.generation import score
+from emolab.evaluate.prompting import encode_prompts, resolve_style, stage_prompts
 from emolab.evaluate.report import summarize_conditions
 
-__all__ = ["DEFAULT_PROMPTS", "EvalConfig", "EvalError", "generate_server", "run_eval", "user_prompt_ids"]
+__all__ = ["DEFAULT_PROMPTS", "EvalConfig", "EvalError", "default_prompts", "generate_server", "run_eval",
+           "user_prompt_ids"]
 
 
 class EvalError(EmolabError, ValueError):
@@ -60,6 +64,7 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "Tell me about the package you opened this afternoon.",
     "How are things going with the new project?",
 )
+N_DEFAULT_CONTINUATIONS = 24  # continuation style: the first 24 continuation tuning prompts
 
 @dataclass
 class EvalConfig:
@@ -68,7 +73,10 @@ class EvalConfig:
     emotions: list[str] | None = None  # None: all of the bundle's
     alphas: list[float] = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0])
     scale: str | None = None  # raw | normalized; None: the bundle's default (metadata alpha_scale)
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    prompts: list[str] | None = None  # None: default_prompts(style), or the style's `prompt_set`
+    prompt_set: str | None = None  # "tune" or "heldout": that set of the prompt style (prompting.stage_prompts)
+    n_prompts: int | None = None  # use the first N prompts
+    prompt_style: str = "auto"  # chat | continuation | auto (chat when the tokenizer has a chat template)
     max_new_tokens: int = 40
     samples: int = 1  # >1 samples at `temperature`; 1 with temperature 0 is greedy
     temperature: float = 0.0
@@ -86,13 +94,18 @@ class EvalConfig:
 
 def user_prompt_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
     """Each prompt as a one-message chat, tokenized the way the servers do."""
-    from emolab.core.models import chat_prompt_ids
-
-    return [chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}]) for prompt in prompts]
+    return encode_prompts(tokenizer, prompts, "chat")
 
 
-def generate_server(config: EvalConfig, prompts: list[str], steering: dict[str, float] | None) -> list[str]:
-    """Continuations from a running server (OpenAI chat API, steering in ``vllm_xargs``), 8 at a time."""
+def default_prompts(style: str) -> list[str]:
+    """The built-in prompts: ``DEFAULT_PROMPTS`` (chat), or the first continuation tuning prompts."""
+    return list(DEFAULT_PROMPTS) if style == "chat" else stage_prompts("continuation", "tune")[:N_DEFAULT_CONTINUATIONS]
+
+
+def generate_server(config: EvalConfig, prompts: list[str], steering: dict[str, float] | None,
+                    style: str = "chat") -> list[str]:
+    """Continuations from a running server (steering in ``vllm_xargs``), 8 at a time: chat turns through
+    ``/v1/chat/completions``, or texts to continue through ``/v1/completions`` (``style="continuation"``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from emolab.api_client import SteeringClient
@@ -102,8 +115,9 @@ def generate_server(config: EvalConfig, prompts: list[str], steering: dict[str, 
 
     def one(job: tuple[int, str]) -> str:
         sample, prompt = job
-        return client.chat(prompt, steering, max_tokens=config.max_new_tokens, temperature=config.temperature,
-                           seed=config.seed + sample)
+        ask = client.chat if style == "chat" else client.complete
+        return ask(prompt, steering, max_tokens=config.max_new_tokens, temperature=config.temperature,
+                   seed=config.seed + sample)
 
     try:
         with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
@@ -128,11 +142,21 @@ def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, judge
     alphas = sorted({float(a) for a in config.alphas if a != 0})
     if not alphas:
         raise EvalError("give at least one non-zero alpha (the unsteered baseline is always run)", setting="alphas")
-    if len(config.prompts) < 1:
+    if config.prompts is not None and len(config.prompts) < 1:
         raise EvalError("need at least one prompt", setting="prompts")
     scale = bundle.resolve_alpha_scale(config.scale)
     if model is None:
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    style = resolve_style(config.prompt_style, tokenizer)
+    if config.prompts is not None:
+        prompts = list(config.prompts)
+    else:
+        prompts = stage_prompts(style, config.prompt_set) if config.prompt_set else default_prompts(style)
+    if config.n_prompts is not None:
+        if not 1 <= config.n_prompts <= len(prompts):
+            raise EvalError(f"only {len(prompts)} prompts available, asked for {config.n_prompts}", setting="n_prompts")
+        prompts = prompts[:config.n_prompts]
+    config = replace(config, prompts=prompts, prompt_style=style)
     steerer = None
     if config.server is None:
         steerer = HFSteerer(model, bundle, alpha_scale=scale)
@@ -141,7 +165,7 @@ def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, judge
             JudgeConfig(max_train_per_class=config.judge_train_per_class, max_test_per_class=config.judge_test_per_class),
             list(bundle.emotions) if len(bundle.emotions) >= 2 else None,
         )
-    prompt_ids = user_prompt_ids(tokenizer, config.prompts)
+    prompt_ids = encode_prompts(tokenizer, prompts, style)
     rows_prompt_ids = [ids for ids in prompt_ids for _ in range(config.samples)]
 
     conditions: list[tuple[str | None, float]] = [(None, 0.0)] + [(e, a) for e in emotions for a in alphas]
@@ -163,7 +187,7 @@ def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, judge
     else:
         all_texts = []
         for emotion, alpha in conditions:
-            all_texts += generate_server(config, config.prompts, None if emotion is None else {emotion: alpha})
+            all_texts += generate_server(config, prompts, None if emotion is None else {emotion: alpha}, style)
         all_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in all_texts]
     timings = {"generate_s": round(time.perf_counter() - t0, 1)}
     scored, score_timings = score(all_texts, rows_prompt_ids * len(conditions), all_ids, model=model, judge=judge,
@@ -183,6 +207,7 @@ def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, judge
         })
     report = summarize_conditions(results, judge, emotions, alphas, config)
     report["scale"] = scale if config.server is None else "server"
+    report["prompt_style"] = style
     report["bundle"] = str(config.bundle)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     report["timings"] = timings

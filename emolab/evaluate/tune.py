@@ -11,7 +11,8 @@
 
 The judge is ``emolab.evaluate.judge`` (MiniLM + logistic regression), never the extraction probe.
 Nothing is chosen on held-out prompts. The output folder must be new or untracked: a tune never
-writes into a committed bundle.
+writes into a committed bundle. A model with a chat template is tuned on user turns, one without
+(a base model) on texts it continues (``emolab.evaluate.prompting``; ``prompt_style``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from emolab.core.bundle import EmotionBundle
 from emolab.core.tracked import refuse_tracked
 from emolab.evaluate.candidates import Candidate, TuneError, build_candidates, grid_bundle, parse_windows, source_name
 from emolab.evaluate.generation import generate_requests, pick_backend, score
+from emolab.evaluate.prompting import encode_prompts, prompt_file, resolve_style, stage_prompts
 from emolab.evaluate.selection import SELECTION_RULE, Limits, choose, score_of, summarize
 from emolab.evaluate.tune_bundle import heldout_eval, tuned_bundle
 
@@ -47,6 +49,7 @@ class TuneConfig:
     heldout_prompts: int | None = None  # None: every held-out prompt
     max_new_tokens: int = 40
     backend: str = "auto"
+    prompt_style: str = "auto"  # chat | continuation | auto (chat when the tokenizer has a chat template)
     limits: Limits = field(default_factory=Limits)
     selection_limits: Limits | None = None  # None: limits.tighter()
     heldout: bool = True
@@ -68,8 +71,6 @@ def _log(progress: Any, text: str) -> None:
 def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, tokenizer: Any = None,
              judge: Any = None) -> dict[str, Any]:
     """Search, confirm, write the tuned bundle to ``config.output``, evaluate it held-out; return the report."""
-    from emolab.extraction.prompts import read_prompts
-
     began = time.perf_counter()
     timings: dict[str, float] = {}
     output = Path(config.output)
@@ -93,21 +94,23 @@ def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, token
                         setting="windows")
     if not config.pushes or min(config.pushes) <= 0:
         raise TuneError("pushes must be positive numbers", setting="pushes")
-    tune_prompts = read_prompts("tune")
-    if not 1 <= config.search_prompts <= len(tune_prompts):
-        raise TuneError(f"search prompts must be 1..{len(tune_prompts)}", setting="search_prompts")
-    backend = pick_backend(config.backend)
+    from emolab.core.models import resolve_model
+
+    backend = pick_backend(config.backend, resolve_model(config.model))
     select_limits = config.selection_limits or config.limits.tighter()
 
     t0 = time.perf_counter()
     runner = _runner(config, backend, first, progress, model, tokenizer, judge)
     timings["load_s"] = time.perf_counter() - t0
+    tune_prompts = stage_prompts(runner.style, "tune")
+    if not 1 <= config.search_prompts <= len(tune_prompts):
+        raise TuneError(f"search prompts must be 1..{len(tune_prompts)}", setting="search_prompts")
 
     # 1. search
     conditions = [(None, 0.0)] + sorted({(k, round(p / len(c.layers), 4)) for k, c in enumerate(candidates)
                                           for p in config.pushes}, key=lambda kc: (kc[0], kc[1]))
     _log(progress, f"search: {len(candidates)} candidates, {len(conditions)} conditions x {config.search_prompts} "
-                   f"tuning prompts ({backend})")
+                   f"tuning prompts ({backend}, {runner.style} prompts)")
     search = runner.run_grid(candidates, conditions, tune_prompts[:config.search_prompts], "search")
     # 2. confirm: the search's few prompts pre-select within the ordinary limits (one degenerate text of 8 is
     # 0.125, past the tighter selection limit); the tighter ones decide on the confirm prompts.
@@ -137,16 +140,17 @@ def run_tune(config: TuneConfig, progress: Any = print, model: Any = None, token
                        f"{best['hit_rate']:.2f}, ppl {best['ppl_median']:.2f}, degenerate {best['degenerate']:.2f}")
     # 3. the tuned bundle, 4. held-out
     settings = {k: v for k, v in asdict(config).items() if k not in ("limits", "selection_limits")}
-    settings.update(limits=config.limits.as_dict(), selection_limits=select_limits.as_dict(), backend=backend)
+    settings.update(limits=config.limits.as_dict(), selection_limits=select_limits.as_dict(), backend=backend,
+                    prompt_style=runner.style)
     record = {"settings": settings, "sources": folders, "selection_rule": SELECTION_RULE,
-              "tuning_prompts": "emolab/data/steering/prompts_tune.txt", "tuning_baseline": _brief(confirm["baseline"])}
+              "tuning_prompts": prompt_file(runner.style, "tune"), "tuning_baseline": _brief(confirm["baseline"])}
     bundle = tuned_bundle(first, winners, record, {n: b.metadata for n, b in sources.items()})
     bundle.save(output, save_full_sweep=False)
     report: dict[str, Any] = {"config": settings, "emotions": emotions, "n_candidates": len(candidates),
                               "search": _strip(search), "confirm": _strip(confirm),
                               "winners": {e: w[1] for e, w in winners.items()}}
     if config.heldout:
-        heldout = read_prompts("heldout")[:config.heldout_prompts] if config.heldout_prompts else read_prompts("heldout")
+        heldout = stage_prompts(runner.style, "heldout")[:config.heldout_prompts or None]
         report["heldout"] = heldout_eval(runner, output, emotions, bundle, heldout, config.limits)
         bundle.metadata["steering_eval"] = report["heldout"]["steering_eval"]
         bundle.save(output, save_full_sweep=False)
@@ -168,8 +172,6 @@ def evaluate_tuned(folder: str, config: TuneConfig, progress: Any = print) -> di
 
     This is what docs/steering-effect.md reports for the committed bundle (``make effect``).
     """
-    from emolab.extraction.prompts import read_prompts
-
     began = time.perf_counter()
     bundle = EmotionBundle.load(folder, load_full_sweep=False)
     missing = [e for e in bundle.emotions if e not in (bundle.metadata.get("alpha_recommendations") or {})
@@ -177,8 +179,10 @@ def evaluate_tuned(folder: str, config: TuneConfig, progress: Any = print) -> di
     if missing:
         raise TuneError(f"{folder} has no tuned recipe and recommended alpha for {missing} (made by a tune)",
                         setting="bundle")
-    runner = _runner(config, pick_backend(config.backend), bundle, progress)
-    heldout = read_prompts("heldout")[:config.heldout_prompts] if config.heldout_prompts else read_prompts("heldout")
+    from emolab.core.models import resolve_model
+
+    runner = _runner(config, pick_backend(config.backend, resolve_model(config.model)), bundle, progress)
+    heldout = stage_prompts(runner.style, "heldout")[:config.heldout_prompts or None]
     result = heldout_eval(runner, Path(folder), list(bundle.emotions), bundle, heldout, config.limits)
     return {"config": {**asdict(config), "limits": config.limits.as_dict()}, "bundle": str(folder),
             "recipe": bundle.metadata["recipe"], "heldout": result,
@@ -224,11 +228,10 @@ class _Runner:
         self.config, self.backend, self.model_path = config, backend, model_path
         self.model, self.tokenizer, self.judge, self.reference, self.progress = \
             model, tokenizer, judge, reference, progress
+        self.style = resolve_style(config.prompt_style, tokenizer)  # chat | continuation
 
     def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
-        from emolab.evaluate.sweep import user_prompt_ids
-
-        return user_prompt_ids(self.tokenizer, prompts)
+        return encode_prompts(self.tokenizer, prompts, self.style)
 
     def generate(self, folder: Path, scale: str | None, prompt_ids: list[list[int]],
                  requests: list[tuple[int, str | None, float]], backend: str | None = None) -> tuple[list, dict]:

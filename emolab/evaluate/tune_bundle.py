@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 
 from emolab.core.bundle import NORMALIZED_FRACTION, EmotionBundle
+from emolab.evaluate.prompting import DEMO_PROMPTS, prompt_file
 from emolab.evaluate.selection import Limits, summarize
 
 __all__ = ["DEMO_PROMPT", "GOAL", "goal_checks", "heldout_eval", "tuned_bundle"]
 
-DEMO_PROMPT = "Describe your morning in two sentences."  # emolab test-http's prompt
+DEMO_PROMPT = DEMO_PROMPTS["chat"]  # emolab test-http's prompt
 # The issue's goal per emotion on held-out prompts, besides the fluency limits.
 GOAL = {"delta": 0.15, "hit_rate": 0.4, "mean_delta": 0.30}
 # Keys of the extraction metadata that described the probe's window choice, not the tuned bundle.
@@ -77,15 +78,19 @@ def _round(value: Any) -> Any:
 
 def heldout_eval(runner: Any, folder: Path, emotions: list[str], bundle: EmotionBundle, prompts: list[str],
                  limits: Limits) -> dict[str, Any]:
-    """The tuned bundle as served (its default scale, recommended alphas) on held-out prompts + the demo prompt."""
-    all_prompts = [*prompts, DEMO_PROMPT]
+    """The tuned bundle as served (its default scale, recommended alphas) on held-out prompts + the demo prompt
+    (both in the runner's prompt style)."""
+    demo_prompt = DEMO_PROMPTS[runner.style]
+    all_prompts = [*prompts, demo_prompt]
     prompt_ids = runner.prompt_ids(all_prompts)
     alphas = bundle.metadata["alpha_recommendations"]
     conditions = [(None, 0.0)] + [(e, float(alphas[e])) for e in emotions]
     requests = [(p, name, alpha) for name, alpha in conditions for p in range(len(all_prompts))]
     conts, timings = runner.generate(folder, None, prompt_ids, requests)
     timings = {f"{runner.backend}_{k}": v for k, v in timings.items()}
-    out: dict[str, Any] = {"n_prompts": len(prompts), "prompt_set": "prompts_heldout.txt"}
+    heldout_file = prompt_file(runner.style, "heldout")
+    out: dict[str, Any] = {"n_prompts": len(prompts), "prompt_set": heldout_file.rsplit("/", 1)[-1],
+                           "prompt_style": runner.style, "demo_prompt": demo_prompt}
     if runner.config.compare_hf and runner.backend != "hf":
         began = time.perf_counter()
         hf_conts, hf_timings = runner.generate(folder, None, prompt_ids, requests, backend="hf")
@@ -122,7 +127,7 @@ def heldout_eval(runner: Any, folder: Path, emotions: list[str], bundle: Emotion
                goal_met={e: all(r["checks"].values()) for e, r in rows.items()},
                mean_delta_met=mean_delta >= GOAL["mean_delta"])
     out["steering_eval"] = {
-        "prompts": "emolab/data/steering/prompts_heldout.txt", "n_prompts": n, "greedy": True,
+        "prompts": heldout_file, "prompt_style": runner.style, "n_prompts": n, "greedy": True,
         "max_new_tokens": runner.config.max_new_tokens, "scale": "normalized",
         "judge_test_auc_macro": runner.judge.test_auc.get("macro") if isinstance(runner.judge.test_auc, dict) else None,
         "limits": limits.as_dict(), "baseline": {k: _round(base[k]) for k in ("ppl_median", "degenerate", "question")},

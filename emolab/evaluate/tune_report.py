@@ -18,7 +18,7 @@ import numpy as np
 
 from emolab.evaluate.candidates import format_layers
 from emolab.evaluate.selection import Limits, score_of
-from emolab.evaluate.tune_bundle import GOAL, goal_checks
+from emolab.evaluate.tune_bundle import DEMO_PROMPT, GOAL, goal_checks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -231,7 +231,8 @@ def tune_markdown(report: dict[str, Any], figures: dict[str, str] | None = None)
                        f"\"{_text(ex['steered'])}\"")
         out.append("")
     demo = demo_frame(heldout)
-    out += ["### The demo prompt, \"Describe your morning in two sentences.\" (recommended alphas)", "",
+    demo_prompt = heldout.get("demo_prompt", DEMO_PROMPT)
+    out += [f"### The demo prompt, \"{demo_prompt}\" (recommended alphas)", "",
             _table({"steering": demo["steering"], "reply": [f"\"{_text(r)}\"" for r in demo["reply"]],
                     "judge's top emotion": [f"{e} {p:.2f}" for e, p in zip(demo["judge_top"], demo["judge_top_p"],
                                                                            strict=True)]}, align="lll").rstrip("\n")]

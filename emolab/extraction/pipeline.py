@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from emolab.core.bundle import CAPTURE_CONVENTION, CONVENTION_NOTE, INJECT_CONVENTION, EmotionBundle
+from emolab.core.circumplex import NRC_VAD, derive
 from emolab.core.emotions import DEFAULT_EMOTIONS, parse_emotions
 from emolab.core.layers import choose_window, parse_layers
 from emolab.core.models import check_model_cache, decoder_layers, load_model, pad_token_id
@@ -323,6 +324,8 @@ def extract(config: ExtractConfig, model=None, tokenizer=None) -> EmotionBundle:
                                      batch_size=config.batch_size, max_length=config.max_length)
     bundle.metadata[READOUT_KEY] = reference.to_metadata()
     bundle.metadata["timings"]["readout_reference_s"] = round(time.perf_counter() - t0, 3)
+    if sum(e in NRC_VAD for e in emotions) >= 3:  # valence and arousal, steerable by name (core.circumplex)
+        bundle = derive(bundle)
     if config.output:
         bundle.save(Path(config.output), save_full_sweep=config.save_full_sweep)
     return bundle

@@ -5,6 +5,8 @@ The files live in ``emolab/data/steering/`` (package data):
 * ``prompts_extract.txt``: neutral user turns for contrastive extraction only;
 * ``prompts_tune.txt``: neutral user turns every tuning choice is made on;
 * ``prompts_heldout.txt``: disjoint neutral user turns, only for reporting a tuned recipe;
+* ``prompts_continue_tune.txt`` / ``prompts_continue_heldout.txt``: the same two roles for models
+  without a chat template: disjoint neutral story openings that the model continues;
 * ``instructions.json``: parallel persona instructions (index k of every emotion's list and of
   ``neutral`` differ only in the emotion words);
 * ``answer_openings.txt``: generic answer openings the paired activations are read over.
@@ -31,7 +33,7 @@ from emolab.extraction.methods import mean_difference, paired_differences, princ
 __all__ = ["PROMPT_SETS", "contrastive_pairs", "contrastive_prompt_vectors", "load_instructions", "read_prompts",
            "steering_file"]
 
-PROMPT_SETS = ("extract", "tune", "heldout")
+PROMPT_SETS = ("extract", "tune", "heldout", "continue_tune", "continue_heldout")
 
 
 def steering_file(name: str) -> str:
@@ -40,7 +42,7 @@ def steering_file(name: str) -> str:
 
 
 def read_prompts(name: str) -> list[str]:
-    """A prompt set by name (``extract``, ``tune`` or ``heldout``): one user turn per line."""
+    """A prompt set by name (``PROMPT_SETS``): one user turn, or one text to continue, per line."""
     if name not in PROMPT_SETS:
         raise ExtractError(f"unknown prompt set {name!r}; choose from {list(PROMPT_SETS)}")
     return [line.strip() for line in steering_file(f"prompts_{name}.txt").splitlines() if line.strip()]

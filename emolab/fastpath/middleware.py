@@ -15,13 +15,16 @@ process's ``/metrics`` shows the sums over all of them.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emolab.core.bundle import EmotionBundle
-from emolab.core.steering import Steering
+from emolab.core.readout import readout_scale, summary_from_sums
+from emolab.core.steering import MODES_FIELD, SCOPE_FIELD
 from emolab.fastpath.metrics import (
     HTTP_REQUESTS,
     IN_FLIGHT,
@@ -35,6 +38,8 @@ from emolab.fastpath.metrics import (
     read_worker_counters,
     render_prometheus,
 )
+from emolab.fastpath.readout_response import ReadoutResponse
+from emolab.fastpath.readout_store import READOUT_XARG, collect, new_key, readout_folder
 from emolab.serve.contract import (
     APIError,
     BearerAuthMiddleware,
@@ -43,10 +48,20 @@ from emolab.serve.contract import (
     parse_json_body,
     resolve_api_key,
 )
-from emolab.serve.schema import CHAT_PATH, COMPLETIONS_PATH, GENERATION_SCHEMAS, RequestContract, validate_generation
+from emolab.serve.schema import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    GENERATION_SCHEMAS,
+    READOUT_FIELD,
+    STEERING_XARGS,
+    RequestContract,
+    validate_generation,
+)
 from emolab.serve.settings import ServeSettings
 
-__all__ = ["SteeringMiddleware"]
+__all__ = ["READOUT_WAIT_S", "SteeringMiddleware"]
+
+READOUT_WAIT_S = 10.0  # how long a response waits for its readout after the engine finished it
 
 
 class SteeringMiddleware:
@@ -73,6 +88,7 @@ class SteeringMiddleware:
         self.bundle = EmotionBundle.load(settings.vectors, load_full_sweep=False)
         self.limits = settings.limits
         self.alpha_scale = self.bundle.resolve_alpha_scale(settings.alpha_scale)
+        self.chat = settings.chat  # False: no chat template (a base model): chat requests get emolab's 400
         # The same key check as the HF backend, in front of everything below (and of vLLM's app).
         self.guarded = BearerAuthMiddleware(self.handle, resolve_api_key(None))
         # emolab serve passes the names; under plain `vllm serve` they are read from vLLM's app on the
@@ -82,10 +98,14 @@ class SteeringMiddleware:
         # Shared memory under the metrics folder: every API-server process of this server reads them all.
         self.metrics_dir = metrics_directory()
         self.counters = ApiServerCounters(self.metrics_dir)
+        self.readout_dir = readout_folder(self.metrics_dir) if self.metrics_dir else None
+        self.readout_scale = readout_scale(self.bundle)
+        self.readout_mask = self.bundle.steering_mask()
 
     def _contract(self) -> RequestContract:
         # vllm_xargs keys other than steering pass on (other vLLM plugins may read them).
-        return RequestContract(tuple(self.bundle.emotions), self.limits, self.served_names, xargs_keys=None)
+        return RequestContract(tuple(self.bundle.steering_names), self.limits, self.served_names, xargs_keys=None,
+                               chat=self.chat)
 
     def _learn_served_names(self, scope: Scope) -> None:
         from emolab.fastpath.adapters import app_served_model_names
@@ -135,16 +155,48 @@ class SteeringMiddleware:
         if method == "POST" and path in GENERATION_SCHEMAS:
             raw, more = await _read_body(receive)
             try:
-                new_raw, steered = self.rewrite(raw, path)
+                new_raw, steered, readout = self._rewrite(raw, path)
             except APIError as exc:
                 self.counters.values[REFUSED] += 1
                 await exc.response()(scope, receive, send)
                 return
             if new_raw is not raw:
                 scope = _with_content_length(scope, len(new_raw))
+            if readout is not None:
+                if self.readout_dir is None:
+                    await error_response(400, "this server has no metrics folder for readouts",
+                                         param="readout")(scope, receive, send)
+                    return
+                send = ReadoutResponse(send, self.readout_for(readout)).send
             await self.generate(scope, _replay(new_raw, more, receive), send, steered)
             return
         await self.app(scope, receive, send)
+
+    def readout_for(self, readout: tuple[str, str]):
+        """The coroutine that waits for the workers' parts of one request's readout and returns its summary."""
+        key, kind = readout
+
+        async def wait() -> dict:
+            deadline = time.monotonic() + READOUT_WAIT_S
+            while True:
+                found = collect(self.readout_dir, key, len(self.bundle.chosen_layers))
+                if found is not None:
+                    summary = summary_from_sums(
+                        list(self.bundle.emotions), self.readout_scale, self.readout_mask,
+                        prompt_sum=found["prompt_sum"], prompt_count=found["prompt_count"],
+                        generated_sum=found["generated_sum"], generated_count=found["generated_count"],
+                        per_token=found["per_token"] if kind == "per_token" else None)
+                    if kind == "per_token" and found["per_token"] is None:
+                        summary["generated_tokens"] = None
+                    if found.get("note"):
+                        summary["note"] = found["note"]
+                    return summary
+                if time.monotonic() > deadline:
+                    return {"error": f"the engine's readout did not arrive within {READOUT_WAIT_S:g} s (a worker on "
+                                     "another host cannot hand one to this API server: docs/readout.md)"}
+                await asyncio.sleep(0.002)
+
+        return wait
 
     async def generate(self, scope: Scope, receive: Receive, send: Send, steered: bool) -> None:
         """Pass a validated generation request to vLLM, counting it while its response is open."""
@@ -190,24 +242,36 @@ class SteeringMiddleware:
     def rewrite(self, raw: bytes, path: str = CHAT_PATH) -> tuple[bytes, bool]:
         """Validate the request (the contract both backends share); the body vLLM should see (``raw``
         itself when nothing needs rewriting), and whether it is steered."""
+        body, steering, _ = self._rewrite(raw, path)
+        return body, steering
+
+    def _rewrite(self, raw: bytes, path: str) -> tuple[bytes, bool, tuple[str, str] | None]:
+        """``rewrite``, and the readout key and kind this request was given (None: it asked for none)."""
         body = parse_json_body(raw)
-        steering = Steering(tuple(validate_generation(body, path, self.contract).pairs))
-        if "steering" not in body:
+        validated = validate_generation(body, path, self.contract)
+        steering = validated.steering
+        own = ("steering", SCOPE_FIELD, MODES_FIELD, READOUT_FIELD)
+        if not any(key in body for key in own) and not validated.readout:
             xargs = body.get("vllm_xargs") or {}
-            if "steering" not in xargs or _numeric(xargs["steering"]):
-                # No steering field, or ids and alphas as numbers: the engine parses these as validated here.
-                return raw, bool(steering)
-        body.pop("steering", None)
-        xargs = dict(body.get("vllm_xargs") or {})
-        xargs.pop("steering", None)
-        if steering:
-            # The engine-side plugin derives the prefix-cache salt from these (emolab.fastpath.plugin).
-            xargs["steering"] = steering.canonical()
+            if all(key == "steering" or key not in STEERING_XARGS for key in xargs) and (
+                    "steering" not in xargs or _numeric(xargs["steering"])) and not steering.modes:
+                # No control fields, steering absent or ids and alphas as numbers: the engine parses these as
+                # validated here.
+                return raw, bool(steering), None
+        for key in own:
+            body.pop(key, None)
+        xargs = {k: v for k, v in (body.get("vllm_xargs") or {}).items() if k not in STEERING_XARGS}
+        # The engine-side plugin derives the prefix-cache salt and the rows from these (emolab.fastpath.plugin).
+        xargs.update(steering.engine_args())
+        readout = None
+        if validated.readout:
+            readout = (new_key(), validated.readout)
+            xargs[READOUT_XARG] = f"{readout[0]}:{readout[1]}"
         if xargs:
             body["vllm_xargs"] = xargs
         else:
             body.pop("vllm_xargs", None)
-        return json.dumps(body).encode(), bool(steering)
+        return json.dumps(body).encode(), bool(steering), readout
 
 
 def _numeric(raw: object) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.errors import EmolabError
-from emolab.core.models import FASTPATH_ARCHITECTURES, resolve_model
+from emolab.core.models import resolve_model
 from emolab.core.names import served_model_names
 from emolab.core.steering import SALT_SECRET_ENV, new_salt_secret
 from emolab.fastpath.metrics import METRICS_DIR_ENV
@@ -117,10 +117,18 @@ def vllm_support(model_path: str) -> tuple[bool, str]:
     leftover = gguf_leftover(config)
     if leftover:
         return False, f"{model_path}: {leftover}"
-    supported = [a for a in architectures if a in FASTPATH_ARCHITECTURES]
-    if not supported:
-        return False, f"architecture {architectures} is not one the vLLM fast path supports {FASTPATH_ARCHITECTURES}"
-    return True, f"vLLM {vllm.__version__} with per-request steering supports {supported[0]}"
+    if not architectures:
+        return False, "its config names no architecture (config.json has no `architectures`)"
+    from emolab.fastpath.adapters.blocks import check_model
+
+    # The same discovery the plugin runs when the weights load, on the model built without weights.
+    ok, reason = check_model(model_path)
+    if ok is False:
+        return False, reason if architectures[0] in reason else f"{architectures[0]}: {reason}"
+    if ok is None:
+        return True, (f"vLLM {vllm.__version__}: {architectures[0]} not checked before start ({reason}); the "
+                      "plugin checks its blocks when the weights load")
+    return True, f"vLLM {vllm.__version__} with per-request steering: {reason}"
 
 
 def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int, api_key: str | None,
@@ -145,8 +153,8 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
         raise VLLMServerError(f"the vLLM backend cannot serve this model: {reason}", setting="backend")
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
-    bundle.check_model(int(config.num_hidden_layers), int(config.hidden_size))  # refuse before vLLM starts
+    text = AutoConfig.from_pretrained(path).get_text_config()
+    bundle.check_model(int(text.num_hidden_layers), int(text.hidden_size))  # refuse before vLLM starts
     alpha_scale = bundle.resolve_alpha_scale(settings.alpha_scale)
     bundle.steering_basis(alpha_scale)  # a scale the bundle cannot provide fails now
     names = settings.served_model_names or served_model_names(model)
@@ -165,7 +173,8 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
         raise VLLMServerError("VLLM_PLUGINS is set and excludes emolab_steering: steering would silently do nothing")
     extra = [token for item in options.extra_args for token in item.split()]
     # Several API servers, or an engine apart from them (--headless): only `vllm serve` starts those.
-    launcher = options.api_server_count > 1 or "--headless" in extra
+    headless = "--headless" in extra
+    launcher = options.api_server_count > 1 or headless
     command = [
         *server_command(sys.executable, launcher),
         *(["--api-server-count", str(options.api_server_count)] if options.api_server_count > 1 else []),
@@ -201,7 +210,7 @@ def run_vllm_server(settings: ServeSettings, *, model: str, host: str, port: int
         f"layers {bundle.chosen_layers}), alpha scale {alpha_scale}, auth {'on' if api_key else 'off'}, "
         f"model names {', '.join(names)}, "
         f"{f'{options.api_server_count} API-server processes, ' if options.api_server_count > 1 else ''}"
-        f"http://{host}:{port}/v1",
+        f"{'headless: engines only, no HTTP (requests come through the head node)' if headless else f'http://{host}:{port}/v1'}",
         flush=True,
     )
     os.execvpe(command[0], command, env)

@@ -1,6 +1,7 @@
-"""Figures of an ``emolab eval`` report for the notebooks: each function takes the report and returns a fresh
-``Figure`` built without pyplot. They live in ``emolab.evaluate.effect_figures`` (so the report writers save
-and link them); this module keeps the notebooks' names.
+"""Figures of an ``emolab eval`` report (and of a tune's held-out stage, ``heldout_effect``) for the notebooks:
+each function takes the report and returns a fresh ``Figure`` built without pyplot. They live in
+``emolab.evaluate.effect_figures`` (so the report writers save and link them); this module keeps the
+notebooks' names.
 """
 
 from __future__ import annotations
@@ -8,9 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emolab.evaluate.effect_figures import EVAL_FIGURES, confusion_heatmap, effect_curves, fluency_curves, write_figures
+from emolab.evaluate.effect_figures import (
+    EVAL_FIGURES,
+    confusion_heatmap,
+    effect_curves,
+    fluency_curves,
+    heldout_effect,
+    write_figures,
+)
 
-__all__ = ["confusion_heatmap", "effect_curves", "fluency_curves", "save_all"]
+__all__ = ["confusion_heatmap", "effect_curves", "fluency_curves", "heldout_effect", "save_all"]
 
 
 def save_all(report: dict[str, Any], folder: str | Path, prefix: str = "") -> list[Path]:

@@ -17,8 +17,8 @@ from emolab.core.bundle import EmotionBundle
 from emolab.core.figures import EMOTION_COLORS as _COLORS
 from emolab.core.figures import new_figure
 
-__all__ = ["auc_heatmap", "cosine_matrix", "cosine_plot", "mean_auc_curve", "new_figure", "norm_plot",
-           "save_inspection_plots", "vector_norms"]
+__all__ = ["auc_heatmap", "circumplex_plot", "cosine_matrix", "cosine_plot", "mean_auc_curve", "new_figure",
+           "norm_plot", "save_inspection_plots", "vector_norms"]
 
 def _title(bundle: EmotionBundle, what: str) -> str:
     return f"{what} — {bundle.model or 'unknown model'}"
@@ -140,6 +140,57 @@ def cosine_plot(bundle: EmotionBundle, layer: int | None = None) -> Figure:
     return fig
 
 
+def circumplex_plot(bundle: EmotionBundle) -> Figure:
+    """Left: the emotions on the valence-arousal plane (published ratings) and where each emotion's own vector
+    lies on the bundle's derived valence and arousal directions. Right: the first two principal components
+    of the emotion vectors (chosen layers concatenated, centred), with the derived directions drawn in them."""
+    from emolab.core.circumplex import circumplex_frame, fit_derived
+
+    frame = circumplex_frame(bundle)
+    derived = bundle.derived or fit_derived(bundle)[0]
+    fig = new_figure(10.5, 4.4)
+    left, right = fig.subplots(1, 2)
+    for i, row in frame.iterrows():
+        color = _COLORS[i % len(_COLORS)]
+        left.scatter(row.valence, row.arousal, color=color, s=60, zorder=3)
+        left.annotate(row.emotion, (row.valence, row.arousal), textcoords="offset points", xytext=(6, 4), fontsize=9)
+        # the vector's own position, shown on the same 0-1 frame (projections -1..1 mapped to 0..1)
+        x, y = (row.valence_projection + 1) / 2, (row.arousal_projection + 1) / 2
+        left.scatter(x, y, facecolors="none", edgecolors=color, s=60, zorder=3)
+        left.plot([row.valence, x], [row.arousal, y], color=color, linewidth=0.8, linestyle=":")
+    left.set_xlim(0, 1)
+    left.set_ylim(0, 1)
+    left.axhline(0.5, color="0.85", linewidth=0.8)
+    left.axvline(0.5, color="0.85", linewidth=0.8)
+    left.set_xlabel("valence")
+    left.set_ylabel("arousal")
+    left.set_title("circumplex: published (filled) vs the vector's projection (open)", fontsize=9)
+    vectors = np.stack([bundle.vectors[e].reshape(-1) for e in bundle.emotions]).astype(np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    mean = vectors.mean(axis=0)
+    _, singular, axes = np.linalg.svd(vectors - mean, full_matrices=False)
+    points = (vectors - mean) @ axes[:2].T
+    explained = singular[:2] ** 2 / max(float((singular**2).sum()), 1e-12)
+    for i, emotion in enumerate(bundle.emotions):
+        right.scatter(*points[i], color=_COLORS[i % len(_COLORS)], s=60, zorder=3)
+        right.annotate(emotion, points[i], textcoords="offset points", xytext=(6, 4), fontsize=9)
+    scale = float(np.abs(points).max()) or 1.0
+    for name, vectors_l in derived.items():
+        direction = vectors_l.reshape(-1).astype(np.float64)
+        direction = direction / (np.linalg.norm(direction) or 1.0) @ axes[:2].T
+        right.annotate("", xy=tuple(direction / (np.linalg.norm(direction) or 1.0) * scale), xytext=(0, 0),
+                       arrowprops={"arrowstyle": "->", "color": "0.3"})
+        right.annotate(name, tuple(direction / (np.linalg.norm(direction) or 1.0) * scale * 1.08), fontsize=8,
+                       color="0.3")
+    right.set_xlim(-1.25 * scale, 1.25 * scale)  # arrows whose tip lies outside the axes are not drawn
+    right.set_ylim(-1.25 * scale, 1.25 * scale)
+    right.set_xlabel(f"PC1 ({explained[0]:.0%})")
+    right.set_ylabel(f"PC2 ({explained[1]:.0%})")
+    right.set_title("PCA of the emotion vectors, derived axes drawn in", fontsize=9)
+    fig.suptitle(_title(bundle, "valence-arousal"), fontsize=10)
+    return fig
+
+
 def save_inspection_plots(bundle: EmotionBundle, out_dir: str | Path) -> dict[str, Path]:
     """Write every plot the bundle supports as PNG into ``out_dir``; returns ``{name: path}``.
 
@@ -148,6 +199,10 @@ def save_inspection_plots(bundle: EmotionBundle, out_dir: str | Path) -> dict[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     makers = {"norms": norm_plot, "cosine": cosine_plot}
+    from emolab.core.circumplex import NRC_VAD
+
+    if bundle.derived or sum(e in NRC_VAD for e in bundle.emotions) >= 3:
+        makers["circumplex"] = circumplex_plot
     if bundle.auc_matrix() is not None:
         makers = {"auc_heatmap": auc_heatmap, "mean_auc": mean_auc_curve, **makers}
     paths = {}

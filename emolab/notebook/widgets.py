@@ -6,7 +6,9 @@ transformers model in this process (``emolab.steer``), ``ServerGenerator`` asks 
 the model's chat template the same way the server does, so in the same dtype (float32 here) they
 give the same tokens, from the HF backend and the vLLM one alike (``ServerGenerator.reply`` returns
 vLLM's token ids to show it). ``SteeringPanel`` is the UI: a prompt box, one alpha slider per
-emotion, a generate button, baseline and steered replies side by side.
+emotion (and per derived direction, valence and arousal, when the bundle has them) with a mode beside it
+(add, ablate, clamp), a scope selector (every position, the prompt only, the generated tokens only), a
+generate button, baseline and steered replies side by side.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
 from emolab.core.bundle import EmotionBundle
-from emolab.core.steering import Steering
+from emolab.core.steering import MODES, SCOPES, Steering, parse_modes, parse_scope
 
 __all__ = ["DEFAULT_ALPHA_LIMIT", "DEFAULT_PROMPT", "Generator", "HFGenerator", "ServerGenerator", "ServedReply",
            "SteeringPanel", "alpha_range", "recommended_alphas", "slider_step"]
@@ -30,7 +32,8 @@ class Generator(Protocol):
     alpha_range: tuple[float, float]
     recommended: dict[str, float]
 
-    def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str: ...
+    def __call__(self, prompt: str, alphas: Mapping[str, float], modes: Mapping[str, str] | None = None,
+                 scope: str = "all") -> str: ...
 
 
 def alpha_range(info: Mapping[str, Any], limit: float = DEFAULT_ALPHA_LIMIT) -> tuple[float, float]:
@@ -77,9 +80,10 @@ class HFGenerator:
 
         self.model, self.tokenizer, self.bundle = model, tokenizer, bundle
         # The bundle's own alpha scale unless told otherwise: what `emolab serve` uses by default too.
-        self.steerer = HFSteerer(model, bundle, alpha_scale=alpha_scale)
+        scale = bundle.resolve_alpha_scale(alpha_scale)
+        self.steerer = HFSteerer(model, bundle, alpha_scale=scale, basis=bundle.steering_basis(scale, derived=True))
         self.alpha_scale = self.steerer.alpha_scale
-        self.emotions = list(bundle.emotions)
+        self.emotions = bundle.steering_names  # the emotions, then valence and arousal when the bundle has them
         self.alpha_range = alpha_range(bundle.metadata)
         self.recommended = recommended_alphas(bundle.metadata, self.alpha_scale)
         self.max_new_tokens = max_new_tokens
@@ -103,23 +107,28 @@ class HFGenerator:
             return chat_prompt_ids(self.tokenizer, [{"role": "user", "content": prompt}])
         return self.tokenizer(prompt).input_ids
 
-    def token_ids(self, prompt: str, alphas: Mapping[str, float]) -> list[int]:
+    def token_ids(self, prompt: str, alphas: Mapping[str, float], modes: Mapping[str, str] | None = None,
+                  scope: str = "all") -> list[int]:
         """The generated token ids (the prompt's not included). Greedy decoding makes them a function of the
         arguments, so the last answer is kept: asking again for the reply just shown costs nothing."""
         from emolab.steer import generate
 
-        key = (prompt, tuple(sorted((e, float(a)) for e, a in alphas.items())), self.max_new_tokens)
+        key = (prompt, tuple(sorted((e, float(a)) for e, a in alphas.items())),
+               tuple(sorted((modes or {}).items())), scope, self.max_new_tokens)
         if self._last is not None and self._last[0] == key:
             return list(self._last[1])
-        steering = Steering.from_mapping(alphas, self.emotions)  # same unknown-emotion check as the server path
+        flat = [x for emotion, alpha in alphas.items() for x in (emotion, alpha)]  # a clamp's 0 is a level: kept
+        steering = Steering.parse(flat, self.emotions, param="steering")  # the server path's unknown-emotion check
+        steering = Steering(steering.pairs, parse_modes(dict(modes or {}), self.emotions), parse_scope(scope))
+        steering.plan(len(self.emotions))  # a clamp without its level is refused, as by the server
         ids = generate(self.model, self.tokenizer, [self.prompt_ids(prompt)], steerer=self.steerer,
-                       coeffs=steering.coefficients(len(self.emotions)) if steering else None,
-                       max_new_tokens=self.max_new_tokens)[0]
+                       steerings=[steering or None], max_new_tokens=self.max_new_tokens)[0]
         self._last = (key, [int(i) for i in ids])
         return list(self._last[1])
 
-    def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str:
-        return self.tokenizer.decode(self.token_ids(prompt, alphas), skip_special_tokens=True)
+    def __call__(self, prompt: str, alphas: Mapping[str, float], modes: Mapping[str, str] | None = None,
+                 scope: str = "all") -> str:
+        return self.tokenizer.decode(self.token_ids(prompt, alphas, modes, scope), skip_special_tokens=True)
 
 
 class ServedReply(NamedTuple):
@@ -137,7 +146,7 @@ class ServerGenerator:
 
         self.client = SteeringClient(base_url, api_key=api_key, timeout=timeout)
         self.info: dict[str, Any] = self.client.info
-        self.emotions = self.client.emotions
+        self.emotions = self.client.steerable
         self.model = self.client.model
         self.alpha_range = alpha_range(self.info)
         self.alpha_scale = str(self.info.get("alpha_scale", "raw"))
@@ -145,15 +154,18 @@ class ServerGenerator:
         self.backend = str(self.info.get("backend", "unknown"))  # which emolab backend serves: "hf" or "vllm"
         self.max_new_tokens = max_new_tokens
 
-    def __call__(self, prompt: str, alphas: Mapping[str, float]) -> str:
-        return self.reply(prompt, alphas).text
+    def __call__(self, prompt: str, alphas: Mapping[str, float], modes: Mapping[str, str] | None = None,
+                 scope: str = "all") -> str:
+        return self.reply(prompt, alphas, modes, scope).text
 
-    def reply(self, prompt: str, alphas: Mapping[str, float]) -> ServedReply:
+    def reply(self, prompt: str, alphas: Mapping[str, float], modes: Mapping[str, str] | None = None,
+              scope: str = "all") -> ServedReply:
         """The reply's text and, from the vLLM backend (``return_token_ids``), its prompt and generated token ids;
         the HF backend refuses fields it does not know, so there they are None."""
         extra = {"return_token_ids": True} if self.backend == "vllm" else None
         completion = self.client.chat_completion(prompt, dict(alphas), max_tokens=self.max_new_tokens,
-                                                 temperature=0.0, extra_body=extra)
+                                                 temperature=0.0, extra_body=extra, modes=dict(modes or {}) or None,
+                                                 scope=None if scope == "all" else scope)
         choice = completion.choices[0]
         ids, prompt_ids = getattr(choice, "token_ids", None), getattr(completion, "prompt_token_ids", None)
         return ServedReply(choice.message.content or "", None if ids is None else [int(i) for i in ids],
@@ -179,8 +191,15 @@ class SteeringPanel:
                              readout_format=".2f", tooltip=self._hint(e))
             for e in generator.emotions
         }
+        self.modes = {e: w.Dropdown(options=list(MODES), value="add", layout=w.Layout(width="6.5em"),
+                                    tooltip="add: push by alpha; ablate: remove the direction; clamp: hold it at alpha")
+                      for e in generator.emotions}
+        self.scope = w.Dropdown(options=list(SCOPES), value="all", description="scope",
+                                tooltip="steer every position, the prompt only, or the generated tokens only")
+        self.scope.add_class("emolab-scope")
         for emotion, slider in self.sliders.items():
             slider.add_class(f"emolab-alpha-{emotion}")
+            self.modes[emotion].add_class(f"emolab-mode-{emotion}")
         self.button = w.Button(description="generate", button_style="primary", icon="play")
         self.button.add_class("emolab-generate")
         self.status = w.HTML("")
@@ -194,8 +213,9 @@ class SteeringPanel:
         self.button.on_click(lambda _button: self.generate())
         self.widget = w.VBox([
             self.prompt,
-            w.HBox([w.VBox(list(self.sliders.values())[i::2]) for i in range(2)]),
-            w.HBox([self.button, self.status]),
+            w.HBox([w.VBox([w.HBox([self.sliders[e], self.modes[e]]) for e in list(self.sliders)[i::2]])
+                    for i in range(2)]),
+            w.HBox([self.scope, self.button, self.status]),
             w.HBox([self.baseline, self.steered]),
         ])
         self._baselines: dict[str, str] = {}
@@ -211,7 +231,20 @@ class SteeringPanel:
         return f"<b>{html.escape(title)}</b><pre style='white-space: pre-wrap'>{body}</pre>"
 
     def alphas(self) -> dict[str, float]:
-        return {e: float(s.value) for e, s in self.sliders.items() if s.value}
+        """The non-zero sliders (an ablated emotion's slider is not read: ablation takes no alpha)."""
+        return {e: float(s.value) for e, s in self.sliders.items() if s.value and self.modes[e].value != "ablate"}
+
+    def mode_choices(self) -> dict[str, str]:
+        """Every emotion whose mode is not ``add``; a clamp needs its slider's level (0 is a level too)."""
+        return {e: m.value for e, m in self.modes.items() if m.value != "add"}
+
+    def set_controls(self, modes: Mapping[str, str] | None = None, scope: str = "all") -> None:
+        unknown = sorted(set(modes or {}) - set(self.modes))
+        if unknown:
+            raise ValueError(f"unknown emotions {unknown}; modes exist for {list(self.modes)}")
+        for emotion, dropdown in self.modes.items():
+            dropdown.value = (modes or {}).get(emotion, "add")
+        self.scope.value = scope
 
     def set_recommended(self, *emotions: str) -> dict[str, float]:
         """Sliders of ``emotions`` (default: all that have one) at the bundle's recommended alphas, the rest at 0."""
@@ -232,20 +265,26 @@ class SteeringPanel:
 
     def generate(self) -> tuple[str, str]:
         """Baseline and steered replies for the current prompt and sliders; also shown in the panel."""
-        prompt, alphas = self.prompt.value, self.alphas()
+        prompt, alphas, modes, scope = self.prompt.value, self.alphas(), self.mode_choices(), self.scope.value
+        for emotion, mode in modes.items():  # a clamp's level is its slider, also at 0
+            if mode == "clamp":
+                alphas.setdefault(emotion, 0.0)
         self.status.value = "generating&hellip;"
         self.button.disabled = True
         try:
             if prompt not in self._baselines:
                 self._baselines[prompt] = self.generator(prompt, {})
             baseline = self._baselines[prompt]
-            steered = self.generator(prompt, alphas) if alphas else baseline
+            steered = self.generator(prompt, alphas, modes, scope) if alphas or modes else baseline
         except Exception as exc:  # shown in the panel: a button callback's traceback would vanish
             self.status.value = f"<span style='color:red'>error: {html.escape(str(exc))}</span>"
             raise
         finally:
             self.button.disabled = False
-        described = ", ".join(f"{e}={a:+.2f}" for e, a in alphas.items()) or "none"
+        described = ", ".join([*(f"{e}{'' if modes.get(e) is None else ' ' + modes[e]}={a:+.2f}"
+                                 for e, a in alphas.items()),
+                               *(f"{e} ablate" for e, m in modes.items() if m == "ablate")]) or "none"
+        described += "" if scope == "all" else f"; {scope} only"
         self.baseline.value = self._box("baseline (all alphas 0)", baseline)
         self.steered.value = self._box(f"steered ({described})", steered)
         self.status.value = "done"

@@ -236,7 +236,10 @@ def emotions_payload(
     payload: dict[str, Any] = {
         "object": "emotions",
         "emotions": list(bundle.emotions),
-        "id_map": bundle.id_map,
+        "id_map": {name: i for i, name in enumerate(bundle.steering_names)},
+        "derived": {name: {k: v for k, v in info.items() if k != "fit_r"}
+                    for name, info in (meta.get("derived") or {}).items()} if bundle.derived else {},
+        "steerable": bundle.steering_names,
         "chosen_layers": list(bundle.chosen_layers),
         "model": served_model_name,
         "bundle_model": bundle.model,

@@ -135,7 +135,8 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
     async def emotions() -> dict[str, Any]:
         return emotions_info
 
-    contract = RequestContract(tuple(bundle.emotions), limits, tuple(served), xargs_keys=frozenset())
+    contract = RequestContract(tuple(bundle.steering_names), limits, tuple(served), xargs_keys=frozenset(),
+                               chat=bool(getattr(backend.tokenizer, "chat_template", None)))
 
     async def parse(request: Request, path: str) -> ValidatedRequest:
         validated = validate_generation(await read_json_body(request), path, contract)
@@ -145,7 +146,7 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
     def params_for(req: Any, prompt_ids: list[int], validated: ValidatedRequest, logprobs: int | None) -> GenerationParams:
         max_tokens = backend.check_lengths(prompt_ids, req.max_completion_tokens or req.max_tokens)
         temperature, top_p = backend.sampling_defaults()
-        coeffs = coefficients(validated.pairs, len(bundle.emotions))
+        coeffs = coefficients(validated.pairs, len(bundle.steering_names))
         return GenerationParams(
             prompt_ids=prompt_ids, max_tokens=max_tokens,
             temperature=temperature if req.temperature is None else req.temperature,

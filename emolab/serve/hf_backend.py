@@ -95,7 +95,9 @@ class HFBackend:
         ``load_format="dummy"``: random weights of the model's shape (benchmarks without weights)."""
         model, tokenizer = load_model(model_name, dtype=dtype, device=device, load_format=load_format)
         bundle.check_model(len(decoder_layers(model)), int(model.config.hidden_size))
-        steerer = HFSteerer(model, bundle, alpha_scale=alpha_scale)
+        # Serving steers the derived directions (valence, arousal) too, after the emotions (steering_names).
+        steerer = HFSteerer(model, bundle, alpha_scale=alpha_scale,
+                            basis=bundle.steering_basis(alpha_scale, derived=True) if bundle.derived else None)
         return cls(model, tokenizer, steerer, max_model_len=max_model_len, max_queue=max_queue, max_batch=max_batch,
                    max_batch_tokens=max_batch_tokens)
 
@@ -173,7 +175,8 @@ class HFBackend:
         """The readout of a request run by ``generate``: its prompt's forward, then each token fed back."""
         if not params.readout or not forwards:
             return None
-        per_forward = [torch.stack(layers, dim=1).numpy() for layers in forwards]  # [positions, layers, n] each
+        n = len(self.steerer.bundle.emotions)  # the readout reads the emotions, not the derived directions
+        per_forward = [torch.stack(layers, dim=1).numpy()[..., :n] for layers in forwards]  # [positions, layers, n]
         generated = (np.concatenate(per_forward[1:]) if len(per_forward) > 1
                      else np.zeros((0, *per_forward[0].shape[1:]), dtype=np.float32))
         bundle = self.steerer.bundle

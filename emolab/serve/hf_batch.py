@@ -168,10 +168,11 @@ class BatchScheduler:
         for i, row in enumerate(rows):
             if row.params.readout is None:
                 continue
+            n = len(self.steerer.bundle.emotions)  # the emotions only, not the derived directions
             if prompt:  # left-padded: the prompt's positions are the last ones
-                row.read_prompt = found[i, found.shape[1] - len(row.params.prompt_ids):]
+                row.read_prompt = found[i, found.shape[1] - len(row.params.prompt_ids):, :, :n]
             else:
-                row.read_generated.append(found[i, 0])
+                row.read_generated.append(found[i, 0, :, :n])
 
     def _readout(self, row: _Row) -> dict | None:
         if row.params.readout is None or self.steerer is None or row.read_prompt is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.names import served_model_names
@@ -22,7 +23,8 @@ def run_hf_server(settings: ServeSettings, *, model: str, host: str, port: int, 
     """Serve until interrupted. The bundle is checked against the model before the port opens.
 
     A bundle extracted from another model (by name) is refused under ``settings.model_check == "strict"``;
-    under ``warn`` the mismatch goes to ``warn`` (default: this module's logger).
+    under ``warn`` the mismatch goes to ``warn`` (default: this module's logger). ``settings.chat_template``
+    (a file) replaces the tokenizer's chat template; without any, chat requests get a 400.
     """
     import uvicorn
 
@@ -37,6 +39,8 @@ def run_hf_server(settings: ServeSettings, *, model: str, host: str, port: int, 
     backend = HFBackend.load(model, bundle, dtype=dtype, device=device, alpha_scale=alpha_scale,
                              max_model_len=max_model_len, max_queue=max_queue, max_batch=settings.hf_max_batch,
                              max_batch_tokens=settings.hf_max_batch_tokens, load_format=load_format)
+    if settings.chat_template:  # the user's template replaces (or supplies) the model's own
+        backend.tokenizer.chat_template = Path(settings.chat_template).read_text()
     names = settings.served_model_names or served_model_names(model)
     app = create_app(backend, bundle, served_model_names=names, api_key=api_key, limits=settings.limits,
                      alpha_scale=alpha_scale)

@@ -19,9 +19,9 @@ from emolab.core.steering import MODES_FIELD, SCOPE_FIELD, Steering, SteeringErr
 from emolab.serve.contract import APIError, check_model_name, json_type, steering_error
 
 __all__ = [
-    "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "READOUT_FIELD", "READOUT_KINDS",
-    "STEERING_XARGS", "ChatMessage", "ChatRequest", "CompletionRequest", "RequestContract", "ValidatedRequest",
-    "parse_readout", "validate_generation", "validation_message",
+    "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "NO_CHAT_TEMPLATE", "READOUT_FIELD",
+    "READOUT_KINDS", "STEERING_XARGS", "ChatMessage", "ChatRequest", "CompletionRequest", "RequestContract",
+    "ValidatedRequest", "parse_readout", "validate_generation", "validation_message",
 ]
 
 CHAT_PATH = "/v1/chat/completions"
@@ -33,6 +33,8 @@ MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs
 STEERING_XARGS = frozenset({"steering", SCOPE_FIELD, MODES_FIELD})  # vllm_xargs keys of emolab's steering
 READOUT_FIELD = "readout"  # top level: true (means over prompt and generated tokens) or "per_token" (also each token)
 READOUT_KINDS = ("means", "per_token")
+NO_CHAT_TEMPLATE = ("this model has no chat template (a base model): send the text to continue to /v1/completions, "
+                    "or start the server with --chat-template FILE")
 
 
 class _Strict(BaseModel):
@@ -98,13 +100,15 @@ class RequestContract:
     ``xargs_keys``: the ``vllm_xargs`` keys honoured besides ``steering``; ``None`` passes any other
     key on (vLLM hands them to its plugins), but a near-miss of ``steering`` is refused either way.
     ``served_names``: the model names accepted in ``model``; ``None`` leaves that check to the server
-    behind (plain ``vllm serve`` before its names are known).
+    behind (plain ``vllm serve`` before its names are known). ``chat``: False when the model has no
+    chat template and none was given: chat requests get a 400 (``NO_CHAT_TEMPLATE``).
     """
 
     emotions: tuple[str, ...]
     limits: SteeringLimits
     served_names: tuple[str, ...] | None
     xargs_keys: frozenset[str] | None = None
+    chat: bool = True
 
 
 @dataclass
@@ -149,6 +153,8 @@ def validate_generation(body: dict[str, Any], path: str, contract: RequestContra
     readout = parse_readout(body)
     if contract.served_names is not None:
         check_model_name(body, contract.served_names)
+    if path == CHAT_PATH and not contract.chat:
+        raise APIError(400, NO_CHAT_TEMPLATE, param="messages", code="no_chat_template")
     try:
         request = schema.model_validate(body)
     except ValidationError as exc:

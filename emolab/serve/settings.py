@@ -34,6 +34,8 @@ ENV = {
     "served_model_names": "EMOLAB_SERVED_MODEL_NAMES",  # comma-separated
     "backend": "EMOLAB_BACKEND",
     "model_check": "EMOLAB_MODEL_CHECK",  # warn | strict | off
+    "chat": "EMOLAB_CHAT",  # 0: the model has no chat template and none was given (chat requests get a 400)
+    "chat_template": "EMOLAB_CHAT_TEMPLATE",  # a chat template file given by the user
 }
 MODEL_CHECKS = ("warn", "strict", "off")
 # The HF backend's batch (emolab.serve.hf_batch): requests generating together, and key/value positions held
@@ -57,6 +59,8 @@ class ServeSettings:
     model_check: str = "warn"
     hf_max_batch: int = DEFAULT_HF_MAX_BATCH  # HF backend only; 1 = one request at a time
     hf_max_batch_tokens: int = DEFAULT_HF_MAX_BATCH_TOKENS
+    chat: bool = True  # False: no chat template (a base model, none given): /v1/chat/completions answers 400
+    chat_template: str | None = None  # a Jinja chat template file that replaces (or supplies) the model's
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_alpha) and self.max_alpha > 0):
@@ -88,9 +92,12 @@ class ServeSettings:
             ENV["served_model_names"]: ",".join(self.served_model_names),
             ENV["backend"]: self.backend,
             ENV["model_check"]: self.model_check,
+            ENV["chat"]: "1" if self.chat else "0",
         }
         if self.alpha_scale:
             env[ENV["alpha_scale"]] = self.alpha_scale
+        if self.chat_template:
+            env[ENV["chat_template"]] = self.chat_template
         return env
 
     @classmethod
@@ -116,6 +123,7 @@ class ServeSettings:
             max_alpha=number("max_alpha", float, DEFAULT_MAX_ALPHA), max_pairs=int(number("max_pairs", int, DEFAULT_MAX_PAIRS)),
             served_model_names=names, backend=environ.get(ENV["backend"], "vllm"),
             model_check=(environ.get(ENV["model_check"]) or "warn").strip().lower(),
+            chat=environ.get(ENV["chat"], "1").strip() != "0", chat_template=environ.get(ENV["chat_template"]) or None,
         )
 
 

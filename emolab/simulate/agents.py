@@ -101,6 +101,14 @@ def _read_score(spec: ExperimentSpec, conv: Conversation, emotion: str | None) -
     return sum(seen) / len(seen) if seen else spec.state.reference
 
 
+def _own_reading(spec: ExperimentSpec, record: dict[str, Any], emotion: str | None) -> float:
+    """An agent's readout of the condition's emotion over the prompt it read (its state after reading)."""
+    if emotion is None:
+        return spec.state.reference
+    value = ((record.get("readout") or {}).get("prompt") or {}).get(emotion)
+    return spec.state.reference if value is None else float(value)
+
+
 async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, conds: list[Condition], *,
                             progress: bool = True, limit: int | None = None, judge: Any = "auto") -> None:
     """Run (or resume) every conversation of the spec, turn by turn; each reply is logged as it lands.
@@ -111,9 +119,11 @@ async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, cond
     """
     from tqdm.auto import tqdm
 
+    from emolab.api_client.client import readout_of
     from emolab.simulate.runner import SimulationError, sampling_kwargs
 
-    if judge is None and spec.state.rule != "fixed":
+    reads_readout = spec.state.read == "readout"
+    if judge is None and spec.state.rule != "fixed" and not reads_readout:
         raise SimulationError("state.rule: decay reads the judged emotion every turn; it needs the judge")
     if judge == "auto":
         from emolab.evaluate.judge import load_or_train_judge
@@ -139,7 +149,8 @@ async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, cond
             steering = _steering(spec, conv, agent)
             began = time.time()
             seed = spec.seeds[conv.replicate] * 100_003 + turn * 1009 + agent
-            response = await client.chat_completion(messages, steering, **sampling_kwargs(spec, seed, False))
+            extra = {"readout": True} if reads_readout else {}
+            response = await client.chat_completion(messages, steering, **sampling_kwargs(spec, seed, False), **extra)
             choice = response.choices[0]
             record = {
                 "trial_id": tid, "experiment": spec.name, "kind": spec.kind, "condition": conv.condition.name,
@@ -151,6 +162,11 @@ async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, cond
                 "finish_reason": choice.finish_reason,
                 "usage": response.usage.model_dump() if response.usage is not None else None,
                 "latency_s": round(time.time() - began, 4), "t_start": round(began, 4)}
+            if reads_readout:  # the agent's own internal reading of the feed (and of its reply), from the server
+                record["readout"] = readout_of(response)
+                if not record["readout"] or record["readout"].get("error"):
+                    raise SimulationError(f"state.read: readout, but the server returned no readout: "
+                                          f"{record['readout']}")
             # judged and logged the moment it lands: a kill mid-turn loses no finished reply
             record["judged"] = judge_texts(judge, [record["reply"]])[0]
             log.append(record)
@@ -180,9 +196,12 @@ async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, cond
                     continue
                 for record in turn_records:
                     conv.feed.append({"speaker": record["name"], "text": record["reply"], "judged": record["judged"]})
-                read = _read_score(spec, conv, conv.condition.emotion)
+                if reads_readout:  # per agent: its own readout of the feed it read this turn
+                    reads = [_own_reading(spec, record, conv.condition.emotion) for record in turn_records]
+                else:  # per conversation: the judged emotion of the window every agent read
+                    reads = [_read_score(spec, conv, conv.condition.emotion)] * len(turn_records)
                 conv.levels = [next_level(spec.state, level, read) if conv.condition.steered else level
-                               for level in conv.levels]
+                               for level, read in zip(conv.levels, reads, strict=True)]
             if not complete:  # the limit ran out inside this turn: the rest waits for a resumed run
                 return
     finally:

@@ -118,11 +118,15 @@ class StateSpec:
     """An agent's emotion level: ``fixed``, or ``decay`` toward ``baseline`` and nudged by what it reads.
 
     level(t+1) = baseline + decay * (level(t) - baseline) + gain * (read(t) - reference), clipped to
-    [low, high]; read(t) is the judge's probability of the emotion in the messages the agent read.
-    Steering alpha = level x the condition's alpha.
+    [low, high]; read(t) is, with ``read: judge``, the judge's probability of the emotion in the messages the
+    conversation's agents read (one value per conversation), or with ``read: readout``, the agent's own
+    emotion readout of the feed it read that turn (the server's ``emotion_readout`` of its prompt: its
+    internal state, per agent, in standard deviations from the bundle's reference; ``reference`` then
+    defaults to 0). Steering alpha = level x the condition's alpha.
     """
 
     rule: str = "fixed"
+    read: str = "judge"  # judge | readout
     initial: float = 1.0  # level of the seeded agents at turn 0 (others start at baseline)
     baseline: float = 0.0
     decay: float = 0.7
@@ -315,11 +319,14 @@ def _conversation_fields(r: _Reader) -> dict[str, Any]:
     a.finish()
     s = _Reader(r.get("state", dict, {}), "state")
     number = (int, float)
+    read = s.get("read", str, "judge", check=lambda v: v in ("judge", "readout"), why="must be judge or readout")
     state = StateSpec(
         rule=s.get("rule", str, "fixed", check=lambda v: v in ("fixed", "decay"), why="must be fixed or decay"),
+        read=read,
         initial=float(s.get("initial", number, 1.0)), baseline=float(s.get("baseline", number, 0.0)),
         decay=float(s.get("decay", number, 0.7, check=lambda v: 0 <= v <= 1, why="must be in [0, 1]")),
-        gain=float(s.get("gain", number, 1.0)), reference=float(s.get("reference", number, 1.0 / 6.0)),
+        gain=float(s.get("gain", number, 1.0)),
+        reference=float(s.get("reference", number, 0.0 if read == "readout" else 1.0 / 6.0)),
         low=float(s.get("low", number, -2.0)), high=float(s.get("high", number, 2.0)))
     if state.low > state.high:
         raise SpecError("low must not exceed high", "state.low")

@@ -54,7 +54,7 @@ class RowSteering:
         self.model, self.bundle = model, bundle
         self.blocks = decoder_layers(model)
         self.layers = list(bundle.chosen_layers)
-        self.n = len(bundle.emotions)
+        self.n = int(np.asarray(basis).shape[1])  # the emotions, and any derived directions after them
         self.controls = ControlTables.of(basis)
         device = next(model.parameters()).device
         t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731

@@ -1,6 +1,6 @@
 """Steering under tensor, pipeline and data parallelism on 2 GPUs (vLLM 0.26, CUDA graphs on, bf16).
 
-    python scripts/gpu/parallel.py tp|pp|dp MODEL_DIR BUNDLE_DIR OUT_DIR [--seconds 30] [--repeats 2]
+    python scripts/gpu/parallel.py tp|pp MODEL_DIR BUNDLE_DIR OUT_DIR [--seconds 30] [--repeats 2]
 
 One mode per call (each fits a 10-minute device command). For each mode, two engines at that
 parallelism, each in its own process:
@@ -13,8 +13,8 @@ parallelism, each in its own process:
 Verdict: the plugin is active in every worker (one "emolab steering on" line each, with the layers
 that rank holds); unsteered output == plugin-not-loaded output (tokens); steered batch == steered
 solo (tokens, and top-1 agreement where bf16 batching changes the rounding); under PP the chosen
-layers are steered on whichever rank holds them. TP/PP run offline ``vllm.LLM``; DP runs
-``emolab serve --data-parallel-size 2`` (HTTP), since offline data parallelism needs a launcher.
+layers are steered on whichever rank holds them. Both run offline ``vllm.LLM``. Data parallelism needs a
+server (offline DP needs a launcher): scripts/gpu/dp.py, which reuses ``judge`` from here.
 """
 
 from __future__ import annotations
@@ -168,81 +168,14 @@ def offline_mode(mode: str, model: str, bundle: str, out_dir: Path, args: argpar
     return verdict
 
 
-def dp_mode(model: str, bundle: str, out_dir: Path, args: argparse.Namespace) -> dict:
-    """``emolab serve --data-parallel-size 2`` and plain ``vllm`` DP=2, over HTTP."""
-    import httpx
-
-    from emolab.bench import BenchConfig
-    from emolab.bench.run import bench_server
-    from emolab.core.bundle import EmotionBundle
-    from emolab.serve.launch import free_port, launch_server, stop_server, wait_for_health
-
-    requests = [{**r, "max_tokens": 24} for r in MIXED]
-    common = ["--dtype", args.dtype, "--max-model-len", "2048", "--served-model-name", "m",
-              "--vllm-arg=--load-format dummy", "--vllm-arg=--no-enable-prefix-caching", "--max-num-seqs", "64",
-              "--gpu-memory-utilization", "0.85", *(["--enforce-eager"] if args.eager else [])]
-
-    def ask(url: str, request: dict) -> dict:
-        body = {"model": "m", "prompt": request["prompt"], "max_tokens": request["max_tokens"], "temperature": 0,
-                "logprobs": 5, "ignore_eos": True}
-        if request["steering"]:
-            body["vllm_xargs"] = {"steering": request["steering"]}
-        reply = httpx.post(url + "/v1/completions", json=body, timeout=600).json()["choices"][0]
-        return {"token_ids": reply["text"], "logprobs": reply["logprobs"]["top_logprobs"]}
-
-    def concurrently(url: str, reqs: list[dict]) -> list[dict]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(reqs)) as pool:
-            return list(pool.map(lambda r: ask(url, r), reqs))
-
-    began = time.perf_counter()
-    port = free_port()
-    server = launch_server(vectors=bundle, model=model, port=port, backend="vllm",
-                           extra_args=[*common, "--data-parallel-size", str(args.world)], log_path=out_dir / "dp-on.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_health(url, timeout=900, process=server)
-        on = {"solo": [ask(url, r) for r in solo(requests)], "batch": concurrently(url, requests)}
-        config = BenchConfig(model="m", agents=[args.agents], scenarios=["none", "mixed"], prompt_tokens=200,
-                             max_tokens=args.max_tokens,
-                             requests_per_agent=args.dp_requests_per_agent, repeats=args.repeats, client_processes=4)
-        runs = bench_server(url + "/v1", config, "emolab", ["none", "mixed"])
-    finally:
-        stop_server(server)
-    on_log = (out_dir / "dp-on.log").read_text(errors="replace")
-    port = free_port()
-    env = {**os.environ, "VLLM_PLUGINS": ""}
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
-               "--data-parallel-size", str(args.world), "--dtype", args.dtype, "--max-model-len", "2048",
-               "--served-model-name", "m", "--load-format", "dummy", "--no-enable-prefix-caching", "--max-num-seqs",
-               "64", "--gpu-memory-utilization", "0.85", *(["--enforce-eager"] if args.eager else [])]
-    with open(out_dir / "dp-off.log", "w") as log:
-        plain = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    plain.log_path = out_dir / "dp-off.log"  # type: ignore[attr-defined]
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_health(url, timeout=900, process=plain)
-        off = {"solo": [ask(url, r) for r in strip(requests)], "batch": concurrently(url, strip(requests))}
-    finally:
-        stop_server(plain)
-    verdict = judge(on, off, requests, on_log, EmotionBundle.load(bundle).chosen_layers)
-    verdict["throughput_n64_http_4_client_processes"] = {
-        "runs": [{"scenario": r.scenario, "tok_per_s": round(r.tok_per_s, 1), "wall_s": r.wall_s, "errors": r.errors}
-                 for r in runs]}
-    verdict["wall_s"] = round(time.perf_counter() - began, 1)
-    return verdict
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["tp", "pp", "dp"])
+    parser.add_argument("mode", choices=["tp", "pp"])
     parser.add_argument("model")
     parser.add_argument("bundle")
     parser.add_argument("out")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--dp-requests-per-agent", type=int, default=24)
     parser.add_argument("--world", type=int, default=2, help="GPUs per mode (1: a smoke run of the script itself)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--eager", action="store_true", help="smoke runs only: no torch.compile / graphs")
@@ -251,10 +184,7 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.mode == "dp":
-        verdict = dp_mode(args.model, args.bundle, out_dir, args)
-    else:
-        verdict = offline_mode(args.mode, args.model, args.bundle, out_dir, args)
+    verdict = offline_mode(args.mode, args.model, args.bundle, out_dir, args)
     (out_dir / f"verdict-{args.mode}.json").write_text(json.dumps(verdict, indent=2))
     print(json.dumps(verdict, indent=2))
 

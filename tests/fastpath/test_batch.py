@@ -29,7 +29,8 @@ def make(max_tokens: int = 16, max_rows: int = 4):
     bundle = EmotionBundle(EMOTIONS, [3, 4], vectors, {"num_layers": 6})
     blocks = [Block(), Block()]
     steering = BatchSteering(blocks, bundle, bundle.basis(), max_tokens=max_tokens, max_rows=max_rows,
-                             device=torch.device("cpu"), dtype=torch.float32, limits=SteeringLimits())
+                             device=torch.device("cpu"), dtype=torch.float32, layouts=["pair", "pair"],
+                             limits=SteeringLimits())
     return steering, blocks, bundle
 
 
@@ -86,7 +87,7 @@ def test_re_added_request_replaces_its_old_steering():
     steering.update([("a", {"steering": [2, 1.0]})], [])  # re-sent after preemption (V2 does this)
     steering.set_layout(["a"], np.array([1]))
     row = int(steering.token_rows[0])
-    assert steering.rows[row].tolist() == [0.0, 0.0, 1.0]
+    assert steering.add[row].tolist() == [0.0, 0.0, 1.0]
     assert steering.active_requests == 1
 
 
@@ -102,3 +103,45 @@ def test_batch_larger_than_buffer_is_refused():
     steering.update([("a", {"steering": [1, 1.0]})], [])
     with pytest.raises(RuntimeError, match="exceeds the steering buffer"):
         steering.set_layout(["a"], np.array([5]))
+
+
+class TensorBlock(torch.nn.Module):  # Granite / OLMo 2 in vLLM: the whole output as one tensor
+    def forward(self, hidden_states: torch.Tensor):
+        return hidden_states * 2
+
+
+class LeadingBlock(torch.nn.Module):  # MiniCPM in vLLM: (output, None); transformers 4 blocks: (output, ...)
+    def forward(self, hidden_states: torch.Tensor):
+        return hidden_states * 2, None
+
+
+@pytest.mark.parametrize(("block", "layout", "shape"), [
+    (TensorBlock, "tensor", (8, HIDDEN)),
+    (TensorBlock, "tensor", (1, 8, HIDDEN)),  # transformers' own blocks keep a batch dimension of 1
+    (LeadingBlock, "first", (8, HIDDEN)),
+])
+def test_other_layouts_add_to_the_block_output(block, layout, shape):
+    rng = np.random.default_rng(1)
+    vectors = {e: rng.standard_normal((1, HIDDEN)).astype(np.float32) for e in EMOTIONS}
+    bundle = EmotionBundle(EMOTIONS, [0], vectors, {"num_layers": 1})
+    steered = block()
+    steering = BatchSteering([steered], bundle, bundle.basis(), max_tokens=16, max_rows=4, device=torch.device("cpu"),
+                             dtype=torch.float32, layouts=[layout])
+    steering.update([("a", {"steering": [1, 2.0]}), ("b", None)], [])
+    steering.set_layout(["b", "a"], np.array([5, 2]))
+    hidden = torch.randn(shape)
+    plain, out = block()(hidden), steered(hidden)
+    if layout == "first":
+        assert out[1] is None
+        plain, out = plain[0], out[0]
+    expected = plain.clone()
+    expected[..., 5:7, :] += torch.from_numpy(2.0 * bundle.basis()[0, 1])
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.equal(out[..., :5, :], plain[..., :5, :]) and torch.equal(out[..., 7:, :], plain[..., 7:, :])
+
+
+def test_an_unknown_layout_is_refused():
+    bundle = EmotionBundle(EMOTIONS, [0], {e: np.ones((1, HIDDEN), np.float32) for e in EMOTIONS}, {"num_layers": 1})
+    with pytest.raises(ValueError, match="unknown block layout"):
+        BatchSteering([TensorBlock()], bundle, bundle.basis(), max_tokens=4, max_rows=2, device=torch.device("cpu"),
+                      dtype=torch.float32, layouts=["sum"])

@@ -15,8 +15,8 @@ from emolab.fastpath.plugin import install
 
 
 class Config:
-    def __init__(self, name: str) -> None:
-        self.model_config = SimpleNamespace(model=name, enforce_eager=True)
+    def __init__(self, name: str, hf_config) -> None:
+        self.model_config = SimpleNamespace(model=name, enforce_eager=True, hf_config=hf_config, hf_text_config=hf_config)
 
     @property
     def compilation_config(self):  # the first thing install reads after the check (sizing its buffers)
@@ -28,7 +28,7 @@ class Runner:
 
     def __init__(self, model, name: str) -> None:
         self.model = model
-        self.vllm_config = Config(name)
+        self.vllm_config = Config(name, model.config)
 
     def get_model(self):
         return self.model

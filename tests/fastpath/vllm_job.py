@@ -1,20 +1,28 @@
 """Run steering scenarios on a real vLLM engine (in-process) and dump tokens and logprobs as JSON.
 
-Used by tests/test_vllm_engine.py as a subprocess, so each engine (plugin on / plugin off) lives in
-its own process with its own environment. Usage: ``python tests/fastpath/vllm_job.py JOB.json OUT.json``.
+Used by tests/fastpath/test_engine.py and test_families.py as a subprocess, so each engine (plugin on /
+plugin off) lives in a process with its own environment. Usage: ``python tests/fastpath/vllm_job.py JOB.json OUT.json``.
 
-A job: {"engine": {LLM kwargs}, "scenarios": {name: {"kind": ..., ...}}} where kind is
+A job: {"engine": {LLM kwargs}, "scenarios": {name: {"kind": ..., ...}}}, or {"engines": [{"name": ...,
+"engine": ..., "scenarios": ...}, ...]}: several engines one after another in this one process (each deleted
+before the next starts), each one's failure recorded under its name as {"error": ...} instead of ending the
+job, and each one's ``emolab.vllm`` log lines kept under "log". A scenario's kind is
 ``batch`` (all requests submitted together), ``sequence`` (one after another: prefix-cache order),
 or ``staggered`` (request i joins at engine step ``start``; long prompts exercise chunked prefill).
 The output also holds ``stats.preempted``: how many times the scheduler preempted a request.
-A request: {"prompt": str or token ids, "steering": [...] or null, "max_tokens": int}.
+A request: {"prompt": str or token ids, "steering": [...] or null, "max_tokens": int, "detokenize": bool}
+(token ids and ``detokenize: false`` for an engine started with ``skip_tokenizer_init``).
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
 import sys
+import time
+import traceback
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -25,7 +33,7 @@ def params(request: dict):
 
     extra = {"steering": request["steering"]} if request.get("steering") else None
     return SamplingParams(temperature=0.0, max_tokens=request.get("max_tokens", 16), logprobs=5,
-                          ignore_eos=True, extra_args=extra)
+                          ignore_eos=True, extra_args=extra, detokenize=request.get("detokenize", True))
 
 
 def prompt(request: dict):
@@ -71,14 +79,12 @@ def count_preemptions() -> dict[str, int]:
     return counter
 
 
-def main(job_path: str, out_path: str) -> None:
+def run_engine(spec: dict) -> dict:
     from vllm import LLM
 
-    job = json.loads(open(job_path).read())
-    counter = count_preemptions()
-    llm = LLM(**job["engine"])
+    llm = LLM(**spec["engine"])
     out: dict = {}
-    for name, scenario in job["scenarios"].items():
+    for name, scenario in spec["scenarios"].items():
         requests = scenario["requests"]
         if scenario["kind"] == "batch":
             outputs = llm.generate([prompt(r) for r in requests], [params(r) for r in requests], use_tqdm=False)
@@ -89,6 +95,37 @@ def main(job_path: str, out_path: str) -> None:
             out[name] = run_staggered(llm, requests)
         else:
             raise ValueError(f"unknown scenario kind {scenario['kind']!r}")
+    del llm
+    return out
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def main(job_path: str, out_path: str) -> None:
+    job = json.loads(open(job_path).read())
+    counter = count_preemptions()
+    if "engines" not in job:
+        out = run_engine(job)
+    else:
+        out = {}
+        lines = Lines()
+        logging.getLogger("emolab.vllm").addHandler(lines)
+        for spec in job["engines"]:
+            began = time.perf_counter()
+            lines.lines = []
+            try:
+                out[spec["name"]] = run_engine(spec)
+            except Exception as exc:  # noqa: BLE001  (recorded: the test says which engine failed and why)
+                out[spec["name"]] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+            out[spec["name"]].update(log=lines.lines, seconds=time.perf_counter() - began)
+            gc.collect()
     out["stats"] = counter
     with open(out_path, "w") as handle:
         json.dump(out, handle)

@@ -119,13 +119,15 @@ def test_02_inspect_committed_bundle(smollm2_bundle_path):
     book = run_notebook("02_inspect")
     assert_no_errors(book)
     bundle = EmotionBundle.load(smollm2_bundle_path)
-    assert len(images(book)) == 4  # heatmap, mean-AUC curve, norms, cosine
-    assert sorted(p.name for p in plots_dir.iterdir()) == ["auc_heatmap.png", "cosine.png", "mean_auc.png", "norms.png"]
+    assert len(images(book)) == 5  # heatmap, mean-AUC curve, norms, cosine, circumplex
+    assert sorted(p.name for p in plots_dir.iterdir()) == ["auc_heatmap.png", "circumplex.png", "cosine.png",
+                                                            "mean_auc.png", "norms.png"]
     for path in plots_dir.iterdir():
         assert path.read_bytes()[:8] == PNG_MAGIC
     text = text_of(book)
     assert f"n_train = {bundle.metadata['n_train']}, n_val = {bundle.metadata['n_val']}" in text
     assert "validation ROC-AUC per searched layer" in text
+    assert "valence_projection" in text  # the circumplex table of the bundle's derived directions
 
 
 def test_02_inspect_reference_tool_bundle(reference_bundle_path):
@@ -134,12 +136,12 @@ def test_02_inspect_reference_tool_bundle(reference_bundle_path):
     book = run_notebook("02_inspect", "02_inspect-reference", bundle_path=str(reference_bundle_path),
                         plots_dir=str(plots_dir))
     assert_no_errors(book)
-    assert len(images(book)) == 4
+    assert len(images(book)) == 5  # the circumplex fitted on the fly: the bundle stores no derived directions
     text = text_of(book)
     # the two families' counts, summed: 7274 + 1591 train, 1819 + 398 val
     assert "n_train = 8865, n_val = 2217" in text
     assert "contrasted within families: ['anger_joy_sadness', 'disgust_fear_surprise']" in text
-    assert len(list(plots_dir.glob("*.png"))) == 4
+    assert len(list(plots_dir.glob("*.png"))) == 5
 
 
 # ------------------------------------------------------------------------------------------ 03

@@ -152,3 +152,21 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+
+
+def test_heldout_effect_draws_the_tunes_held_out_numbers():
+    from emolab.notebook.effect_plots import heldout_effect
+
+    base = {"judge_mean": {"joy": 0.2, "fear": 0.1}, "ppl_median": 4.0, "degenerate": 0.05}
+    rows = {"joy": {"target": 0.7, "delta": 0.5, "delta_ci95": [0.4, 0.6], "ppl_median": 6.0, "degenerate": 0.1},
+            "fear": {"target": 0.3, "delta": 0.2, "delta_ci95": [0.1, 0.25], "ppl_median": 5.0, "degenerate": 0.0}}
+    fig = heldout_effect({"rows": rows, "baseline": base, "n_prompts": 24})
+    assert isinstance(fig, Figure)
+    left, right = fig.axes
+    heights = [round(p.get_height(), 6) for p in left.patches]
+    assert heights == [0.2, 0.1, 0.7, 0.3]  # unsteered bars, then steered
+    steered = next(c for c in left.containers if getattr(c, "errorbar", None) is not None)
+    segments = steered.errorbar.lines[2][0].get_segments()  # the change's CI around each steered bar
+    assert [(round(seg[0][1], 6), round(seg[1][1], 6)) for seg in segments] == [(0.6, 0.8), (0.2, 0.35)]
+    assert [round(p.get_height(), 6) for p in right.patches] == [1.5, 1.25, 0.1, 0.0]
+    assert "24 prompts" in left.get_title()

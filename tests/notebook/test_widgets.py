@@ -34,3 +34,33 @@ def test_recommendations_on_another_scale_are_ignored():
 def test_slider_step_gives_fine_steps_on_small_ranges():
     assert slider_step(-1.0, 1.0) == 0.01
     assert slider_step(-3.0, 3.0) == 0.05
+
+
+def test_panel_controls_reach_the_generator_as_one_steering(tiny):
+    """Scope, a mode per slider and the derived directions: the panel's reply is the steerer's own."""
+    import numpy as np
+
+    from emolab.core.bundle import EmotionBundle
+    from emolab.core.circumplex import NRC_VAD, derive
+    from emolab.core.models import chat_prompt_ids
+    from emolab.core.steering import Steering
+    from emolab.notebook.widgets import HFGenerator, SteeringPanel
+    from emolab.steer import generate
+
+    model, tokenizer = tiny
+    rng = np.random.default_rng(1)
+    emotions = list(NRC_VAD)
+    bundle = derive(EmotionBundle(emotions, [1, 2], {e: rng.normal(size=(2, 128)).astype(np.float32) * 3 for e in emotions},
+                                  {"num_layers": 4}))
+    generator = HFGenerator(model, tokenizer, bundle, max_new_tokens=6, alpha_scale="raw")
+    panel = SteeringPanel(generator, prompt="Hello there")
+    assert list(panel.sliders)[-2:] == ["valence", "arousal"] and panel.scope.value == "all"
+    panel.set_alphas({"joy": 1.0, "valence": -0.5, "fear": 0.7})
+    panel.set_controls({"fear": "ablate", "sadness": "clamp"}, scope="generated")
+    baseline, steered = panel.generate()
+    assert panel.alphas() == {"joy": 1.0, "valence": -0.5}  # the ablated emotion's slider is not read
+    expected = Steering(((3, 1.0), (6, -0.5), (4, 0.0)), modes=((2, "ablate"), (4, "clamp")), scope="generated")
+    ids = generate(model, tokenizer, [chat_prompt_ids(tokenizer, [{"role": "user", "content": "Hello there"}])],
+                   steerer=generator.steerer, steerings=[expected], max_new_tokens=6)[0]
+    assert steered == tokenizer.decode(ids, skip_special_tokens=True)
+    assert "fear ablate" in panel.steered.value and "generated only" in panel.steered.value

@@ -38,7 +38,8 @@ def client(server):
 @pytest.fixture(scope="module")
 def in_process(smollm2_path, smollm2_bundle_path):
     model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
-    return model, tokenizer, HFSteerer(model, EmotionBundle.load(smollm2_bundle_path))
+    bundle = EmotionBundle.load(smollm2_bundle_path)
+    return model, tokenizer, HFSteerer(model, bundle, basis=bundle.steering_basis(None, derived=True))
 
 
 CONTROLS = [
@@ -46,6 +47,7 @@ CONTROLS = [
     ({"fear": 0.5}, {"fear": "clamp"}, None),
     ({"sadness": 0.3}, {"sadness": "clamp", "joy": "ablate"}, "prompt"),
     (None, {"anger": "ablate"}, None),
+    ({"valence": 0.5}, None, None),
 ]
 
 
@@ -109,6 +111,8 @@ def test_emotions_route_describes_controls_and_readout(client):
     assert info["controls"]["steering_scope"]["values"] == ["all", "prompt", "generated"]
     assert info["controls"]["steering_modes"]["values"] == ["add", "ablate", "clamp"]
     assert info["readout"]["response_field"] == "emotion_readout" and info["readout"]["scale"] == "standardized"
+    assert info["steerable"][-2:] == ["valence", "arousal"] and info["id_map"]["arousal"] == 7
+    assert "Mohammad" in info["derived"]["valence"]["source"]
 
 
 def test_an_unsteered_request_reads_what_the_readout_library_reads(client, in_process, smollm2_bundle_path):

@@ -139,3 +139,20 @@ def test_the_report_is_written_from_the_frames(server, tmp_path, capsys):
     for row in table.itertuples():
         assert f"| {row.condition} | {row.n} |" in report
     assert "![effects](plots/effects.png)" in report and (out / "plots" / "effects.png").is_file()
+
+
+def test_agents_can_carry_their_own_readout_as_state(server, smollm2_bundle_path, tmp_path):
+    """state.read: readout — each agent's level follows its own emotion readout of the feed it read (no judge)."""
+    spec = ExperimentSpec.from_dict({**TALK, "name": "talk-readout",
+                                     "state": {**TALK["state"], "read": "readout"}})
+    assert spec.state.reference == 0.0  # the readout's scale is centred on a typical held-out token
+    run_experiment(spec, tmp_path / "r", base_url=server, api_key=KEY, progress=False, judge=None)
+    rows = {(r["condition"], r["turn"], r["agent"]): r for r in read_trials(tmp_path / "r")}
+    for agent in range(3):
+        first, second = rows[("steered:fear@1", 0, agent)], rows[("steered:fear@1", 1, agent)]
+        read = first["readout"]["prompt"]["fear"]
+        assert first["readout"]["scale"] == "standardized" and set(first["readout"]["prompt"]) >= {"fear", "joy"}
+        level = 1.5 if agent == 0 else 0.0
+        assert second["level"] == pytest.approx(max(-2.0, min(2.0, 0.5 * level + 2.0 * read)), abs=1e-5)
+    # agents read different feeds (their own name and persona), so their states differ
+    assert len({rows[("steered:fear@1", 1, a)]["level"] for a in range(3)}) == 3

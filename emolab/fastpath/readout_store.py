@@ -1,0 +1,89 @@
+"""How a readout computed inside vLLM's workers reaches the HTTP response: small files under the metrics folder.
+
+The API server (``SteeringMiddleware``) gives each request that asks for a readout a random key and sends it to
+the engine in ``vllm_xargs`` (``READOUT_XARG``: ``"<key>:<kind>"``). Every worker that holds some of the
+bundle's chosen layers accumulates that request's projections in its buffers and, once the request has
+finished, writes its part (the layers it holds, the per-layer sums and token counts, the per-token
+projections when asked) to ``<metrics folder>/readout/<key>.<pid>.json``: under tensor parallelism every rank
+writes the same layers, under pipeline parallelism each rank its own. The middleware waits for the parts to
+cover every chosen layer, assembles them (``collect``), deletes them and answers with the summary
+(``emolab.core.readout.summary_from_sums``). Files, not a socket: every API-server process can read them
+(``--api-server-count``), and a worker never blocks on a reader. A worker on another host (multi-node data
+parallel) writes on that host: its readouts cannot reach the head's API servers (the middleware then says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["READOUT_XARG", "assemble", "collect", "new_key", "parse_xarg", "readout_folder", "write_part"]
+
+READOUT_XARG = "emolab_readout"  # vllm_xargs key: "<key>:<kind>", kind "means" or "per_token"
+_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+def readout_folder(metrics_dir: str | os.PathLike[str]) -> Path:
+    return Path(metrics_dir) / "readout"
+
+
+def new_key() -> str:
+    return secrets.token_hex(16)
+
+
+def parse_xarg(value: Any) -> tuple[str, str] | None:
+    """``(key, kind)`` of a request's readout entry, None when it has none or it is malformed."""
+    if not isinstance(value, str):
+        return None
+    key, _, kind = value.partition(":")
+    return (key, kind) if _KEY.fullmatch(key) and kind in ("means", "per_token") else None
+
+
+def write_part(folder: Path, key: str, part: dict[str, Any]) -> None:
+    """Write one worker's part atomically (a reader never sees half a file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=folder)
+    with os.fdopen(handle, "w") as out:
+        json.dump(part, out)
+    os.replace(tmp, folder / f"{key}.{os.getpid()}.json")
+
+
+def collect(folder: Path, key: str, n_layers: int) -> dict[str, Any] | None:
+    """The assembled raw readout of ``key`` once its parts cover all ``n_layers`` chosen layers (the parts are
+    then removed), else None."""
+    parts = []
+    for path in folder.glob(f"{key}.*.json"):
+        try:
+            parts.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):  # being replaced right now: next poll
+            return None
+    covered = {layer for part in parts for layer in part["layers"]}
+    if len(covered) < n_layers:
+        return None
+    for path in folder.glob(f"{key}.*.json"):
+        path.unlink(missing_ok=True)
+    return assemble(parts, n_layers)
+
+
+def assemble(parts: list[dict[str, Any]], n_layers: int) -> dict[str, Any]:
+    """Per-layer sums and per-token projections of every chosen layer from the workers' parts."""
+    first = parts[0]
+    n = len(first["prompt_sum"][0])
+    prompt_sum, generated_sum = np.zeros((n_layers, n)), np.zeros((n_layers, n))
+    per_token = None if first.get("per_token") is None else np.zeros((len(first["per_token"]), n_layers, n))
+    for part in parts:
+        for i, layer in enumerate(part["layers"]):
+            prompt_sum[layer] = part["prompt_sum"][i]
+            generated_sum[layer] = part["generated_sum"][i]
+            if per_token is not None and part.get("per_token") is not None:
+                per_token[:, layer] = np.asarray(part["per_token"])[:, i]
+    return {"prompt_sum": prompt_sum, "prompt_count": int(first["prompt_count"]), "generated_sum": generated_sum,
+            "generated_count": int(first["generated_count"]), "per_token": per_token,
+            "note": first.get("note")}

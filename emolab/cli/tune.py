@@ -19,7 +19,8 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluate", default=None, metavar="TUNED_BUNDLE",
                    help="only evaluate a tuned bundle (read-only) at its recommended alphas on the held-out prompts")
     p.add_argument("--report", default=None, help="folder for report.json and tables.md (default runs/tune-<name>)")
-    p.add_argument("--markdown", default=None, help="also write the held-out Markdown (docs/steering-effect.md body)")
+    p.add_argument("--markdown", default=None, help="also write the held-out Markdown (docs/steering-effect.md body) "
+                   "and its plots (img/steering-effect-*.png beside it)")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--emotions", type=word_list, default=None, help="comma-separated subset (default: all)")
     p.add_argument("--windows", default="12-14,13,10-18,16-18", help="layer windows and single layers, e.g. 12-14,13")
@@ -48,7 +49,7 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
 
 def run_tune_cli(args: argparse.Namespace) -> int:
     from emolab.evaluate.tune import TuneConfig, evaluate_tuned, run_tune
-    from emolab.evaluate.tune_report import save_tune_report, tune_markdown
+    from emolab.evaluate.tune_report import save_tune_report, write_tune_markdown
 
     args.flags = {"sources": "--bundle", "bundle": "--evaluate" if args.evaluate else "--bundle"}
     if args.evaluate is None and not (args.sources and args.output):
@@ -74,8 +75,7 @@ def run_tune_cli(args: argparse.Namespace) -> int:
     folder = save_tune_report(report, args.report or f"runs/{name}")
     print((folder / "tables.md").read_text())
     if args.markdown and "heldout" in report:
-        Path(args.markdown).write_text(tune_markdown(report))
-        print(f"wrote {args.markdown}")
+        print(f"wrote {write_tune_markdown(report, args.markdown)} (plots in img/ beside it)")
     done = f"tuned bundle in {args.output}; " if not args.evaluate else ""
     print(f"{done}report in {folder}; {report['timings']['total_s'] / 60:.1f} min")
     return 0

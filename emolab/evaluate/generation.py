@@ -104,12 +104,16 @@ def _vllm(bundle: str | Path, scale: str | None, model_path: str, prompt_ids: li
 
 
 def score(texts: list[str], prompt_ids: list[list[int]], continuation_ids: list[list[int]], *, model: Any,
-          judge: Any, perplexity: bool = True, batch_size: int = 16) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+          judge: Any, perplexity: bool = True, batch_size: int = 16,
+          embeddings: bool = False) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per-continuation arrays: ``proba`` [n, judge emotions], ``ppl``, ``degenerate``, ``question``,
-    ``distinct_1``, ``distinct_2``, ``n_tokens``."""
+    ``distinct_1``, ``distinct_2``, ``n_tokens``; with ``embeddings``, also ``embedding`` [n, 384]: the judge's
+    sentence embeddings the probabilities were read from (unit length)."""
     timings: dict[str, float] = {}
     began = time.perf_counter()
-    proba = np.asarray(judge.predict_proba(texts), dtype=np.float64)
+    vectors = judge.encoder.encode(texts) if embeddings and texts else None
+    proba = np.asarray(judge.predict_proba(texts) if vectors is None else judge.proba_from_embeddings(vectors),
+                       dtype=np.float64)
     timings["judge_s"] = time.perf_counter() - began
     began = time.perf_counter()
     if perplexity:
@@ -126,4 +130,6 @@ def score(texts: list[str], prompt_ids: list[list[int]], continuation_ids: list[
         "distinct_2": np.array([distinct_n(t, 2) for t in tokens]),
         "n_tokens": np.array([len(c) for c in continuation_ids]),
     }
+    if embeddings:
+        arrays["embedding"] = vectors if vectors is not None else np.zeros((0, 0), dtype=np.float32)
     return arrays, timings

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 __all__ = [
-    "bootstrap_ci", "continuation_perplexity", "distinct_n", "ends_with_question", "is_degenerate", "ngrams",
+    "bootstrap_ci", "bootstrap_ratio_ci", "continuation_perplexity", "distinct_n", "ends_with_question", "is_degenerate", "ngrams",
     "recommend_alpha", "repeated_fraction", "words",
 ]
 
@@ -175,6 +175,16 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def bootstrap_ratio_ci(numerator: np.ndarray, denominator: np.ndarray, n_boot: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``sum(numerator) / sum(denominator)``, pairs resampled together."""
+    numerator, denominator = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(numerator), size=(n_boot, len(numerator)))
+    ratios = numerator[picks].sum(axis=1) / denominator[picks].sum(axis=1)
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
 def ends_with_question(text: str) -> bool:

@@ -178,8 +178,9 @@ def eval_frame(report: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=_COLUMNS)
 
 
-def markdown_tables(report: dict[str, Any]) -> str:
-    """The report's numbers as Markdown tables (what docs/steering-effect.md shows), written from ``eval_frame``."""
+def markdown_tables(report: dict[str, Any], figures: dict[str, str] | None = None) -> str:
+    """The report's numbers as Markdown tables, written from ``eval_frame``, then the ``figures`` it links
+    (name -> path relative to the Markdown file; ``save_report`` writes them)."""
     import pandas as pd
 
     from emolab.core.tables import markdown_table
@@ -203,16 +204,22 @@ def markdown_tables(report: dict[str, Any]) -> str:
     })
     formats = {"P(target)": ".3f", "hit rate": ".2f", "median ppl": ".1f", "distinct-2": ".2f",
                "pooled distinct-2": ".2f", "degenerate": ".2f"}
+    links = "".join(f"\n![{name.replace('_', ' ')}]({path})\n" for name, path in (figures or {}).items())
     return (f"Baseline (unsteered): median perplexity {base['perplexity_median']}, "
             f"degenerate rate {base['degenerate_rate']}, distinct-2 {base['distinct_2']}, "
-            f"judge means {base['judge_mean']}.\n\n" + markdown_table(shown, floatfmt=formats, align="lrrlrlrrrr"))
+            f"judge means {base['judge_mean']}.\n\n" + markdown_table(shown, floatfmt=formats, align="lrrlrlrrrr")
+            + links)
 
 
-def save_report(report: dict[str, Any], output: str | Path) -> Path:
-    """``report.json`` and ``tables.md`` in ``output`` (figures: ``emolab.notebook.effect_plots.save_all``)."""
+def save_report(report: dict[str, Any], output: str | Path, plots: bool = True) -> Path:
+    """``report.json``, the figures (``effect_figures.EVAL_FIGURES``: ``effect_curves.png``, ``fluency.png``,
+    ``confusion.png``; unless ``plots`` is False) and ``tables.md`` linking them, in ``output``."""
+    from emolab.evaluate.effect_figures import EVAL_FIGURES, write_figures
+
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (folder / "tables.md").write_text(markdown_tables(report))
+    figures = write_figures(report, EVAL_FIGURES, folder) if plots and report["per_emotion"] else {}
+    (folder / "tables.md").write_text(markdown_tables(report, figures))
     return folder
 

@@ -73,7 +73,8 @@ class EvalConfig:
     emotions: list[str] | None = None  # None: all of the bundle's
     alphas: list[float] = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0])
     scale: str | None = None  # raw | normalized; None: the bundle's default (metadata alpha_scale)
-    prompts: list[str] | None = None  # None: default_prompts(style)
+    prompts: list[str] | None = None  # None: default_prompts(style), or the style's `prompt_set`
+    prompt_set: str | None = None  # "tune" or "heldout": that set of the prompt style (prompting.stage_prompts)
     n_prompts: int | None = None  # use the first N prompts
     prompt_style: str = "auto"  # chat | continuation | auto (chat when the tokenizer has a chat template)
     max_new_tokens: int = 40
@@ -147,7 +148,10 @@ def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, judge
     if model is None:
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
     style = resolve_style(config.prompt_style, tokenizer)
-    prompts = list(config.prompts) if config.prompts is not None else default_prompts(style)
+    if config.prompts is not None:
+        prompts = list(config.prompts)
+    else:
+        prompts = stage_prompts(style, config.prompt_set) if config.prompt_set else default_prompts(style)
     if config.n_prompts is not None:
         if not 1 <= config.n_prompts <= len(prompts):
             raise EvalError(f"only {len(prompts)} prompts available, asked for {config.n_prompts}", setting="n_prompts")

@@ -1,8 +1,11 @@
-"""A tune's report as frames, as files (``report.json``, ``tables.md``) and as the Markdown of docs/steering-effect.md.
+"""A tune's report as frames, as files (``report.json``, ``tables.md``, plots) and as the Markdown of
+docs/steering-effect.md.
 
 ``tune_frames(report)`` holds its tables as DataFrames (``heldout_frame``, ``stage_frame``, ``reach_frame``,
 ``demo_frame``); every Markdown table here is written from one of them, and they rebuild from a saved
-``report.json``.
+``report.json``. A held-out evaluation's plots (``effect_figures.HELDOUT_FIGURES``) are written beside the
+Markdown that links them: ``save_tune_report`` into its folder, ``write_tune_markdown`` (docs/steering-effect.md's
+generator) into ``img/`` beside its file, as ``steering-effect-<name>.png``.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from emolab.evaluate.tune_bundle import DEMO_PROMPT, GOAL, goal_checks
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["demo_frame", "heldout_frame", "heldout_table", "reach_frame", "reach_table", "save_tune_report",
-           "search_table", "stage_frame", "tune_frames", "tune_markdown"]
+__all__ = ["DOC_FIGURE_PREFIX", "demo_frame", "heldout_frame", "heldout_table", "reach_frame", "reach_table",
+           "save_tune_report", "search_table", "stage_frame", "tune_frames", "tune_markdown", "write_tune_markdown"]
+
+DOC_FIGURE_PREFIX = "steering-effect-"  # the plots of docs/steering-effect.md: docs/img/steering-effect-<name>.png
 
 _EFFECT = ("delta", "hit_rate")  # the goal's effect lines; the other checks are fluency
 _MEASURES = ("alpha", "delta", "delta_low", "delta_high", "hit_rate", "ppl_median", "degenerate", "question")
@@ -207,12 +212,16 @@ def tune_frames(report: dict[str, Any]) -> dict[str, pd.DataFrame]:
     return frames
 
 
-def tune_markdown(report: dict[str, Any]) -> str:
-    """docs/steering-effect.md: recipe, held-out numbers, examples, the demo, how the tune ran."""
+def tune_markdown(report: dict[str, Any], figures: dict[str, str] | None = None) -> str:
+    """docs/steering-effect.md: recipe, held-out numbers, the linked ``figures`` (name -> path relative to the
+    Markdown file), examples, the demo, how the tune ran."""
     heldout = report["heldout"]
     cfg = report["config"]
     t = report["timings"]
-    out = [heldout_table(heldout), "", "### Three held-out examples per emotion (greedy, same prompt)", ""]
+    out = [heldout_table(heldout)]
+    for name, path in (figures or {}).items():
+        out += ["", f"![{name.replace('-', ' ')}]({path})"]
+    out += ["", "### Three held-out examples per emotion (greedy, same prompt)", ""]
     for emotion, row in heldout["rows"].items():
         out.append(f"**{emotion}** ({row['recipe']['source']}, layers {format_layers(row['layers'])}, "
                    f"alpha {row['alpha']:g}):\n")
@@ -256,11 +265,34 @@ def tune_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def save_tune_report(report: dict[str, Any], folder: str | Path) -> Path:
-    """``report.json`` (every number, no texts) and ``tables.md`` (``tune_markdown``) in ``folder``."""
+def _heldout_figures(report: dict[str, Any], folder: Path, prefix: str) -> dict[str, str]:
+    from emolab.evaluate.effect_figures import HELDOUT_FIGURES, write_figures
+
+    return write_figures(report, HELDOUT_FIGURES, folder, prefix) if report["heldout"]["rows"] else {}
+
+
+def save_tune_report(report: dict[str, Any], folder: str | Path, plots: bool = True) -> Path:
+    """``report.json`` (every number, no texts), the held-out plots (unless ``plots`` is False or the report has
+    no held-out stage) and ``tables.md`` (``tune_markdown``, linking them) in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    text = tune_markdown(report) if "heldout" in report else search_table(report["confirm"])
+    if "heldout" in report:
+        text = tune_markdown(report, _heldout_figures(report, folder, "") if plots else None)
+    else:
+        text = search_table(report["confirm"])
     (folder / "tables.md").write_text(text)
     return folder
+
+
+def write_tune_markdown(report: dict[str, Any], path: str | Path, plots: bool = True,
+                        prefix: str = DOC_FIGURE_PREFIX) -> Path:
+    """``tune_markdown`` as the file ``path`` (the body of docs/steering-effect.md), its plots written to
+    ``img/<prefix><name>.png`` beside it and linked by that relative path (docs/img/ holds the committed ones)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    if plots:
+        figures = {name: f"img/{file}" for name, file in _heldout_figures(report, path.parent / "img", prefix).items()}
+    path.write_text(tune_markdown(report, figures))
+    return path

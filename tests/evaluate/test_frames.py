@@ -4,13 +4,13 @@ unchanged, and the Markdown written from them is the Markdown of the report in m
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+from report_samples import eval_report, tune_report  # tests/ is on the path
 
-from emolab.evaluate.report import eval_frame, markdown_tables, save_report, summarize_conditions
+from emolab.evaluate.report import eval_frame, markdown_tables, save_report
 from emolab.evaluate.selection import Limits, score_of
 from emolab.evaluate.tune_bundle import goal_checks
 from emolab.evaluate.tune_report import (
@@ -22,34 +22,6 @@ from emolab.evaluate.tune_report import (
     tune_frames,
     tune_markdown,
 )
-
-JUDGE_EMOTIONS = ["anger", "joy", "sadness", "neutral"]
-
-
-def eval_report() -> dict:
-    """A report of ``summarize_conditions`` on made-up judge probabilities, perplexities and texts."""
-    from emolab.evaluate.sweep import EvalConfig
-
-    rng = np.random.default_rng(3)
-    n = 12
-    config = EvalConfig(emotions=["anger", "joy"], alphas=[1.0, 2.0, 4.0], prompts=[f"p{i}" for i in range(n)])
-    judge = SimpleNamespace(emotions=JUDGE_EMOTIONS, test_auc={"macro": 0.91}, info={"kind": "made up"})
-
-    def result(emotion, alpha):
-        proba = rng.dirichlet(np.ones(len(JUDGE_EMOTIONS)), size=n)
-        if emotion is not None:
-            proba[:, JUDGE_EMOTIONS.index(emotion)] += 0.1 * alpha
-            proba /= proba.sum(axis=1, keepdims=True)
-        return {"emotion": emotion, "alpha": alpha, "judge": proba.tolist(),
-                "texts": [" ".join(rng.choice(["a", "b", "c", "!"], size=6)) for _ in range(n)],
-                "perplexity": (5 + alpha * rng.random(n) * 3).tolist(),
-                "degenerate": (rng.random(n) < 0.05 * alpha).tolist(), "distinct_1": rng.random(n).tolist(),
-                "distinct_2": rng.random(n).tolist(), "n_tokens": rng.integers(10, 40, n).tolist()}
-
-    results = [result(None, 0.0)] + [result(e, a) for e in config.emotions for a in config.alphas]
-    report = summarize_conditions(results, judge, config.emotions, config.alphas, config)
-    report["scale"] = "normalized"
-    return report
 
 
 def test_eval_frame_equals_the_saved_report(tmp_path):
@@ -69,8 +41,12 @@ def test_eval_frame_equals_the_saved_report(tmp_path):
     assert frame["recommended"].tolist() == [c["alpha"] == recommended[e] for e, c in curves]
     for (_, c), off, delta in zip(curves, frame["off_target"], frame["off_target_delta"], strict=True):
         assert c["off_target_delta"][off] == delta == max(c["off_target_delta"].values(), key=abs)
-    # the Markdown is written from the frame: the same text from memory, from report.json and in tables.md
-    assert markdown_tables(saved) == markdown_tables(report) == (tmp_path / "tables.md").read_text()
+    # the Markdown is written from the frame: the same text from memory, from report.json and in tables.md,
+    # which links the three plots written beside it
+    figures = {name: f"{name}.png" for name in ("effect_curves", "fluency", "confusion")}
+    assert markdown_tables(saved, figures) == markdown_tables(report, figures) == (tmp_path / "tables.md").read_text()
+    assert all((tmp_path / file).stat().st_size > 1000 for file in figures.values())
+    assert [f"![{n.replace('_', ' ')}]({f})" in markdown_tables(report, figures) for n, f in figures.items()] == [True] * 3
 
 
 def test_eval_markdown_rows_are_the_frame():
@@ -95,45 +71,6 @@ def test_an_eval_report_of_no_emotion():
 
 
 # ------------------------------------------------------------------------------------------ tune
-def _row(rng, emotion, alpha, candidate, layers=(3, 4, 5)):
-    delta = float(rng.uniform(-0.05, 0.5))
-    return {"emotion": emotion, "source": "meandiff-mean", "layers": list(layers), "alpha": alpha,
-            "candidate": candidate, "push": alpha * len(layers), "n": 8, "delta": delta,
-            "delta_ci95": [delta - 0.07, delta + 0.06], "hit_rate": float(rng.uniform(0, 1)),
-            "ppl_median": float(rng.uniform(2, 6)), "degenerate": float(rng.choice([0, 0.125, 0.25])),
-            "question": float(rng.choice([0, 0.125]))}
-
-
-def tune_report() -> dict:
-    """A tune report's shape (search, confirm, held-out, demo), with made-up numbers."""
-    rng = np.random.default_rng(5)
-    emotions = ["anger", "joy", "surprise"]
-    base = {"n": 8, "ppl_median": 2.5, "degenerate": 0.0, "question": 0.125, "argmax_counts": {"joy": 3, "anger": 5}}
-    timings = {"generate_s": 3.0, "tok_per_s": 100.0, "perplexity_s": 1.0, "judge_s": 2.0}
-
-    def stage(n_prompts):
-        rows = [_row(rng, e, a, k, layers) for e in emotions for k, layers in enumerate([(3, 4, 5), (6,)])
-                for a in (0.2, 0.4, 0.8)]
-        return {"baseline": dict(base), "rows": rows, "n_prompts": n_prompts, "timings": timings}
-
-    rows = {}
-    for emotion in emotions:
-        row = _row(rng, emotion, 0.4, 0)
-        row.update(recipe={"source": "meandiff-mean"}, checks=goal_checks(row, base, Limits()),
-                   examples=[{"prompt": "hi", "baseline": "b", "steered": "s", "p_target_baseline": 0.1,
-                              "p_target_steered": 0.6}])
-        rows[emotion] = row
-    heldout = {"n_prompts": 8, "baseline": dict(base), "rows": rows,
-               "demo": [{"steering": "none", "reply": "a | b", "judge_top": "neutral", "judge_top_p": 0.7},
-                        {"steering": "joy 0.4", "reply": "yay", "judge_top": "joy", "judge_top_p": 0.9}],
-               "mean_delta": float(np.mean([r["delta"] for r in rows.values()])), "timings": {"vllm_tok_per_s": 1e3}}
-    config = {"variants": ["plain"], "windows": "3-5,6", "pushes": [0.6, 1.2], "search_prompts": 8, "confirm_top": 2,
-              "max_new_tokens": 16, "backend": "hf", "limits": Limits().as_dict()}
-    return {"config": config, "emotions": emotions, "n_candidates": 2, "search": stage(8), "confirm": stage(16),
-            "heldout": heldout, "timings": {"total_s": 600.0, "search": timings, "confirm": timings,
-                                            "heldout": heldout["timings"]}}
-
-
 def _layers(layers: list[int]) -> str:
     return "-".join(map(str, (layers[0], layers[-1]))) if len(layers) > 1 else str(layers[0])
 
@@ -165,8 +102,13 @@ def test_tune_frames_equal_the_saved_report(tmp_path):
     assert held["goal_met"].tolist() == [all(r["checks"].values()) for r in rows.values()]
     assert float(np.mean(held["delta"].to_numpy())) == saved["heldout"]["mean_delta"]
     assert frames["demo"].to_dict("records") == saved["heldout"]["demo"]
-    # the Markdown is written from the frames: the same text from memory and from report.json
-    assert tune_markdown(saved) == tune_markdown(report) == (tmp_path / "tables.md").read_text()
+    # the Markdown is written from the frames: the same text from memory and from report.json, with the held-out
+    # plots written beside tables.md and linked after the held-out table
+    figures = {"heldout-effect": "heldout-effect.png", "heldout-confusion": "heldout-confusion.png"}
+    assert tune_markdown(saved, figures) == tune_markdown(report, figures) == (tmp_path / "tables.md").read_text()
+    assert all((tmp_path / file).stat().st_size > 1000 for file in figures.values())
+    text = tune_markdown(report, figures)
+    assert text.index("![heldout effect](heldout-effect.png)") < text.index("### Three held-out examples")
 
 
 def test_reach_frame_counts_the_stage():

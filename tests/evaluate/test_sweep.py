@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from markdown_links import linked_images, missing_images
 
 from emolab.core.bundle import NORMALIZED_FRACTION, BundleError, EmotionBundle
 from emolab.evaluate import DEFAULT_PROMPTS
@@ -153,6 +154,8 @@ def test_eval_cli_smoke_on_smollm2(smollm2_bundle_path, tmp_path, capsys):
     assert report["scale"] == "normalized" and report["judge"]["n_train"] == 360
     for name in ("effect_curves.png", "fluency.png", "confusion.png"):
         assert (out / name).stat().st_size > 1000
+    assert linked_images(out / "tables.md") == ["effect_curves.png", "fluency.png", "confusion.png"]
+    assert missing_images(out / "tables.md") == []
 
     # The baseline is plain greedy decoding of the chat-templated prompt, token for token.
     model, tokenizer = load_model("smollm2")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from markdown_links import linked_images, missing_images
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.tracked import TrackedPathError, refuse_tracked, tracked_files
@@ -216,6 +217,9 @@ def test_emolab_tune_smoke_on_smollm2(tmp_path, smollm2_bundle_path):
     assert saved["heldout"]["n_prompts"] == 2 and len(saved["heldout"]["demo"]) == 3
     effect_md = (tmp_path / "effect.md").read_text()
     assert "| fear |" in effect_md and "Effect against fluency over the whole search grid" in effect_md
+    assert linked_images(tmp_path / "effect.md") == ["img/steering-effect-heldout-effect.png",
+                                                     "img/steering-effect-heldout-confusion.png"]
+    assert missing_images(tmp_path / "effect.md") == [] and missing_images(report / "tables.md") == []
     # --evaluate reads the tuned bundle (never writes it) and reports it held-out at its recommended alphas.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert main(["tune", "--evaluate", str(out), "--report", str(tmp_path / "effect"), "--heldout-prompts", "2",

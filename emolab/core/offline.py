@@ -291,6 +291,8 @@ def build_tiny_family(entry: Family | str, target: Path | None = None, seed: int
     target = target or models_dir() / "families" / f"{name}-{zlib.crc32(recipe.encode()):08x}"
 
     def build(out: Path) -> None:
+        import torch
+
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         if type(model).__name__ != config.architectures[0]:

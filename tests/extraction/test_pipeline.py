@@ -116,8 +116,10 @@ def test_extract_metadata_and_saved_folder(tiny_run):
 
     folder = Path(config.output)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["metadata.json"] + [f"{e}_{kind}.npy" for e in config.emotions for kind in ("chosen", "full_sweep")]
+        ["metadata.json", "valence_derived.npy", "arousal_derived.npy"]
+        + [f"{e}_{kind}.npy" for e in config.emotions for kind in ("chosen", "full_sweep")]
     )
+    assert bundle.steering_names == [*config.emotions, "valence", "arousal"]
     for emotion in config.emotions:
         chosen = np.load(folder / f"{emotion}_chosen.npy", allow_pickle=False)
         sweep = np.load(folder / f"{emotion}_full_sweep.npy", allow_pickle=False)

@@ -48,7 +48,7 @@ def hf(smollm2_path, smollm2_bundle_path):
 @pytest.mark.parametrize("steering, modes, scope", CONTROLS)
 def test_vllm_controls_equal_the_hf_steerer_and_read_as_the_hf_server(vllm, hf, smollm2_hf, steering, modes, scope):
     model, tokenizer, steerer = smollm2_hf
-    value = vllm.steering_value(steering, vllm.emotions, modes, scope)
+    value = vllm.steering_value(steering, vllm.steerable, modes, scope)
     ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": PROMPT}])
     expected = tokenizer.decode(generate(model, tokenizer, [ids], steerer=steerer, steerings=[value],
                                          max_new_tokens=14)[0], skip_special_tokens=True)

@@ -139,7 +139,7 @@ def test_emotions_route(server, smollm2_bundle_path):
     bundle = EmotionBundle.load(smollm2_bundle_path)
     body = httpx.get(server + "/v1/emotions", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert body["emotions"] == bundle.emotions
-    assert body["id_map"] == {e: i for i, e in enumerate(bundle.emotions)}
+    assert body["id_map"] == {e: i for i, e in enumerate(bundle.steering_names)}
     assert body["chosen_layers"] == bundle.chosen_layers
     assert body["backend"] == "vllm" and body["model"] == "smollm2"
 

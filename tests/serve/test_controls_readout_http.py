@@ -55,7 +55,7 @@ CONTROLS = [
 def test_controls_over_http_equal_the_in_process_steerer(client, in_process, steering, modes, scope):
     model, tokenizer, steerer = in_process
     reply = client.chat(PROMPT, steering, modes=modes, scope=scope, max_tokens=14, temperature=0)
-    value = client.steering_value(steering, client.emotions, modes, scope)
+    value = client.steering_value(steering, client.steerable, modes, scope)
     ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": PROMPT}])
     expected = generate(model, tokenizer, [ids], steerer=steerer, steerings=[value], max_new_tokens=14)[0]
     assert reply == tokenizer.decode(expected, skip_special_tokens=True)

@@ -97,7 +97,8 @@ def test_health_is_open_and_models_lists_the_served_name(base_url, client):
 def test_emotions_route(base_url, bundle):
     info = httpx.get(base_url + "/v1/emotions", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert info["emotions"] == bundle.emotions
-    assert info["id_map"] == {e: i for i, e in enumerate(bundle.emotions)}
+    assert info["id_map"] == {e: i for i, e in enumerate(bundle.steering_names)}
+    assert bundle.steering_names[len(bundle.emotions):] == ["valence", "arousal"]
     assert info["chosen_layers"] == bundle.chosen_layers
     assert (info["model"], info["hidden"], info["num_layers"], info["backend"]) == ("smollm2", 576, 30, "hf")
     assert info["limits"] == {"max_alpha": 20.0, "max_pairs": 8}

@@ -172,7 +172,9 @@ def check_routes(shell: Shell, client_example: bool = True) -> None:
     assert HUB_ID in models and SHORT in models, models
     emotions = json.loads(shell.run(CURL["emotions"]).stdout)
     assert {"emotions", "id_map", "chosen_layers", "model", "metadata"} <= emotions.keys()  # the quick-start's keys
-    assert emotions["emotions"] == EMOTIONS and emotions["id_map"] == {e: i for i, e in enumerate(EMOTIONS)}
+    # The reference's ids for its emotions, then the bundle's derived directions (valence, arousal), steerable by id too.
+    assert emotions["emotions"] == EMOTIONS and emotions["id_map"] == {e: i for i, e in enumerate(emotions["steerable"])}
+    assert emotions["steerable"][:len(EMOTIONS)] == EMOTIONS and set(emotions["steerable"][len(EMOTIONS):]) <= {"valence", "arousal"}
     assert emotions["metadata"]["model"] == HUB_ID
     reply = json.loads(shell.run(CURL["chat"]).stdout)
     assert reply["choices"][0]["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0, reply

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
-from markdown_links import linked_images, missing_images
+from markdown_links import broken_links, linked_images, missing_images
 from report_samples import controls_report, eval_report, tune_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +65,12 @@ def test_every_linked_image_exists(tmp_path):
     (tmp_path / "img" / "there.png").write_bytes(b"png")
     assert linked_images(tmp_path / "broken.md") == ["img/there.png", "img/html.png"]
     assert missing_images(tmp_path / "broken.md") == ["img/html.png"]
+
+
+def test_every_relative_link_and_anchor_resolves():
+    """The README is a short tour that links a docs/ page per stage: every such link, and every #anchor in
+    it, must land (a moved section would otherwise leave a dead link behind)."""
+    pages = _repository_markdown()
+    assert broken_links(ROOT / "README.md") == [] and "docs/extract.md" in (ROOT / "README.md").read_text()
+    broken = {str(path.relative_to(ROOT)): gone for path in pages if (gone := broken_links(path))}
+    assert broken == {}

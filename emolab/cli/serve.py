@@ -101,6 +101,11 @@ def run_serve(args: argparse.Namespace) -> int:
         bar = "!" * 78
         print(f"{bar}\nWARNING: binding {args.host} WITHOUT an API key: anyone who can reach this port can use the "
               f"model.\nSet --api-key or $EMOLAB_API_KEY.\n{bar}", file=sys.stderr, flush=True)
+    if args.strict_model:  # refuse a bundle of another model before anything is built or picked
+        from emolab.core.bundle import EmotionBundle
+        from emolab.serve.settings import check_bundle_model
+
+        check_bundle_model(EmotionBundle.load(args.vectors, load_full_sweep=False), args.model, "strict")
     backend = pick_backend(args.backend, args.model, prog)
     if backend == "hf" and parallel:
         raise UsageError(f"{', '.join(parallel)}: the HF backend runs on one device; parallelism needs --backend vllm")

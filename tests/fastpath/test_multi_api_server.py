@@ -19,6 +19,7 @@ import httpx
 import pytest
 import torch
 from conftest import VLLM_KEY, running_server
+from dp_common import assert_readouts_agree, read_all, request_bodies
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -115,6 +116,17 @@ def test_replies_are_exact_from_both_processes_and_the_counters_sum(server, smol
     workers = [name for name in after if name.startswith("emolab_worker_steered_requests_total{")]
     assert len(workers) == 1 and delta[workers[0]] == steered
     assert after["emolab_http_requests_in_flight"] == 0 and after["emolab_steered_http_requests_in_flight"] == 0
+
+
+def test_readouts_come_back_through_both_processes_as_one_server_reads_them(server, vllm_server):
+    """The engine's workers hand each readout to whichever API-server process holds the request: every reply,
+    whichever process answered it, carries its own readout, equal to one API server's."""
+    url, _ = server
+    bodies = request_bodies() * 2  # 24 requests at once: both processes take some
+    before = metrics(url)
+    served = read_all(url, bodies)
+    assert_both_answered(before, metrics(url))
+    assert_readouts_agree(served, read_all(vllm_server, bodies))
 
 
 def test_every_route_refuses_without_the_key_in_both_processes(server):

@@ -54,6 +54,7 @@ class WorkerCounters:
         self._values: np.ndarray | None = None
         if not folder:
             return
+        Path(folder).mkdir(parents=True, exist_ok=True)  # a folder named by hand may not exist yet
         path = Path(folder) / f"worker-{os.getpid()}.i64"
         values = np.memmap(path, dtype=np.int64, mode="w+", shape=(len(WORKER_FIELDS),))
         values[:] = 0

@@ -51,6 +51,18 @@ STAGGERED = [
     {"prompt": LONG[2], "steering": None, "start": 3},
     {"prompt": SHORT[2], "steering": [FEAR, 2.0], "start": 6},
 ]
+# Controls and readouts mixed in one batch with plain additions and unsteered requests (flat lists, as
+# vllm_xargs carries them: [emotion, mode, ...]).
+CONTROLLED = [
+    {"prompt": SHORT[0], "steering": [JOY, 3.0], "extra": {"steering_scope": "generated"}},
+    {"prompt": SHORT[1], "steering": [FEAR, 1.0], "extra": {"steering_modes": [FEAR, "clamp"]}},
+    {"prompt": SHORT[2], "steering": None, "extra": {"steering_modes": [ANGER, "ablate"]}},
+    {"prompt": SHORT[3], "steering": [SADNESS, 1.5],
+     "extra": {"steering_modes": [SADNESS, "clamp", JOY, "ablate"], "steering_scope": "prompt"}},
+    {"prompt": SHORT[0], "steering": None, "readout": True},
+    {"prompt": SHORT[1], "steering": [JOY, 3.0], "readout": True},
+    {"prompt": SHORT[2], "steering": [ANGER, 2.0], "extra": {"steering_scope": "prompt"}, "readout": True},
+]
 PREEMPTED = [{**r, "max_tokens": 60} for r in MIXED[:4]]
 PREFIX = LONG[0]
 PREFIX_ORDER = [
@@ -98,7 +110,8 @@ def smollm2_runs(tmp_path_factory, smollm2_path, smollm2_bundle_path) -> dict:
         "staggered": {"kind": "staggered", "requests": STAGGERED},
         "staggered_solo": {"kind": "sequence", "requests": solo(STAGGERED)},
         "prefix_solo": {"kind": "sequence", "requests": PREFIX_ORDER},
-    }}, on)
+        "controlled": {"kind": "batch", "requests": CONTROLLED},
+    }}, {**on, "EMOLAB_METRICS_DIR": str(tmp / "metrics-on")})
     cached = run_job(tmp, "cached", {"engine": engine_args(smollm2_path, True), "scenarios": {
         "prefix": {"kind": "sequence", "requests": PREFIX_ORDER},
     }}, on)
@@ -110,7 +123,9 @@ def smollm2_runs(tmp_path_factory, smollm2_path, smollm2_bundle_path) -> dict:
     compiled = run_job(tmp, "compiled", {"engine": compiled_args, "scenarios": {
         "mixed": {"kind": "batch", "requests": MIXED},
         "mixed_solo": {"kind": "sequence", "requests": MIXED},
-    }}, on)
+        "controlled": {"kind": "batch", "requests": CONTROLLED},
+        "controlled_solo": {"kind": "sequence", "requests": CONTROLLED},
+    }}, {**on, "EMOLAB_METRICS_DIR": str(tmp / "metrics-compiled")})
     # A KV cache of 6 blocks x 32 tokens for 4 requests of ~70 tokens: the scheduler must preempt
     # (and later resume) requests; each must still get its own steering.
     preempt_args = {**engine_args(smollm2_path, False), "max_model_len": 128, "block_size": 32,
@@ -136,6 +151,36 @@ def test_compiled_engine_batch_equals_solo(smollm2_runs):
         assert batch[i]["token_ids"] == alone[i]["token_ids"], f"request {i}: compiled batch != solo"
         if request["steering"] is not None:
             assert batch[i]["token_ids"] != smollm2_runs["off"]["mixed"][i]["token_ids"]
+
+
+def _means(readout: dict) -> np.ndarray:
+    """Per layer and emotion: the mean projection over the prompt's and over the generated tokens read."""
+    return np.concatenate([np.asarray(readout["prompt_sum"]) / readout["prompt_count"],
+                           np.asarray(readout["generated_sum"]) / readout["generated_count"]])
+
+
+def test_controls_and_readout_under_compile_equal_solo_and_eager(smollm2_runs):
+    """Scopes, clamps, ablations and readouts inside vLLM's compiled graph: a mixed batch equals each request
+    alone, the tokens equal the eager engine's, and every readout (means and per token) agrees with the eager
+    engine's and its solo run's."""
+    compiled, alone = smollm2_runs["compiled"]["controlled"], smollm2_runs["compiled"]["controlled_solo"]
+    eager = smollm2_runs["on"]["controlled"]
+    for i, request in enumerate(CONTROLLED):
+        assert compiled[i]["token_ids"] == alone[i]["token_ids"], f"request {i}: compiled batch != solo"
+        assert compiled[i]["token_ids"] == eager[i]["token_ids"], f"request {i}: compiled != eager"
+        if request.get("readout"):
+            read = [run[i]["readout"] for run in (compiled, alone, eager)]
+            assert all(r is not None for r in read) and read[0]["generated_count"] == 15  # 16 tokens, last unread
+            for other in read[1:]:
+                np.testing.assert_allclose(_means(read[0]), _means(other), rtol=1e-4, atol=1e-4)
+                np.testing.assert_allclose(read[0]["per_token"], other["per_token"], rtol=1e-4, atol=1e-4)
+        else:
+            assert "readout" not in compiled[i]
+    # Each control changed its reply (the unsteered "ablate anger" too); the readout-only request did not.
+    unsteered = {SHORT[k]: smollm2_runs["off"]["mixed"][k]["token_ids"] for k in range(4)}  # MIXED[k] reads SHORT[k]
+    for i, request in enumerate(CONTROLLED):
+        changed = eager[i]["token_ids"] != unsteered[request["prompt"]]
+        assert changed == bool(request["steering"] or request.get("extra")), f"request {i}"
 
 
 def test_preempted_requests_keep_their_steering(smollm2_runs):

@@ -10,8 +10,10 @@ job, and each one's ``emolab.vllm`` log lines kept under "log". A scenario's kin
 ``batch`` (all requests submitted together), ``sequence`` (one after another: prefix-cache order),
 or ``staggered`` (request i joins at engine step ``start``; long prompts exercise chunked prefill).
 The output also holds ``stats.preempted``: how many times the scheduler preempted a request.
-A request: {"prompt": str or token ids, "steering": [...] or null, "max_tokens": int, "detokenize": bool}
-(token ids and ``detokenize: false`` for an engine started with ``skip_tokenizer_init``).
+A request: {"prompt": str or token ids, "steering": [...] or null, "max_tokens": int, "detokenize": bool,
+"extra": {more ``extra_args``: steering_modes, steering_scope}, "readout": bool} (token ids and
+``detokenize: false`` for an engine started with ``skip_tokenizer_init``; a request with ``readout`` gets the
+raw readout its workers wrote under ``$EMOLAB_METRICS_DIR``).
 """
 
 from __future__ import annotations
@@ -29,11 +31,38 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def params(request: dict):
+    """``steering`` as vLLM gets it from ``vllm_xargs``, ``extra`` merged in (controls), and with ``readout``
+    a fresh readout key (kept in ``request["_readout_key"]``, read back by ``readout_of``)."""
     from vllm import SamplingParams
 
-    extra = {"steering": request["steering"]} if request.get("steering") else None
+    extra = {"steering": request["steering"]} if request.get("steering") else {}
+    extra.update(request.get("extra") or {})
+    if request.get("readout"):
+        from emolab.fastpath.readout_store import READOUT_XARG, new_key
+
+        request["_readout_key"] = new_key()
+        extra[READOUT_XARG] = f"{request['_readout_key']}:per_token"
     return SamplingParams(temperature=0.0, max_tokens=request.get("max_tokens", 16), logprobs=5,
-                          ignore_eos=True, extra_args=extra, detokenize=request.get("detokenize", True))
+                          ignore_eos=True, extra_args=extra or None, detokenize=request.get("detokenize", True))
+
+
+def readout_of(request: dict) -> dict | None:
+    """The raw readout the workers wrote for a request that asked (per-layer sums, counts, per token), else None.
+    Needs ``$EMOLAB_METRICS_DIR``; the parts are written as the request finishes, so wait a moment for them."""
+    key = request.get("_readout_key")
+    if key is None:
+        return None
+    from emolab.core.bundle import EmotionBundle
+    from emolab.fastpath.metrics import metrics_directory
+    from emolab.fastpath.readout_store import collect, readout_folder
+
+    n_layers = len(EmotionBundle.load(os.environ["EMOLAB_VECTORS"], load_full_sweep=False).chosen_layers)
+    deadline = time.monotonic() + 30
+    while (raw := collect(readout_folder(metrics_directory()), key, n_layers)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no readout parts for {key} in {readout_folder(metrics_directory())}")
+        time.sleep(0.05)
+    return {name: value.tolist() if hasattr(value, "tolist") else value for name, value in raw.items()}
 
 
 def prompt(request: dict):
@@ -95,6 +124,13 @@ def run_engine(spec: dict) -> dict:
             out[name] = run_staggered(llm, requests)
         else:
             raise ValueError(f"unknown scenario kind {scenario['kind']!r}")
+        if any(r.get("readout") for r in requests):
+            # A worker learns that a request finished from the next step's scheduler output; generate() stops
+            # when nothing is left to run, so one empty step hands the last finished ids to the workers.
+            llm.llm_engine.step()
+        for request, answer in zip(requests, out[name], strict=True):
+            if request.get("readout"):
+                answer["readout"] = readout_of(request)
     del llm
     return out
 

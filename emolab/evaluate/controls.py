@@ -33,14 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from emolab.core.bundle import EmotionBundle
 from emolab.core.emotions import DEFAULT_EMOTIONS, EMOTION_ADJECTIVES
 from emolab.core.steering import SCOPES, Steering
 from emolab.evaluate.generation import score
 from emolab.evaluate.metrics import bootstrap_ratio_ci
 from emolab.evaluate.prompting import encode_prompts, resolve_style, stage_prompts
 from emolab.evaluate.selection import Limits, summarize
-from emolab.evaluate.sweep import EvalError, default_prompts
+from emolab.evaluate.sweep import EvalError, bundle_and_emotions, default_prompts
 from emolab.evaluate.tune_bundle import goal_checks
 
 __all__ = ["DEFAULT_CONTROLS", "PROMPTED_INSTRUCTION", "PROMPTED_OPENING", "Control", "ControlsConfig",
@@ -207,11 +206,7 @@ def run_controls(config: ControlsConfig, model: Any = None, tokenizer: Any = Non
     from emolab.steer import HFSteerer, generate
 
     began = time.perf_counter()
-    bundle = EmotionBundle.load(config.bundle, load_full_sweep=False)
-    emotions = list(config.emotions or bundle.emotions)
-    unknown = [e for e in emotions if e not in bundle.emotions]
-    if unknown:
-        raise EvalError(f"{unknown} are not among the bundle's emotions {bundle.emotions}", setting="emotions")
+    bundle, emotions = bundle_and_emotions(config.bundle, config.emotions)
     recs = bundle.metadata.get("alpha_recommendations") or {}
     missing = [e for e in emotions if recs.get(e) is None]
     if missing:

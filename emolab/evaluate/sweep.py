@@ -18,7 +18,9 @@ written into the bundle's metadata as ``alpha_recommendations``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,7 @@ from emolab.evaluate.generation import score
 from emolab.evaluate.prompting import encode_prompts, resolve_style, stage_prompts
 from emolab.evaluate.report import summarize_conditions
 
-__all__ = ["DEFAULT_PROMPTS", "EvalConfig", "EvalError", "default_prompts", "generate_server", "run_eval",
+__all__ = ["DEFAULT_PROMPTS", "EvalConfig", "EvalError", "bundle_and_emotions", "default_prompts", "generate_server", "run_eval",
            "user_prompt_ids"]
 
 
@@ -126,6 +128,17 @@ def generate_server(config: EvalConfig, prompts: list[str], steering: dict[str, 
         client.close()
 
 
+def bundle_and_emotions(path: str | Path, emotions: Sequence[str] | None) -> tuple[EmotionBundle, list[str]]:
+    """The bundle (without its sweep) and the emotions to measure: those asked for, else all of the bundle's;
+    one not in the bundle is an ``EvalError`` naming the setting."""
+    bundle = EmotionBundle.load(path, load_full_sweep=False)
+    chosen = list(emotions or bundle.emotions)
+    unknown = [e for e in chosen if e not in bundle.emotions]
+    if unknown:
+        raise EvalError(f"{unknown} are not among the bundle's emotions {bundle.emotions}", setting="emotions")
+    return bundle, chosen
+
+
 def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, judge: Any = None,
              progress: bool = True) -> dict[str, Any]:
     """Generate, judge and score the whole sweep; return the report (JSON-able)."""
@@ -134,11 +147,7 @@ def run_eval(config: EvalConfig, model: Any = None, tokenizer: Any = None, judge
     from emolab.steer import HFSteerer, generate
 
     t_start = time.perf_counter()
-    bundle = EmotionBundle.load(config.bundle, load_full_sweep=False)
-    emotions = list(config.emotions or bundle.emotions)
-    unknown = [e for e in emotions if e not in bundle.emotions]
-    if unknown:
-        raise EvalError(f"{unknown} are not among the bundle's emotions {bundle.emotions}", setting="emotions")
+    bundle, emotions = bundle_and_emotions(config.bundle, config.emotions)
     alphas = sorted({float(a) for a in config.alphas if a != 0})
     if not alphas:
         raise EvalError("give at least one non-zero alpha (the unsteered baseline is always run)", setting="alphas")

@@ -188,3 +188,14 @@ def test_eval_cli_rejects_bad_flags(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--prompts", "500"])
     assert "--prompts: only 24 prompts available" in capsys.readouterr().err
+
+
+def test_the_emotions_to_measure_are_the_bundles_or_a_named_error(smollm2_bundle_path):
+    from emolab.evaluate.sweep import EvalError, bundle_and_emotions
+
+    bundle, emotions = bundle_and_emotions(smollm2_bundle_path, None)
+    assert emotions == bundle.emotions and bundle.full_sweep is None
+    assert bundle_and_emotions(smollm2_bundle_path, ["fear", "joy"])[1] == ["fear", "joy"]
+    with pytest.raises(EvalError, match=r"\['awe'\] are not among the bundle's emotions") as failure:
+        bundle_and_emotions(smollm2_bundle_path, ["joy", "awe"])
+    assert failure.value.setting == "emotions"

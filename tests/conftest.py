@@ -42,6 +42,21 @@ def gemma3_bundle_path() -> Path:
     return GEMMA_BUNDLE
 
 
+@pytest.fixture(scope="module")
+def gemma3_reference(gemma3_path):
+    """Gemma 3 270M in transformers (fp32, CPU): the reference the Gemma serving tests compare with."""
+    from emolab.core.models import load_model
+
+    return load_model(str(gemma3_path), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gemma3_bundle(gemma3_bundle_path):
+    from emolab.core.bundle import EmotionBundle
+
+    return EmotionBundle.load(gemma3_bundle_path, load_full_sweep=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen3_path() -> Path:
     from emolab.core.models import resolve_model
@@ -110,6 +125,52 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture, entry: Callable[[lis
 
 
 from emolab.serve.launch import free_port  # noqa: E402  (after the environment defaults above)
+
+
+def hooked_greedy(model, tokenizer, ids: list[int], n_tokens: int, deltas: dict | None = None) -> tuple[str, list[int]]:
+    """Plain ``model.generate`` greedy, with hand-made forward hooks adding ``deltas[layer]`` (a float32 array of
+    the hidden size) to those blocks' outputs: the steering reference written without emolab's steerer."""
+    import torch
+
+    from emolab.core.models import decoder_layers
+
+    handles = []
+    for layer, delta in (deltas or {}).items():
+        add = torch.from_numpy(delta)
+
+        def hook(module, args, output, add=add):
+            return (output[0] + add, *output[1:]) if isinstance(output, tuple) else output + add
+
+        handles.append(decoder_layers(model)[layer].register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    finally:
+        for handle in handles:
+            handle.remove()
+    generated = out[0, len(ids):].tolist()
+    return tokenizer.decode(generated, skip_special_tokens=True), generated
+
+
+class Exec(Exception):
+    """Raised instead of replacing the process with vLLM (see ``no_exec``)."""
+
+
+@pytest.fixture()
+def no_exec(monkeypatch) -> dict:
+    """``emolab serve --backend vllm`` stops where it would exec vLLM; the command and environment it would
+    have used are recorded in the returned dict (empty: vLLM was never reached)."""
+    from emolab.fastpath import server
+
+    seen: dict = {}
+
+    def execvpe(path, command, env):
+        seen.update(command=command, env=env)
+        raise Exec
+
+    monkeypatch.setattr(server.os, "execvpe", execvpe)
+    return seen
 
 
 @contextmanager

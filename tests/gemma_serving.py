@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-import torch
+from conftest import hooked_greedy
 
 from emolab.core.bundle import EmotionBundle
-from emolab.core.models import chat_prompt_ids, decoder_layers
+from emolab.core.models import chat_prompt_ids
 
 __all__ = ["ALPHA", "EMOTION", "N_TOKENS", "PROMPT", "TEMPLATE", "USER", "check_chat_refused", "check_chat_with_template",
            "check_completions", "greedy", "write_template"]
@@ -34,25 +34,12 @@ def write_template(folder: Path) -> Path:
 
 def greedy(model, tokenizer, ids: list[int], bundle: EmotionBundle | None = None) -> tuple[str, list[int]]:
     """Plain ``model.generate`` greedy; with ``bundle``, hooks add ALPHA x its EMOTION basis row at each layer."""
-    handles = []
+    deltas = None
     if bundle is not None:
         basis = bundle.steering_basis(bundle.resolve_alpha_scale(None))  # [layers, emotions, hidden]
-        for k, layer in enumerate(bundle.chosen_layers):
-            add = torch.from_numpy(np.float32(ALPHA) * basis[k, bundle.id_map[EMOTION]])
-
-            def hook(module, args, output, add=add):
-                return (output[0] + add, *output[1:]) if isinstance(output, tuple) else output + add
-
-            handles.append(decoder_layers(model)[layer].register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=N_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    finally:
-        for handle in handles:
-            handle.remove()
-    generated = out[0, len(ids):].tolist()
-    return tokenizer.decode(generated, skip_special_tokens=True), generated
+        deltas = {layer: np.float32(ALPHA) * basis[k, bundle.id_map[EMOTION]]
+                  for k, layer in enumerate(bundle.chosen_layers)}
+    return hooked_greedy(model, tokenizer, ids, N_TOKENS, deltas)
 
 
 def check_completions(client: openai.OpenAI, model_name: str, reference, bundle: EmotionBundle) -> None:

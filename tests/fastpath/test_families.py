@@ -236,24 +236,6 @@ def test_a_family_whose_blocks_cannot_be_steered_is_refused_at_load(runs):
         assert words in message, message
 
 
-class Exec(Exception):
-    """Raised instead of replacing the process with vLLM."""
-
-
-@pytest.fixture()
-def no_exec(monkeypatch) -> dict:
-    from emolab.fastpath import server
-
-    seen: dict = {}
-
-    def execvpe(path, command, env):
-        seen.update(command=command, env=env)
-        raise Exec
-
-    monkeypatch.setattr(server.os, "execvpe", execvpe)
-    return seen
-
-
 def test_serve_refuses_blocks_it_cannot_steer_before_vllm_starts(models, bundle, no_exec, capsys):
     from conftest import run_cli
 
@@ -280,7 +262,7 @@ def test_backend_auto_falls_back_to_hf_for_them_and_says_why(models, bundle, no_
 
 
 def test_backend_auto_takes_the_fast_path_for_a_proven_family(models, bundle, no_exec, capsys):
-    from conftest import run_cli
+    from conftest import Exec, run_cli
 
     with pytest.raises(Exec):
         run_cli(["serve", "-v", str(bundle), "-m", str(models["gemma3"]), "--port", "9"], capsys)

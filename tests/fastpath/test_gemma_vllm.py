@@ -13,9 +13,6 @@ import pytest
 from conftest import running_server
 from gemma_serving import check_chat_refused, check_chat_with_template, check_completions, write_template
 
-from emolab.core.bundle import EmotionBundle
-from emolab.core.models import load_model
-
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 KEY = "test-key-gemma-vllm"
@@ -33,16 +30,6 @@ def fast_path(gemma3_path):
         pytest.skip(f"the vLLM fast path does not serve Gemma 3 here yet: {reason}")
 
 
-@pytest.fixture(scope="module")
-def reference(gemma3_path):
-    return load_model(str(gemma3_path), dtype="float32", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def bundle(gemma3_bundle_path):
-    return EmotionBundle.load(gemma3_bundle_path, load_full_sweep=False)
-
-
 def serve(bundle_path, tmp_path, *extra: str):
     return running_server(vectors=bundle_path, model="gemma3-270m", backend="vllm", api_key=KEY,
                           extra_args=[*VLLM_ARGS, *extra], log_path=tmp_path / "server.log")
@@ -52,14 +39,14 @@ def client_for(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=600)
 
 
-def test_completions_steer_and_chat_is_refused_without_a_template(fast_path, gemma3_bundle_path, reference, bundle,
+def test_completions_steer_and_chat_is_refused_without_a_template(fast_path, gemma3_bundle_path, gemma3_reference, gemma3_bundle,
                                                                    tmp_path):
     with serve(gemma3_bundle_path, tmp_path) as url:
         client = client_for(url)
-        check_completions(client, "gemma3-270m", reference, bundle)
+        check_completions(client, "gemma3-270m", gemma3_reference, gemma3_bundle)
         check_chat_refused(client, "gemma3-270m")
 
 
-def test_chat_through_a_user_template(fast_path, gemma3_bundle_path, reference, bundle, tmp_path):
+def test_chat_through_a_user_template(fast_path, gemma3_bundle_path, gemma3_reference, gemma3_bundle, tmp_path):
     with serve(gemma3_bundle_path, tmp_path, "--chat-template", str(write_template(tmp_path))) as url:
-        check_chat_with_template(client_for(url), "gemma3-270m", reference, bundle)
+        check_chat_with_template(client_for(url), "gemma3-270m", gemma3_reference, gemma3_bundle)

@@ -9,31 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import Exec, run_cli
 from conftest import other_model_bundle as qwen_named_bundle
-from conftest import run_cli
 
 from emolab.cli import main
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
-
-
-class Exec(Exception):
-    """Raised instead of replacing the process with vLLM."""
-
-
-@pytest.fixture()
-def no_exec(monkeypatch) -> dict:
-    from emolab.fastpath import server
-
-    seen: dict = {}
-
-    def execvpe(path, command, env):
-        seen.update(command=command, env=env)
-        raise Exec
-
-    monkeypatch.setattr(server.os, "execvpe", execvpe)
-    return seen
 
 
 @pytest.fixture(scope="module")

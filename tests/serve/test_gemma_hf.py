@@ -9,38 +9,25 @@ import pytest
 from conftest import running_server
 from gemma_serving import check_chat_refused, check_chat_with_template, check_completions, write_template
 
-from emolab.core.bundle import EmotionBundle
-from emolab.core.models import load_model
-
 pytestmark = pytest.mark.slow
 
 KEY = "test-key-gemma"
-
-
-@pytest.fixture(scope="module")
-def reference(gemma3_path):
-    return load_model(str(gemma3_path), dtype="float32", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def bundle(gemma3_bundle_path):
-    return EmotionBundle.load(gemma3_bundle_path, load_full_sweep=False)
 
 
 def client_for(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=600)
 
 
-def test_completions_steer_and_chat_is_refused_without_a_template(gemma3_path, gemma3_bundle_path, reference, bundle):
+def test_completions_steer_and_chat_is_refused_without_a_template(gemma3_path, gemma3_bundle_path, gemma3_reference, gemma3_bundle):
     with running_server(vectors=gemma3_bundle_path, model="gemma3-270m", api_key=KEY,
                         extra_args=["--dtype", "float32", "--log-level", "warning"]) as url:
         client = client_for(url)
-        check_completions(client, "gemma3-270m", reference, bundle)
+        check_completions(client, "gemma3-270m", gemma3_reference, gemma3_bundle)
         check_chat_refused(client, "gemma3-270m")
 
 
-def test_chat_through_a_user_template(gemma3_path, gemma3_bundle_path, reference, bundle, tmp_path):
+def test_chat_through_a_user_template(gemma3_path, gemma3_bundle_path, gemma3_reference, gemma3_bundle, tmp_path):
     template = write_template(tmp_path)
     with running_server(vectors=gemma3_bundle_path, model="gemma3-270m", api_key=KEY,
                         extra_args=["--dtype", "float32", "--log-level", "warning", "--chat-template", str(template)]) as url:
-        check_chat_with_template(client_for(url), "gemma3-270m", reference, bundle)
+        check_chat_with_template(client_for(url), "gemma3-270m", gemma3_reference, gemma3_bundle)

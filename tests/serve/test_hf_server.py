@@ -8,11 +8,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import torch
-from conftest import running_server
+from conftest import hooked_greedy, running_server
 
 from emolab.core.bundle import EmotionBundle
-from emolab.core.models import decoder_layers, load_model
+from emolab.core.models import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -52,24 +51,7 @@ def chat_ids(tokenizer) -> list[int]:
 
 def greedy(reference, ids: list[int], deltas: dict[int, np.ndarray] | None = None) -> tuple[str, list[int]]:
     """Plain ``model.generate`` greedy, optionally with hand-made hooks adding ``deltas[layer]`` to block outputs."""
-    model, tokenizer = reference
-    handles = []
-    for layer, delta in (deltas or {}).items():
-        add = torch.from_numpy(delta)
-
-        def hook(module, args, output, add=add):
-            return (output[0] + add, *output[1:]) if isinstance(output, tuple) else output + add
-
-        handles.append(decoder_layers(model)[layer].register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=N_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    finally:
-        for handle in handles:
-            handle.remove()
-    generated = out[0, len(ids):].tolist()
-    return tokenizer.decode(generated, skip_special_tokens=True), generated
+    return hooked_greedy(*reference, ids, N_TOKENS, deltas)
 
 
 def chat(client, steering=None, stream=False, max_tokens=N_TOKENS, **kwargs):

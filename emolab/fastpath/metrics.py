@@ -46,6 +46,13 @@ def metrics_directory() -> str | None:
     return os.environ.get(METRICS_DIR_ENV) or os.environ.get(PROMETHEUS_DIR_ENV) or None
 
 
+def _counters_file(directory: str | os.PathLike[str], kind: str) -> Path:
+    """``<directory>/<kind>-<pid>.i64``, this process's counters; the folder is created if it is not there yet
+    (one named by hand in ``$EMOLAB_METRICS_DIR``)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return Path(directory) / f"{kind}-{os.getpid()}.i64"
+
+
 class WorkerCounters:
     """A worker's counters in ``<metrics folder>/worker-<pid>.i64``; inert without a folder."""
 
@@ -54,9 +61,7 @@ class WorkerCounters:
         self._values: np.ndarray | None = None
         if not folder:
             return
-        Path(folder).mkdir(parents=True, exist_ok=True)  # a folder named by hand may not exist yet
-        path = Path(folder) / f"worker-{os.getpid()}.i64"
-        values = np.memmap(path, dtype=np.int64, mode="w+", shape=(len(WORKER_FIELDS),))
+        values = np.memmap(_counters_file(folder, "worker"), dtype=np.int64, mode="w+", shape=(len(WORKER_FIELDS),))
         values[:] = 0
         values[0] = os.getpid()
         self._values = values
@@ -129,7 +134,7 @@ class ApiServerCounters:
         size = 8 * len(API_SERVER_FIELDS)
         buffer: mmap.mmap | bytearray = bytearray(size)
         if directory:
-            with open(Path(directory) / f"api-server-{os.getpid()}.i64", "w+b") as handle:
+            with open(_counters_file(directory, "api-server"), "w+b") as handle:
                 handle.truncate(size)
                 buffer = mmap.mmap(handle.fileno(), size)
         self.values = memoryview(buffer).cast("q")

@@ -50,3 +50,15 @@ def test_rendered_lines_parse_back_and_sum_over_workers():
     assert parsed["emolab_worker_active_rows"] == 4 and parsed["emolab_worker_rows_exhausted_total"] == 1
     assert parsed["emolab_http_requests_in_flight"] == 2 and parsed["emolab_refused_requests_total"] == 3
     assert not any(name.startswith("vllm") for name in parsed)
+
+
+def test_counters_create_a_metrics_folder_named_by_hand(tmp_path):
+    """``$EMOLAB_METRICS_DIR`` may name a folder that does not exist yet: workers and API servers create it."""
+    from emolab.fastpath.metrics import ApiServerCounters, read_api_server_counters
+
+    folder = tmp_path / "not" / "there"
+    WorkerCounters(folder)
+    counters = ApiServerCounters(folder)
+    counters.values[1] = 3
+    assert (folder / f"worker-{os.getpid()}.i64").is_file()
+    assert [row["http_requests_total"] for row in read_api_server_counters(folder)] == [3]

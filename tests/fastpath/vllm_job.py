@@ -18,6 +18,7 @@ raw readout its workers wrote under ``$EMOLAB_METRICS_DIR``).
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -46,17 +47,23 @@ def params(request: dict):
                           ignore_eos=True, extra_args=extra or None, detokenize=request.get("detokenize", True))
 
 
+@functools.cache
+def chosen_layer_count(bundle: str) -> int:
+    from emolab.core.bundle import EmotionBundle
+
+    return len(EmotionBundle.load(bundle, load_full_sweep=False).chosen_layers)
+
+
 def readout_of(request: dict) -> dict | None:
     """The raw readout the workers wrote for a request that asked (per-layer sums, counts, per token), else None.
     Needs ``$EMOLAB_METRICS_DIR``; the parts are written as the request finishes, so wait a moment for them."""
     key = request.get("_readout_key")
     if key is None:
         return None
-    from emolab.core.bundle import EmotionBundle
     from emolab.fastpath.metrics import metrics_directory
     from emolab.fastpath.readout_store import collect, readout_folder
 
-    n_layers = len(EmotionBundle.load(os.environ["EMOLAB_VECTORS"], load_full_sweep=False).chosen_layers)
+    n_layers = chosen_layer_count(os.environ["EMOLAB_VECTORS"])
     deadline = time.monotonic() + 30
     while (raw := collect(readout_folder(metrics_directory()), key, n_layers)) is None:
         if time.monotonic() > deadline:

@@ -8,15 +8,20 @@
 #   PHASE=readout   issue 26: every request asks for its readout vs none vs plugin not loaded, Qwen3-8B shape,
 #                   N = 64, 256 (READ_AGENTS to change), 200 + 512 tokens
 #   PHASE=controls  issue 27: every request its own scope/mode mix vs unsteered vs plugin not loaded, likewise
+#   PHASE=both      readout and controls in one engine (one load saved): none, readout, controls at READ_AGENTS
 #   PHASE=small     both at N = 1, 20
+# SECONDS_PER_RUN sets the length of each run (default 25 s, 20 s for small); PLAIN=0 leaves out the engine without
+# the plugin (families: the goal there is steered / unsteered, both in the one engine).
 # Results: $OUT/*.json; each ratio in the printed table is measured side by side in one engine.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=/tmp/vllm-cache
 . scripts/gpu/prepare.sh >/dev/null
 ENGINE=(--dtype bfloat16 --max-model-len 2048 --engine-arg load_format=dummy --prompt-tokens 200 --max-tokens 512)
+PLAIN_ARG=(--compare-plain)
+[ "${PLAIN:-1}" = 0 ] && PLAIN_ARG=()
 run_engine() {  # LABEL MODEL BUNDLE AGENTS SCENARIOS SECONDS
   python3 -m emolab.cli bench --engine --serve-model "$2" --serve-vectors "$3" --agents "$4" --scenarios "$5" \
-    --repeats 2 --engine-seconds "$6" --compare-plain "${ENGINE[@]}" --output "$OUT/$1.json" \
+    --repeats 2 --engine-seconds "${SECONDS_PER_RUN:-$6}" "${PLAIN_ARG[@]}" "${ENGINE[@]}" --output "$OUT/$1.json" \
     --log-dir "/tmp/engine-$1" 2>&1 | grep -E "engine N=|wrote" || { tail -40 /tmp/engine-$1/*.log; exit 1; }
 }
 case ${PHASE:?set PHASE} in
@@ -49,6 +54,8 @@ PY
   run_engine moe /tmp/qwen3-moe-shape /tmp/qwen3-moe-shape-bundle 64 none,mixed 25 ;;
 readout)
   run_engine readout /tmp/qwen3-8b .gpu/ref-bundle "${READ_AGENTS:-64,256}" none,readout 25 ;;
+both)
+  run_engine both /tmp/qwen3-8b .gpu/ref-bundle "${READ_AGENTS:-64,256}" none,readout,controls 25 ;;
 controls)
   run_engine controls /tmp/qwen3-8b .gpu/ref-bundle "${READ_AGENTS:-64,256}" none,controls 25 ;;
 small)

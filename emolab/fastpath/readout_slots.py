@@ -11,8 +11,10 @@ into both with ``index_add_``: static shapes, in place, graph-safe. The host dec
 forward (``layout``, from every scheduled token's position: position 0 is left out as an attention sink, a
 position below the prompt's length is the prompt, a position read before is not read again, so a request
 recomputed after preemption counts each token once) and counts the tokens. When a reading request
-finishes, its slots are copied to the host (asynchronously on a GPU; a thread waits for the copy) and this
-worker's part is written for the API server (``emolab.fastpath.readout_store``); the slots are then freed.
+finishes, its slots are copied to the host (asynchronously on a GPU; a thread waits for the copy and writes
+this worker's part for the API server, ``emolab.fastpath.readout_store``) and freed at once: the copy is
+queued on the stream before anything a later owner does to the slot (its zeroing, the next forward), so a
+slot never waits for the thread and ``max_requests`` slots always serve ``max_requests`` requests in flight.
 """
 
 from __future__ import annotations
@@ -58,7 +60,6 @@ class ReadoutBuffers:
         self._free_ranges: list[tuple[int, int]] = [(1, token_slots)]
         self._reading: dict[str, _Reading] = {}
         self._dirty = 0
-        self._done: queue.SimpleQueue = queue.SimpleQueue()  # (slot, token range) whose copy has been written
         self._jobs: queue.SimpleQueue | None = None
         self.published_total = 0
 
@@ -79,7 +80,6 @@ class ReadoutBuffers:
             if xarg is not None:
                 logger.error("request %s: malformed readout entry %r; no readout", req_id, xarg)
             return
-        self._reclaim()
         if not self._free_slots or self.folder is None:
             logger.error("request %s: no readout slot free (or no metrics folder); no readout", req_id)
             return
@@ -155,6 +155,7 @@ class ReadoutBuffers:
         event = torch.cuda.Event()
         event.record()
         self._publisher().put((event, reading, host_sums, host_tokens))
+        self._release(reading)  # stream order: the copy above runs before any later use of these slots
 
     # ------------------------------------------------------------------ publishing
     def _write(self, reading: _Reading, sums: np.ndarray, per_token: np.ndarray | None) -> None:
@@ -179,16 +180,11 @@ class ReadoutBuffers:
             event, reading, host_sums, host_tokens = self._jobs.get()
             event.synchronize()
             self._write(reading, host_sums.numpy(), None if host_tokens is None else host_tokens.numpy())
-            self._done.put(reading)
 
     def _release(self, reading: _Reading) -> None:
         self._free_slots.append(reading.slot)
         if reading.tokens is not None:
             self._give_range(reading.tokens)
-
-    def _reclaim(self) -> None:
-        while not self._done.empty():
-            self._release(self._done.get())
 
     def _take_range(self, length: int) -> tuple[int, int] | None:
         if length <= 0:

@@ -75,20 +75,42 @@ class ControlTables:
         return solve, target
 
 
+def _broadcast_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` ([T, k] x [k, m]) as a product summed over k: fused by torch.compile, no library call."""
+    return (a.unsqueeze(-1) * b).sum(-2)
+
+
+def _broadcast_bmv(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``m @ v`` per token ([T, i, j] x [T, j] -> [T, i]) likewise."""
+    return (m * v.unsqueeze(-2)).sum(-1)
+
+
+def _bmv(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(m, v.unsqueeze(-1)).squeeze(-1)
+
+
 def steering_delta(hidden: torch.Tensor, rows: torch.Tensor, add: torch.Tensor, basis: torch.Tensor,
                    units: torch.Tensor, cross: torch.Tensor, solve: torch.Tensor | None = None,
-                   target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   target: torch.Tensor | None = None, *, fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One chosen layer, a flat batch of tokens: ``(what to add to the block output [T, H] float32, the
-    projections before steering [T, n] float32)``; the arguments as for ``steer_rows``."""
-    work = hidden.float()
-    before = work @ units.float().T  # [T, n]: the stream as the request found it (the readout's view)
-    alphas = add[rows].float()
-    delta = alphas @ basis.float()
+    projections before steering [T, n] float32)``; the arguments as for ``steer_rows``.
+
+    ``fused`` says how the products over the n directions are written: as matrix products (one library call
+    each and no [T, n, H] temporary: right for eager code) or as broadcast products summed over n, which
+    torch.compile turns into one reduction over the hidden size and elementwise passes. A library matrix
+    product whose inner or outer size is n (6 to 64) is a kernel launch for very little work; five of them
+    made a hooked layer cost ~6x the additions alone inside vLLM's CUDA graphs (``scripts/gpu/hook_cost.py``).
+    Default: fused while torch.compile traces (vLLM compiled), matrix products otherwise (the HF backend,
+    eager vLLM). Both compute the same sums, in another order (float32 rounding)."""
+    if fused is None:
+        fused = torch.compiler.is_compiling()
+    mm, bmv = (_broadcast_mm, _broadcast_bmv) if fused else (torch.matmul, _bmv)
+    units, alphas = units.float(), add[rows].float()
+    before = mm(hidden.float(), units.T)  # [T, n]: the stream as the request found it (the readout's view)
+    delta = mm(alphas, basis.float())
     if solve is not None and target is not None:
-        after_add = before + alphas @ cross.float()
-        gap = (target[rows].float() - after_add).unsqueeze(-1)
-        held = torch.bmm(solve[rows].float(), gap).squeeze(-1)  # zero for rows without constraints
-        delta = delta + held @ units.float()
+        gap = target[rows].float() - (before + mm(alphas, cross.float()))
+        delta = delta + mm(bmv(solve[rows].float(), gap), units)  # zero for rows without constraints
     return delta, before
 
 

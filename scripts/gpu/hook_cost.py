@@ -7,8 +7,10 @@ replayed 50 times per graph:
   sum       hidden + residual only (what every variant starts from)
   add       the additions alone: residual + (alphas[rows] @ basis)
   project   the projection on the unit directions alone (what the readout and the clamps need)
-  delta     core.steering_ops.steering_delta (additions, projections, ablations, clamps), no readout
-  hook      the plugin's whole hook: steering_delta and the readout's two index_add_
+  delta-mm  core.steering_ops.steering_delta written as matrix products (fused=False: the form before the
+            fused one, and what eager code runs)
+  delta     the same as traced by torch.compile (fused: products summed over the n directions)
+  hook      the plugin's whole hook: steering_delta (fused) and the readout's two index_add_
 
 Prints microseconds per call; the difference to ``sum`` is what the hook adds per steered layer and step.
 Usage: python scripts/gpu/hook_cost.py [T ...]   (default 64 256 1024)
@@ -48,16 +50,19 @@ def variants(s: BatchSteering) -> dict:
     def project(h, r):
         return (h + r).float() @ s.units[0].T
 
-    def delta(h, r):
+    def delta(h, r, fused=None):
         x = h + r
         d, _ = steering_delta(x, s.token_rows[: x.shape[0]], s.add, s.basis[0], s.units[0], s.cross[0],
-                              s.solve[:, 0], s.target[:, 0])
+                              s.solve[:, 0], s.target[:, 0], fused=fused)
         return r + d.to(x.dtype)
+
+    def delta_mm(h, r):
+        return delta(h, r, fused=False)
 
     def hook(h, r):
         return r + s._delta(0, h + r)
 
-    return {"sum": total, "add": add, "project": project, "delta": delta, "hook": hook}
+    return {"sum": total, "add": add, "project": project, "delta-mm": delta_mm, "delta": delta, "hook": hook}
 
 
 def time_graph(fn, h, r, calls: int = 50, replays: int = 20) -> float:

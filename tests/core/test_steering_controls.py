@@ -171,3 +171,32 @@ def test_bfloat16_hidden_states_are_steered_in_float32_and_cast_once():
     assert out.dtype == torch.bfloat16 and torch.equal(out[1], hidden[1])
     level = out[0].double() @ torch.tensor(tables.units[0, 1]).double()
     assert abs(level.item() - 0.4 * tables.lengths[0, 1]) < 0.05 * float(hidden[0].float().norm())  # bf16 rounding
+
+
+def test_fused_form_computes_the_same_delta_eager_and_compiled():
+    """The broadcast-and-sum form (what vLLM's compiled graph runs) against the matrix products (eager): the
+    same sums in another order, so equal to float32 rounding; and the compiled operator (fused while traced)."""
+    from emolab.core.steering_ops import steering_delta
+
+    n, tables = 4, _tables(seed=3)
+    steerings = [Steering(((0, 0.7), (2, -1.2))), Steering(((0, 0.5),), modes=((1, "ablate"),)),
+                 Steering(((1, 0.8), (2, -0.3)), modes=((1, "clamp"), (2, "clamp")))]
+    add, solve, target = _rows(tables, steerings, n)
+    torch.manual_seed(2)
+    hidden = (torch.randn(12, 16) * 4).to(torch.bfloat16)
+    rows = torch.tensor([0, 1, 2, 3] * 3)
+    t = torch.tensor
+    for layer in range(2):
+        args = (hidden, rows, add, t(tables.basis[layer]), t(tables.units[layer]), t(tables.cross[layer]),
+                solve[:, layer], target[:, layer])
+        delta, before = steering_delta(*args, fused=False)
+        fused_delta, fused_before = steering_delta(*args, fused=True)
+        compiled_delta, compiled_before = torch.compile(steering_delta, fullgraph=True, dynamic=False)(*args)
+        assert delta.abs().max() > 1 and (delta[rows == 0] == 0).all()
+        for got, want in ((fused_delta, delta), (fused_before, before), (compiled_delta, delta),
+                          (compiled_before, before)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        assert (fused_delta[rows == 0] == 0).all() and (compiled_delta[rows == 0] == 0).all()
+        # additions only (no constraint tables): the same
+        plain = steering_delta(*args[:6], fused=False)[0]
+        torch.testing.assert_close(steering_delta(*args[:6], fused=True)[0], plain, rtol=1e-5, atol=1e-4)

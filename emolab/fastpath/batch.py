@@ -14,7 +14,8 @@ batch layout before each forward. Design:
 Each hooked block runs ``core.steering_ops.steering_delta`` on its output (the one operator the HF backend
 runs too) and adds the result where the block keeps its output (its layout, ``adapters.blocks``: ``pair``,
 ``tensor`` or ``first``, fixed when the hook is made); the projections before steering go into the readout
-buffers (``emolab.fastpath.readout_slots``). A gather, a few small matmuls and two ``index_add_`` per layer,
+buffers (``emolab.fastpath.readout_slots``). Gathers, products over the n directions (``steering_delta``'s
+fused form: torch.compile makes them one reduction and elementwise passes) and two ``index_add_`` per layer,
 no Python loop over tokens, no host-device sync. The buffers are allocated before torch.compile and
 CUDA-graph capture and only ever written in place, so graphs stay valid.
 """

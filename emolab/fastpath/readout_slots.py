@@ -10,7 +10,8 @@ Each hooked block adds ``before`` (the projections before steering, ``core.steer
 into both with ``index_add_``: static shapes, in place, graph-safe. The host decides the slots before each
 forward (``layout``, from every scheduled token's position: position 0 is left out as an attention sink, a
 position below the prompt's length is the prompt, a position read before is not read again, so a request
-recomputed after preemption counts each token once) and counts the tokens. When a reading request
+recomputed after preemption counts each token once) and counts the tokens, in a few array operations per step
+(per-slot numpy state: 0.1 ms for 256 reading requests on a 2-core CI machine, where a loop over them took 2.2). When a reading request
 finishes, its slots are copied to the host (asynchronously on a GPU; a thread waits for the copy and writes
 this worker's part for the API server, ``emolab.fastpath.readout_store``) and freed at once: the copy is
 queued on the stream before anything a later owner does to the slot (its zeroing, the next forward), so a
@@ -41,9 +42,7 @@ class _Reading:
     kind: str
     slot: int  # prompt sum at 2*slot+1, generated at 2*slot+2
     tokens: tuple[int, int] | None  # (first token slot, how many) for per_token
-    prompt_len: int = 0
-    read_upto: int = 1  # positions below this were read (position 0: a sink, never read)
-    counts: list[int] = field(default_factory=lambda: [0, 0])
+    counts: list[int] = field(default_factory=lambda: [0, 0])  # (prompt, generated) tokens read, set at finish
     note: str | None = None
 
 
@@ -57,6 +56,14 @@ class ReadoutBuffers:
         self.slot_of_token = torch.zeros(max_tokens, dtype=torch.int64, device=device)
         self.token_slot_of_token = torch.zeros(max_tokens, dtype=torch.int64, device=device)
         self._free_slots = list(range(max_requests - 1, -1, -1))
+        # What ``layout`` updates every step, per slot (numpy, so a step of many reading requests is a few
+        # array operations, not a Python loop): positions below ``_upto`` were read (position 0, a sink,
+        # never is), the prompt's length, (prompt, generated) tokens read, the per-token range (length 0: none).
+        self._upto = np.ones(max_requests, dtype=np.int64)
+        self._prompt_len = np.zeros(max_requests, dtype=np.int64)
+        self._counts = np.zeros((max_requests, 2), dtype=np.int64)
+        self._range_start = np.zeros(max_requests, dtype=np.int64)
+        self._range_len = np.zeros(max_requests, dtype=np.int64)
         self._free_ranges: list[tuple[int, int]] = [(1, token_slots)]
         self._reading: dict[str, _Reading] = {}
         self._dirty = 0
@@ -87,6 +94,8 @@ class ReadoutBuffers:
         slot = self._free_slots.pop()
         self.sums[:, 2 * slot + 1:2 * slot + 3].zero_()
         reading = _Reading(key, kind, slot, None)
+        self._upto[slot], self._prompt_len[slot], self._counts[slot] = 1, 0, 0
+        self._range_start[slot] = self._range_len[slot] = 0
         if kind == "per_token":
             reading.tokens = self._take_range(int(max_tokens or 0))
             if reading.tokens is None:
@@ -94,6 +103,7 @@ class ReadoutBuffers:
             else:
                 start, length = reading.tokens
                 self.tokens[:, start:start + length].zero_()
+                self._range_start[slot], self._range_len[slot] = start, length
         self._reading[req_id] = reading
 
     def layout(self, req_ids: list[str], starts: np.ndarray, counts: np.ndarray, prompt_lens: np.ndarray,
@@ -105,25 +115,28 @@ class ReadoutBuffers:
             return
         slots = np.zeros(total, dtype=np.int64)
         token_slots = np.zeros(total, dtype=np.int64)
-        for i, req_id in enumerate(req_ids):
-            reading = self._reading.get(req_id)
-            if reading is None or counts[i] == 0:
-                continue
-            lo, hi = int(starts[i]), int(starts[i] + counts[i])
-            pos = positions[lo:hi]
-            reading.prompt_len = int(prompt_lens[i])
-            fresh = pos >= reading.read_upto
-            in_prompt = fresh & (pos < reading.prompt_len)
-            generated = fresh & (pos >= reading.prompt_len)
-            slots[lo:hi][in_prompt] = 2 * reading.slot + 1
-            slots[lo:hi][generated] = 2 * reading.slot + 2
-            if reading.tokens is not None:
-                index = pos - reading.prompt_len
-                ok = generated & (index < reading.tokens[1])
-                token_slots[lo:hi][ok] = reading.tokens[0] + index[ok]
-            reading.counts[0] += int(in_prompt.sum())
-            reading.counts[1] += int(generated.sum())
-            reading.read_upto = max(reading.read_upto, int(pos.max()) + 1)
+        get = self._reading.get
+        slot_of = np.fromiter(((-1 if (r := get(q)) is None else r.slot) for q in req_ids), np.int64, len(req_ids))
+        mine = np.flatnonzero((slot_of >= 0) & (np.asarray(counts) > 0))
+        if mine.size:
+            count = np.asarray(counts, dtype=np.int64)[mine]
+            first = np.cumsum(count) - count  # each reading request's first token among theirs
+            owner = np.repeat(np.arange(mine.size), count)
+            flat = np.repeat(np.asarray(starts, dtype=np.int64)[mine] - first, count) + np.arange(int(count.sum()))
+            pos = np.asarray(positions, dtype=np.int64)[flat]
+            slot = slot_of[mine]
+            self._prompt_len[slot] = np.asarray(prompt_lens, dtype=np.int64)[mine]
+            at = slot[owner]  # each of their tokens' slot
+            fresh = pos >= self._upto[at]
+            generated = fresh & (pos >= self._prompt_len[at])
+            in_prompt = fresh & ~generated
+            slots[flat] = np.where(in_prompt, 2 * at + 1, np.where(generated, 2 * at + 2, 0))
+            index = pos - self._prompt_len[at]
+            ok = generated & (index < self._range_len[at])
+            token_slots[flat[ok]] = self._range_start[at[ok]] + index[ok]
+            self._counts[slot, 0] += np.bincount(owner, weights=in_prompt, minlength=mine.size).astype(np.int64)
+            self._counts[slot, 1] += np.bincount(owner, weights=generated, minlength=mine.size).astype(np.int64)
+            self._upto[slot] = np.maximum(self._upto[slot], np.maximum.reduceat(pos, first) + 1)
         extent = max(total, self._dirty)
         for target, values in ((self.slot_of_token, slots), (self.token_slot_of_token, token_slots)):
             host = np.zeros(extent, dtype=np.int64)
@@ -137,6 +150,7 @@ class ReadoutBuffers:
         if reading is None:
             return
         s = reading.slot
+        reading.counts = [int(c) for c in self._counts[s]]  # the slot is reused before the part is written
         sums = self.sums[:, 2 * s + 1:2 * s + 3]
         per_token = None
         if reading.tokens is not None:

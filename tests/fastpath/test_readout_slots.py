@@ -67,3 +67,35 @@ def test_full_engine_churn_reads_every_request(tmp_path, caplog):
         np.testing.assert_allclose(part["prompt_sum"][0], expected[req_id][0], rtol=0, atol=1e-5)
         np.testing.assert_allclose(part["generated_sum"][0], expected[req_id][1], rtol=0, atol=1e-5)
         assert len(part["per_token"]) == computed[req_id] - prompt_len
+
+
+def test_chunked_prompt_and_recomputed_positions_are_read_once(tmp_path):
+    """A prompt read in two chunks, then the whole request recomputed from position 0 (as after a preemption),
+    beside a request that does not read: each position is counted once, the other request's tokens nowhere."""
+    buffers = ReadoutBuffers([0, 5], 1, max_tokens=32, max_requests=2, token_slots=8, device=torch.device("cpu"),
+                             folder=tmp_path)
+    key = new_key()
+    buffers.add("reader", f"{key}:per_token", max_tokens=4)
+    prompt_len = 5
+
+    def step(reader_positions, other_count=2):
+        positions = np.array([*reader_positions, *range(other_count)])
+        counts = np.array([len(reader_positions), other_count])
+        buffers.layout(["reader", "other"], np.array([0, len(reader_positions)]), counts,
+                       np.array([prompt_len, 3]), positions)
+        buffers.accumulate(0, torch.tensor(positions, dtype=torch.float32)[:, None])
+        buffers.accumulate(1, 10 * torch.tensor(positions, dtype=torch.float32)[:, None])
+
+    step([0, 1, 2])          # first chunk of the prompt (position 0: the sink)
+    step([3, 4])             # the rest of it
+    step([5])                # first generated token
+    step([0, 1, 2, 3, 4, 5])  # recomputed from the start: nothing new to read
+    step([6])
+    buffers.finish("reader")
+    (path,) = tmp_path.glob(f"{key}.*.json")
+    part = json.loads(path.read_text())
+    assert part["layers"] == [0, 5]
+    assert (part["prompt_count"], part["generated_count"]) == (4, 2)
+    assert part["prompt_sum"] == [[1 + 2 + 3 + 4], [10 * (1 + 2 + 3 + 4)]]
+    assert part["generated_sum"] == [[5 + 6], [10 * (5 + 6)]]
+    assert part["per_token"] == [[[5.0], [50.0]], [[6.0], [60.0]]]

@@ -10,9 +10,9 @@ Each hooked block adds ``before`` (the projections before steering, ``core.steer
 into both with ``index_add_``: static shapes, in place, graph-safe. The host decides the slots before each
 forward (``layout``, from every scheduled token's position: position 0 is left out as an attention sink, a
 position below the prompt's length is the prompt, a position read before is not read again, so a request
-recomputed after preemption counts each token once) and counts the tokens, in a few array operations per step
-(per-slot numpy state: 0.1 ms for 256 reading requests on a 2-core CI machine, where a loop over them took 2.2). When a reading request
-finishes, its slots are copied to the host (asynchronously on a GPU; a thread waits for the copy and writes
+recomputed after preemption counts each token once) and counts the tokens, in a few array operations per
+step (per-slot numpy state: 0.1 ms for 256 reading requests on a 2-core CI machine, where a loop over them
+took 2.2 ms). When a reading request finishes, its slots are copied to the host (asynchronously on a GPU; a thread waits for the copy and writes
 this worker's part for the API server, ``emolab.fastpath.readout_store``) and freed at once: the copy is
 queued on the stream before anything a later owner does to the slot (its zeroing, the next forward), so a
 slot never waits for the thread and ``max_requests`` slots always serve ``max_requests`` requests in flight.

@@ -3,7 +3,8 @@
 ``sums``   ``[layers, 1 + 2 x max_requests, n]`` float32: a reading request owns two slots, its prompt's and its
            generated tokens' sums of projections (slot 0 takes every token nobody reads: it is never read).
 ``tokens`` ``[layers, 1 + token_slots, n]`` float32: a ``per_token`` request owns one slot per token it may
-           generate (a range given out first-fit; when none is free it reads means only, and says so).
+           generate (a range given out first-fit, kept per request slot in ``_range_start``/``_range_len``;
+           when none is free it reads means only, and says so).
 ``slot_of_token`` / ``token_slot_of_token`` ``[max_tokens]`` int64: each position of the flat batch's slot.
 
 Each hooked block adds ``before`` (the projections before steering, ``core.steering_ops.steering_delta``)
@@ -12,10 +13,11 @@ forward (``layout``, from every scheduled token's position: position 0 is left o
 position below the prompt's length is the prompt, a position read before is not read again, so a request
 recomputed after preemption counts each token once) and counts the tokens, in a few array operations per
 step (per-slot numpy state: 0.1 ms for 256 reading requests on a 2-core CI machine, where a loop over them
-took 2.2 ms). When a reading request finishes, its slots are copied to the host (asynchronously on a GPU; a thread waits for the copy and writes
-this worker's part for the API server, ``emolab.fastpath.readout_store``) and freed at once: the copy is
-queued on the stream before anything a later owner does to the slot (its zeroing, the next forward), so a
-slot never waits for the thread and ``max_requests`` slots always serve ``max_requests`` requests in flight.
+took 2.2 ms). When a reading request finishes, its slots are copied to the host (asynchronously on a GPU;
+a thread waits for the copy and writes this worker's part for the API server,
+``emolab.fastpath.readout_store``) and freed at once: the copy is queued on the stream before anything a
+later owner does to the slot (its zeroing, the next forward), so a slot never waits for the thread and
+``max_requests`` slots always serve ``max_requests`` requests in flight.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ class _Reading:
     key: str
     kind: str
     slot: int  # prompt sum at 2*slot+1, generated at 2*slot+2
-    tokens: tuple[int, int] | None  # (first token slot, how many) for per_token
     counts: list[int] = field(default_factory=lambda: [0, 0])  # (prompt, generated) tokens read, set at finish
     note: str | None = None
 
@@ -93,15 +94,15 @@ class ReadoutBuffers:
         key, kind = found
         slot = self._free_slots.pop()
         self.sums[:, 2 * slot + 1:2 * slot + 3].zero_()
-        reading = _Reading(key, kind, slot, None)
+        reading = _Reading(key, kind, slot)
         self._upto[slot], self._prompt_len[slot], self._counts[slot] = 1, 0, 0
         self._range_start[slot] = self._range_len[slot] = 0
         if kind == "per_token":
-            reading.tokens = self._take_range(int(max_tokens or 0))
-            if reading.tokens is None:
+            span = self._take_range(int(max_tokens or 0))
+            if span is None:
                 reading.note = "per-token readout buffer full: means only"
             else:
-                start, length = reading.tokens
+                start, length = span
                 self.tokens[:, start:start + length].zero_()
                 self._range_start[slot], self._range_len[slot] = start, length
         self._reading[req_id] = reading
@@ -110,6 +111,7 @@ class ReadoutBuffers:
                positions: np.ndarray) -> None:
         """Each scheduled position's slots (``positions``: every token's position, ``starts``/``counts``: each
         request's first token in the flat batch and how many it has)."""
+        counts = np.asarray(counts, dtype=np.int64)
         total = int(counts.sum())
         if not self._reading and not self._dirty:
             return
@@ -117,9 +119,9 @@ class ReadoutBuffers:
         token_slots = np.zeros(total, dtype=np.int64)
         get = self._reading.get
         slot_of = np.fromiter(((-1 if (r := get(q)) is None else r.slot) for q in req_ids), np.int64, len(req_ids))
-        mine = np.flatnonzero((slot_of >= 0) & (np.asarray(counts) > 0))
+        mine = np.flatnonzero((slot_of >= 0) & (counts > 0))
         if mine.size:
-            count = np.asarray(counts, dtype=np.int64)[mine]
+            count = counts[mine]
             first = np.cumsum(count) - count  # each reading request's first token among theirs
             owner = np.repeat(np.arange(mine.size), count)
             flat = np.repeat(np.asarray(starts, dtype=np.int64)[mine] - first, count) + np.arange(int(count.sum()))
@@ -153,9 +155,9 @@ class ReadoutBuffers:
         reading.counts = [int(c) for c in self._counts[s]]  # the slot is reused before the part is written
         sums = self.sums[:, 2 * s + 1:2 * s + 3]
         per_token = None
-        if reading.tokens is not None:
-            start, _ = reading.tokens
-            per_token = self.tokens[:, start:start + max(reading.counts[1], 0)]
+        if self._range_len[s]:
+            start = int(self._range_start[s])
+            per_token = self.tokens[:, start:start + reading.counts[1]]
         if not self.sums.is_cuda:
             self._write(reading, sums.clone().numpy(), None if per_token is None else per_token.clone().numpy())
             self._release(reading)
@@ -196,9 +198,10 @@ class ReadoutBuffers:
             self._write(reading, host_sums.numpy(), None if host_tokens is None else host_tokens.numpy())
 
     def _release(self, reading: _Reading) -> None:
-        self._free_slots.append(reading.slot)
-        if reading.tokens is not None:
-            self._give_range(reading.tokens)
+        s = reading.slot
+        self._free_slots.append(s)
+        if self._range_len[s]:
+            self._give_range((int(self._range_start[s]), int(self._range_len[s])))
 
     def _take_range(self, length: int) -> tuple[int, int] | None:
         if length <= 0:

@@ -15,11 +15,6 @@ export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=/tmp/vllm-cache
 D=(--dtype bfloat16 --max-model-len 2048)
 M=(--serve-model /tmp/qwen3-8b --serve-vectors .gpu/ref-bundle --model qwen3-8b)
 K=${K:-1}
-PYSPY=/tmp/pyspy/py_spy-0.4.3.data/scripts/py-spy
-if ls .gpu/tools/py_spy-*.whl >/dev/null 2>&1 && [ ! -x $PYSPY ]; then
-  mkdir -p /tmp/pyspy && (cd /tmp/pyspy && python3 -m zipfile -e "$(ls "$OLDPWD"/.gpu/tools/py_spy-*.whl)" .) \
-    && chmod +x $PYSPY
-fi
 
 # profile LABEL DELAY SECONDS: once "LABEL ready" shows in the bench's log, wait DELAY s, then sample the server's
 # process tree (API servers and engine core) for SECONDS s.

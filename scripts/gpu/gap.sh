@@ -12,11 +12,6 @@ export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=/tmp/vllm-cache
 nvidia-smi dmon -s pucm -d 1 > "$OUT/dmon.txt" 2>&1 &
 E=(--serve-model /tmp/qwen3-8b --serve-vectors .gpu/ref-bundle --agents 256 --dtype bfloat16 --max-model-len 2048
    --engine-arg load_format=dummy --prompt-tokens 200 --max-tokens 512 --engine-seconds "${SECONDS_PER_RUN:-15}")
-PYSPY=/tmp/pyspy/py_spy-0.4.3.data/scripts/py-spy
-if ls .gpu/tools/py_spy-*.whl >/dev/null 2>&1 && [ ! -x $PYSPY ]; then
-  mkdir -p /tmp/pyspy && (cd /tmp/pyspy && python3 -m zipfile -e "$(ls "$OLDPWD"/.gpu/tools/py_spy-*.whl)" .) \
-    && chmod +x $PYSPY
-fi
 (  # once the first request is in, wait for the calibration run to end, then sample the engine core for 10 s
   until grep -q "Passing raw prompts" /tmp/gap1/engine-emolab.log 2>/dev/null; do sleep 1; done
   sleep 14

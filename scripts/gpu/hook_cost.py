@@ -94,7 +94,6 @@ def time_graph(fn, h, r, calls: int = 50, replays: int = 20) -> float:
 def main(sizes: list[int]) -> None:
     device = torch.device("cuda")
     steering = build(device)
-    steering.readout.folder = None
     print(torch.cuda.get_device_name(0), "torch", torch.__version__)
     print(f"{'T':>6} " + " ".join(f"{name:>9}" for name in variants(steering)) + "   (us per call, CUDA graph)")
     for t in sizes:

@@ -38,9 +38,10 @@ RUN
   sleep 1; cat $Q/log.txt ;;
 wait)
   end=$((SECONDS + ${2:-560}))
-  pack() { tar -czf "$OUT/results.tgz.tmp" -C $Q out log.txt 2>/dev/null && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
+  pack() { grep -h "\] repeat" /tmp/engine-*/*.log /tmp/bench-*/*.log > $Q/out/progress.txt 2>/dev/null
+           tar -czf "$OUT/results.tgz.tmp" -C $Q out log.txt 2>/dev/null && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
   while [ $SECONDS -lt $end ] && ! grep -q "queue done" $Q/log.txt; do pack; sleep 20; done
   pack
-  cat $Q/log.txt
+  cat $Q/log.txt $Q/out/progress.txt
   for f in $Q/out/*/stdout.txt; do echo "== $f"; grep -vE "it/s\]|Warning|warn" "$f" | tail -12; done ;;
 esac

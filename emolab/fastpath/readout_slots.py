@@ -33,9 +33,12 @@ import torch
 
 from emolab.fastpath.readout_store import parse_xarg, write_part
 
-__all__ = ["ReadoutBuffers"]
+__all__ = ["NO_SLOT", "ReadoutBuffers"]
 
 logger = logging.getLogger("emolab.vllm")
+
+NO_SLOT = ("no readout slot was free for this request (more reading requests in flight than the engine's "
+           "max_num_seqs); it ran unread")
 
 
 @dataclass
@@ -88,10 +91,15 @@ class ReadoutBuffers:
             if xarg is not None:
                 logger.error("request %s: malformed readout entry %r; no readout", req_id, xarg)
             return
+        key, kind = found
         if not self._free_slots or self.folder is None:
             logger.error("request %s: no readout slot free (or no metrics folder); no readout", req_id)
+            if self.folder is not None:  # tell the waiting API server now, not after its time-out
+                try:
+                    write_part(self.folder, key, {"layers": self.layer_ids, "unavailable": NO_SLOT})
+                except OSError as exc:
+                    logger.error("readout %s: cannot write its part (%s)", key, exc)
             return
-        key, kind = found
         slot = self._free_slots.pop()
         self.sums[:, 2 * slot + 1:2 * slot + 3].zero_()
         reading = _Reading(key, kind, slot)

@@ -57,13 +57,18 @@ def write_part(folder: Path, key: str, part: dict[str, Any]) -> None:
 
 def collect(folder: Path, key: str, n_layers: int) -> dict[str, Any] | None:
     """The assembled raw readout of ``key`` once its parts cover all ``n_layers`` chosen layers (the parts are
-    then removed), else None."""
+    then removed), ``{"unavailable": why}`` as soon as a worker said it could not read the request, else None."""
     parts = []
     for path in folder.glob(f"{key}.*.json"):
         try:
             parts.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError):  # being replaced right now: next poll
             return None
+    refused = next((part["unavailable"] for part in parts if part.get("unavailable")), None)
+    if refused is not None:
+        for path in folder.glob(f"{key}.*.json"):
+            path.unlink(missing_ok=True)
+        return {"unavailable": refused}
     covered = {layer for part in parts for layer in part["layers"]}
     if len(covered) < n_layers:
         return None

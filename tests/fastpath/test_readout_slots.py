@@ -15,8 +15,8 @@ import json
 import numpy as np
 import torch
 
-from emolab.fastpath.readout_slots import ReadoutBuffers
-from emolab.fastpath.readout_store import new_key
+from emolab.fastpath.readout_slots import NO_SLOT, ReadoutBuffers
+from emolab.fastpath.readout_store import collect, new_key
 
 
 def test_full_engine_churn_reads_every_request(tmp_path, caplog):
@@ -99,3 +99,24 @@ def test_chunked_prompt_and_recomputed_positions_are_read_once(tmp_path):
     assert part["prompt_sum"] == [[1 + 2 + 3 + 4], [10 * (1 + 2 + 3 + 4)]]
     assert part["generated_sum"] == [[5 + 6], [10 * (5 + 6)]]
     assert part["per_token"] == [[[5.0], [50.0]], [[6.0], [60.0]]]
+
+
+def test_a_request_without_a_slot_is_answered_at_once_and_its_neighbour_still_reads(tmp_path, caplog):
+    """More reading requests than slots: the one left out writes a part that says so, so the API server answers
+    at once with the reason (not after its time-out), and the request that holds the slot reads as usual."""
+    buffers = ReadoutBuffers([0], 1, max_tokens=16, max_requests=1, token_slots=8, device=torch.device("cpu"),
+                             folder=tmp_path)
+    first, second = new_key(), new_key()
+    buffers.add("first", f"{first}:means", max_tokens=4)
+    buffers.add("second", f"{second}:means", max_tokens=4)
+    assert "no readout slot free" in caplog.text
+    assert collect(tmp_path, second, 1) == {"unavailable": NO_SLOT}
+    assert not list(tmp_path.glob(f"{second}.*"))  # collected once, then gone
+    positions = np.array([0, 1, 2, 0, 1])
+    buffers.layout(["first", "second"], np.array([0, 3]), np.array([3, 2]), np.array([2, 2]), positions)
+    buffers.accumulate(0, torch.tensor(positions, dtype=torch.float32)[:, None] + 1)
+    buffers.finish("second")  # holds no slot: nothing to write
+    buffers.finish("first")
+    found = collect(tmp_path, first, 1)
+    assert (found["prompt_count"], found["generated_count"]) == (1, 1)
+    assert found["prompt_sum"].tolist() == [[2.0]] and found["generated_sum"].tolist() == [[3.0]]

@@ -21,10 +21,10 @@ from typing import Any
 
 from emolab.core.steering import Steering, SteeringLimits, parse_modes, parse_scope
 from emolab.serve.contract import resolve_api_key
+from emolab.serve.schema import READOUT_RESPONSE
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncSteeringClient", "Reply", "SteeringClient", "SteeringSpec", "readout_of", "v1_url"]
 
-READOUT_RESPONSE = "emotion_readout"  # the response field a readout comes back in (both backends)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 # A steering as callers give it: {"fear": 1.0}, a Steering, the flat request list, or None (unsteered).

@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import Message, Send
 
-__all__ = ["READOUT_RESPONSE", "ReadoutResponse"]
+from emolab.serve.schema import READOUT_RESPONSE
 
-READOUT_RESPONSE = "emotion_readout"
+__all__ = ["ReadoutResponse"]
+
 _DONE = b"data: [DONE]"
 
 

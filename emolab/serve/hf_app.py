@@ -39,6 +39,7 @@ from emolab.serve.schema import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     GENERATION_SCHEMAS,
+    READOUT_RESPONSE,
     ChatMessage,
     ChatRequest,
     RequestContract,
@@ -46,9 +47,7 @@ from emolab.serve.schema import (
     validate_generation,
 )
 
-READOUT_RESPONSE = "emotion_readout"  # the response field of a request that asked for a readout
-
-__all__ = ["READOUT_RESPONSE", "create_app"]
+__all__ = ["create_app"]
 
 logger = logging.getLogger("emolab.hf")
 

@@ -20,7 +20,7 @@ from emolab.serve.contract import APIError, check_model_name, json_type, steerin
 
 __all__ = [
     "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "NO_CHAT_TEMPLATE", "READOUT_FIELD",
-    "READOUT_KINDS", "STEERING_XARGS", "ChatMessage", "ChatRequest", "CompletionRequest", "RequestContract",
+    "READOUT_KINDS", "READOUT_RESPONSE", "STEERING_XARGS", "ChatMessage", "ChatRequest", "CompletionRequest", "RequestContract",
     "ValidatedRequest", "parse_readout", "validate_generation", "validation_message",
 ]
 
@@ -32,6 +32,7 @@ MAX_TOKENS_BOUND = 2**31 - 1  # far beyond any context; keeps integers inside wh
 MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs
 STEERING_XARGS = frozenset({"steering", SCOPE_FIELD, MODES_FIELD})  # vllm_xargs keys of emolab's steering
 READOUT_FIELD = "readout"  # top level: true (means over prompt and generated tokens) or "per_token" (also each token)
+READOUT_RESPONSE = "emotion_readout"  # the response field a readout comes back in (both backends)
 READOUT_KINDS = ("means", "per_token")
 NO_CHAT_TEMPLATE = ("this model has no chat template (a base model): send the text to continue to /v1/completions, "
                     "or start the server with --chat-template FILE")

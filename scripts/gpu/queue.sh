@@ -22,7 +22,7 @@ for step in "$@"; do
   export OUT=/tmp/queue/out/$step; mkdir -p "$OUT"
   echo "$(date +%T) $step start"
   case $step in
-    matrix)   PHASE=both READ_AGENTS=1,20,64,256 SECONDS_PER_RUN=${MATRIX_SECONDS:-10} REPEATS=${MATRIX_REPEATS:-2} bash scripts/gpu/features.sh ;;
+    matrix)   PHASE=both READ_AGENTS=${MATRIX_AGENTS:-1,20,64,256} SECONDS_PER_RUN=${MATRIX_SECONDS:-10} REPEATS=${MATRIX_REPEATS:-2} bash scripts/gpu/features.sh ;;
     http)     PHASE=http K=4 RPA=${RPA:-8} SCENARIOS=none,mixed bash scripts/gpu/frontend.sh ;;
     families) PHASE=families PLAIN=0 SECONDS_PER_RUN=12 bash scripts/gpu/features.sh ;;
     hook)     ( . scripts/gpu/prepare.sh > /dev/null && python3 scripts/gpu/hook_cost.py 64 256 1024 4096 ) ;;

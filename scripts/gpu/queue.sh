@@ -28,7 +28,7 @@ for step in "$@"; do
     hook)     ( . scripts/gpu/prepare.sh > /dev/null && python3 scripts/gpu/hook_cost.py 64 256 1024 4096 ) ;;
     hfbatch)  bash scripts/gpu/single.sh hfbatch ;;
     wide)     PHASE=wide K=4 bash scripts/gpu/frontend.sh ;;
-    *)        echo "unknown step $step" ;;
+    *)        echo "unknown step $step"; false ;;
   esac > "$OUT/stdout.txt" 2>&1
   echo "$(date +%T) $step rc=$?"
 done

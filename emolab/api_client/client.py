@@ -25,7 +25,6 @@ from emolab.serve.schema import READOUT_RESPONSE
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncSteeringClient", "Reply", "SteeringClient", "SteeringSpec", "readout_of", "v1_url"]
 
-
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 # A steering as callers give it: {"fear": 1.0}, a Steering, the flat request list, or None (unsteered).
 SteeringSpec = Mapping[str | int, float] | Steering | Sequence[Any] | None

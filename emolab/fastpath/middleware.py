@@ -180,9 +180,9 @@ class SteeringMiddleware:
             deadline = time.monotonic() + READOUT_WAIT_S
             while True:
                 found = collect(self.readout_dir, key, len(self.bundle.chosen_layers))
-                if found is not None and found.get("unavailable"):
-                    return {"error": found["unavailable"]}
                 if found is not None:
+                    if found.get("unavailable"):
+                        return {"error": found["unavailable"]}
                     summary = summary_from_sums(
                         list(self.bundle.emotions), self.readout_scale, self.readout_mask,
                         prompt_sum=found["prompt_sum"], prompt_count=found["prompt_count"],

@@ -95,10 +95,7 @@ class ReadoutBuffers:
         if not self._free_slots or self.folder is None:
             logger.error("request %s: no readout slot free (or no metrics folder); no readout", req_id)
             if self.folder is not None:  # tell the waiting API server now, not after its time-out
-                try:
-                    write_part(self.folder, key, {"layers": self.layer_ids, "unavailable": NO_SLOT})
-                except OSError as exc:
-                    logger.error("readout %s: cannot write its part (%s)", key, exc)
+                self._put(key, {"layers": self.layer_ids, "unavailable": NO_SLOT})
             return
         slot = self._free_slots.pop()
         self.sums[:, 2 * slot + 1:2 * slot + 3].zero_()
@@ -187,11 +184,16 @@ class ReadoutBuffers:
                 "prompt_count": reading.counts[0], "generated_count": reading.counts[1],
                 "per_token": None if per_token is None else np.transpose(per_token, (1, 0, 2)).tolist(),
                 "note": reading.note}
-        try:
-            write_part(self.folder, reading.key, part)
+        if self._put(reading.key, part):
             self.published_total += 1
+
+    def _put(self, key: str, part: dict) -> bool:
+        try:
+            write_part(self.folder, key, part)
+            return True
         except OSError as exc:
-            logger.error("readout %s: cannot write its part (%s)", reading.key, exc)
+            logger.error("readout %s: cannot write its part (%s)", key, exc)
+            return False
 
     def _publisher(self) -> queue.SimpleQueue:
         if self._jobs is None:

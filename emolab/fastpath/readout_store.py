@@ -65,16 +65,11 @@ def collect(folder: Path, key: str, n_layers: int) -> dict[str, Any] | None:
         except (OSError, json.JSONDecodeError):  # being replaced right now: next poll
             return None
     refused = next((part["unavailable"] for part in parts if part.get("unavailable")), None)
-    if refused is not None:
-        for path in folder.glob(f"{key}.*.json"):
-            path.unlink(missing_ok=True)
-        return {"unavailable": refused}
-    covered = {layer for part in parts for layer in part["layers"]}
-    if len(covered) < n_layers:
+    if refused is None and len({layer for part in parts for layer in part["layers"]}) < n_layers:
         return None
     for path in folder.glob(f"{key}.*.json"):
         path.unlink(missing_ok=True)
-    return assemble(parts, n_layers)
+    return {"unavailable": refused} if refused is not None else assemble(parts, n_layers)
 
 
 def assemble(parts: list[dict[str, Any]], n_layers: int) -> dict[str, Any]:

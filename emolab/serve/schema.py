@@ -20,8 +20,8 @@ from emolab.serve.contract import APIError, check_model_name, json_type, steerin
 
 __all__ = [
     "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "NO_CHAT_TEMPLATE", "READOUT_FIELD",
-    "READOUT_KINDS", "READOUT_RESPONSE", "STEERING_XARGS", "ChatMessage", "ChatRequest", "CompletionRequest", "RequestContract",
-    "ValidatedRequest", "parse_readout", "validate_generation", "validation_message",
+    "READOUT_KINDS", "READOUT_RESPONSE", "STEERING_XARGS", "ChatMessage", "ChatRequest", "CompletionRequest",
+    "RequestContract", "ValidatedRequest", "parse_readout", "validate_generation", "validation_message",
 ]
 
 CHAT_PATH = "/v1/chat/completions"

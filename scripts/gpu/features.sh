@@ -10,8 +10,9 @@
 #   PHASE=controls  issue 27: every request its own scope/mode mix vs unsteered vs plugin not loaded, likewise
 #   PHASE=both      readout and controls in one engine (one load saved): none, readout, controls at READ_AGENTS
 #   PHASE=small     both at N = 1, 20
-# SECONDS_PER_RUN sets the length of each run (default 25 s, 20 s for small), REPEATS their number (default 2); PLAIN=0 leaves out the engine without
-# the plugin (families: the goal there is steered / unsteered, both in the one engine).
+# SECONDS_PER_RUN sets the length of each run (default 25 s, 20 s for small), REPEATS their number (default 2);
+# PLAIN=0 leaves out the engine without the plugin (families: the goal there is steered / unsteered, both in the
+# one engine).
 # Results: $OUT/*.json; each ratio in the printed table is measured side by side in one engine.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=/tmp/vllm-cache
@@ -21,8 +22,9 @@ PLAIN_ARG=(--compare-plain)
 [ "${PLAIN:-1}" = 0 ] && PLAIN_ARG=()
 run_engine() {  # LABEL MODEL BUNDLE AGENTS SCENARIOS SECONDS
   python3 -m emolab.cli bench --engine --serve-model "$2" --serve-vectors "$3" --agents "$4" --scenarios "$5" \
-    --repeats "${REPEATS:-2}" --engine-seconds "${SECONDS_PER_RUN:-$6}" "${PLAIN_ARG[@]}" "${ENGINE[@]}" --output "$OUT/$1.json" \
-    --log-dir "/tmp/engine-$1" 2>&1 | grep -E "engine N=|wrote" || { tail -40 /tmp/engine-$1/*.log; exit 1; }
+    --repeats "${REPEATS:-2}" --engine-seconds "${SECONDS_PER_RUN:-$6}" "${PLAIN_ARG[@]}" "${ENGINE[@]}" \
+    --output "$OUT/$1.json" --log-dir "/tmp/engine-$1" 2>&1 | grep -E "engine N=|wrote" \
+    || { tail -40 /tmp/engine-$1/*.log; exit 1; }
 }
 case ${PHASE:?set PHASE} in
 families)

@@ -2,10 +2,10 @@
 # Issue 24 on one H200 (vLLM 0.26, Qwen3-8B shape, dummy bf16, graphs on): the HTTP front end against the engine.
 # One phase per 10-minute device call (the vLLM parts already in /tmp/gpuparts):
 #   PHASE=engine  the engine at N=256 (offline vllm.LLM, no HTTP), unsteered, mixed and mixed-null
-#   PHASE=http    emolab (SCENARIOS, default unsteered, mixed, mixed-null) and plain vLLM (plugin not loaded) over HTTP with K API
-#                 servers (env K, default 1), N=256, both with the same front end; the API server profiled under
-#                 load (py-spy, if the wheel lies in .gpu/tools), `top` sampled every 10 s, and the GPU's clocks
-#                 and power every second (nvidia-smi dmon: does other text draw other power?)
+#   PHASE=http    emolab (SCENARIOS, default unsteered, mixed, mixed-null) and plain vLLM (plugin not loaded)
+#                 over HTTP with K API servers (env K, default 1), N=256, both with the same front end; the API
+#                 server profiled under load (py-spy, if the wheel lies in .gpu/tools), `top` sampled every 10 s,
+#                 and the GPU's clocks and power every second (nvidia-smi dmon: does other text draw other power?)
 #   PHASE=clients emolab unsteered at N=256 with 1, 4 and 8 client processes (is the client the ceiling?)
 #   PHASE=wide    N=1024 agents (mixed) against emolab serve with K API servers: errors and latencies
 # Everything lands in $OUT; summarize the profiles here with scripts/gpu/pyspy_summary.py.
@@ -49,7 +49,8 @@ http)
   profile plain-vllm 45 20 & P2=$!
   python3 -m emolab.cli bench "${M[@]}" "${D[@]}" "--server-arg=--vllm-arg=--load-format dummy" \
     "--server-arg-plain=--load-format=dummy" --api-server-count "$K" --compare-plain \
-    --agents 256 --scenarios "${SCENARIOS:-none,mixed,mixed-null}" --prompt-tokens 200 --max-tokens 256 --requests-per-agent "${RPA:-10}" \
+    --agents 256 --scenarios "${SCENARIOS:-none,mixed,mixed-null}" --prompt-tokens 200 --max-tokens 256 \
+    --requests-per-agent "${RPA:-10}" \
     --repeats "${REPEATS:-2}" --client-processes 8 --output "$OUT/bench_http_k$K.json" --log-dir /tmp/bench-k$K \
     2>&1 | tee "$OUT/bench_k$K.txt" | tail -16 || { tail -30 /tmp/bench-k$K/*.log; }
   kill $TOP $DMON $P1 $P2 2>/dev/null || true

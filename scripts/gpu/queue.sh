@@ -15,14 +15,16 @@ case ${1:?start or wait} in
 start)
   shift
   mkdir -p $Q/out $Q/repo
-  cp -r emolab scripts tests pyproject.toml $Q/repo/ && mkdir -p $Q/repo/.gpu && cp -r .gpu/ref-bundle .gpu/tools $Q/repo/.gpu/
+  cp -r emolab scripts tests pyproject.toml $Q/repo/ && mkdir -p $Q/repo/.gpu \
+    && cp -r .gpu/ref-bundle .gpu/tools $Q/repo/.gpu/
   cat > $Q/run.sh <<'RUN'
 cd /tmp/queue/repo
 for step in "$@"; do
   export OUT=/tmp/queue/out/$step; mkdir -p "$OUT"
   echo "$(date +%T) $step start"
   case $step in
-    matrix)   PHASE=both READ_AGENTS=${MATRIX_AGENTS:-1,20,64,256} SECONDS_PER_RUN=${MATRIX_SECONDS:-10} REPEATS=${MATRIX_REPEATS:-2} bash scripts/gpu/features.sh ;;
+    matrix)   PHASE=both READ_AGENTS=${MATRIX_AGENTS:-1,20,64,256} SECONDS_PER_RUN=${MATRIX_SECONDS:-10} \
+                REPEATS=${MATRIX_REPEATS:-2} bash scripts/gpu/features.sh ;;
     http)     PHASE=http K=4 RPA=${RPA:-8} SCENARIOS=none,mixed bash scripts/gpu/frontend.sh ;;
     families) PHASE=families PLAIN=0 SECONDS_PER_RUN=12 bash scripts/gpu/features.sh ;;
     hook)     ( . scripts/gpu/prepare.sh > /dev/null && python3 scripts/gpu/hook_cost.py 64 256 1024 4096 ) ;;
@@ -30,7 +32,8 @@ for step in "$@"; do
     wide)     PHASE=wide K=4 bash scripts/gpu/frontend.sh ;;
     *)        echo "unknown step $step"; false ;;
   esac > "$OUT/stdout.txt" 2>&1
-  echo "$(date +%T) $step rc=$?"
+  rc=$?  # before the echo: its $(date) would set $? to 0
+  echo "$(date +%T) $step rc=$rc"
 done
 echo "$(date +%T) queue done"
 RUN
@@ -39,7 +42,8 @@ RUN
 wait)
   end=$((SECONDS + ${2:-560}))
   pack() { grep -h "\] repeat" /tmp/engine-*/*.log /tmp/bench-*/*.log > $Q/out/progress.txt 2>/dev/null
-           tar -czf "$OUT/results.tgz.tmp" -C $Q out log.txt 2>/dev/null && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
+           tar -czf "$OUT/results.tgz.tmp" -C $Q out log.txt 2>/dev/null \
+             && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
   while [ $SECONDS -lt $end ] && ! grep -q "queue done" $Q/log.txt; do pack; sleep 20; done
   pack
   cat $Q/log.txt $Q/out/progress.txt

@@ -6,9 +6,9 @@
 #   bash scripts/gpu/queue.sh wait SECONDS    pack what is done into $OUT/results.tgz every 20 s (what comes back
 #                                             if the lease ends mid-call) until the queue ends or SECONDS pass
 # Steps: matrix (issues 26/27: none, readout, controls and plain vLLM at N = 1/20/64/256), http (issue 24: K=4
-# API servers, N=256, unsteered and mixed vs plain vLLM over HTTP), families (issue 25: dense and MoE shapes,
-# steered vs unsteered at N=64), hook (scripts/gpu/hook_cost.py), hfbatch (issue 25: the HF backend batched vs
-# serial), wide (issue 24: N=1024 over HTTP).
+# API servers, N=256, unsteered, mixed and mixed-null (HTTP_SCENARIOS) vs plain vLLM over HTTP), families
+# (issue 25: dense and MoE shapes, steered vs unsteered at N=64), hook (scripts/gpu/hook_cost.py), hfbatch
+# (issue 25: the HF backend batched vs serial), wide (issue 24: N=1024 over HTTP).
 set -uo pipefail
 Q=/tmp/queue
 case ${1:?start or wait} in
@@ -25,7 +25,8 @@ for step in "$@"; do
   case $step in
     matrix)   PHASE=both READ_AGENTS=${MATRIX_AGENTS:-1,20,64,256} SECONDS_PER_RUN=${MATRIX_SECONDS:-10} \
                 REPEATS=${MATRIX_REPEATS:-2} bash scripts/gpu/features.sh ;;
-    http)     PHASE=http K=4 RPA=${RPA:-8} SCENARIOS=none,mixed bash scripts/gpu/frontend.sh ;;
+    http)     PHASE=http K=4 RPA=${RPA:-8} SCENARIOS=${HTTP_SCENARIOS:-none,mixed,mixed-null} \
+                bash scripts/gpu/frontend.sh ;;
     families) PHASE=families PLAIN=0 SECONDS_PER_RUN=12 bash scripts/gpu/features.sh ;;
     hook)     ( . scripts/gpu/prepare.sh > /dev/null && python3 scripts/gpu/hook_cost.py 64 256 1024 4096 ) ;;
     hfbatch)  bash scripts/gpu/single.sh hfbatch ;;

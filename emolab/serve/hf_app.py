@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -53,7 +54,7 @@ logger = logging.getLogger("emolab.hf")
 
 # Fields accepted when they ask for nothing but the default: an openai client may send them as such.
 DEFAULT_ONLY_FIELDS: dict[str, tuple[Any, ...]] = {
-    "n": (None, 1), "echo": (None, False), "best_of": (None, 1),
+    "echo": (None, False), "best_of": (None, 1),
     "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "store": (None, False),
     "parallel_tool_calls": (None,), "metadata": (None, {}),
 }
@@ -72,8 +73,6 @@ def check_hf_support(validated: ValidatedRequest) -> None:
             continue
         raise APIError(400, f"{name} is not supported by the HF backend (use --backend vllm)", param=name,
                        code="unsupported_field")
-    if validated.request.n not in (None, 1):
-        raise APIError(400, "n > 1 is not supported by the HF backend", param="n", code="unsupported_field")
     if isinstance(validated.request, ChatRequest):
         for i, message in enumerate(body["messages"]):
             extra = sorted(set(message) - set(MESSAGE_FIELDS))
@@ -156,17 +155,23 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
 
     async def answer(request: Request, req: Any, params: GenerationParams, kind: str, id_prefix: str,
                      chunks: Callable[..., Any], choice: Callable[[Any], dict[str, Any]]) -> Any:
-        """A stream of SSE chunks, or the whole reply (cancelled if the client goes away)."""
+        """A stream of SSE chunks, or the whole reply (cancelled if the client goes away); ``n`` choices, each a
+        generation of its own (batched together), a seeded request's choice i drawn with seed + i as vLLM does."""
         rid, model = f"{id_prefix}-{uuid.uuid4().hex}", req.model or served_model_name
+        choices = [params] + [replace(params, seed=None if params.seed is None else params.seed + i)
+                              for i in range(1, req.n or 1)]
+        backend.check_choices(len(choices))  # before a stream's headers go out
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse(chunks(backend.stream(params), rid, model, created, include_usage, params.logprobs))
-        result = await backend.complete(params, disconnected=request.is_disconnected)
+            return sse(chunks(backend.stream_all(choices), len(choices), rid, model, created, include_usage,
+                              params.logprobs))
+        results = await backend.complete_all(choices, disconnected=request.is_disconnected)
         body = {"id": rid, "object": kind, "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "logprobs": None, **choice(result), "finish_reason": result.finish_reason}],
-                "usage": usage(result)}
-        if result.readout is not None:
-            body[READOUT_RESPONSE] = result.readout
+                "choices": [{"index": i, "logprobs": None, **choice(result), "finish_reason": result.finish_reason}
+                            for i, result in enumerate(results)],
+                "usage": usage(results)}
+        if results[0].readout is not None:  # a readout is asked with n = 1 only (the contract says so)
+            body[READOUT_RESPONSE] = results[0].readout
         return body
 
     @app.post(CHAT_PATH)
@@ -214,12 +219,13 @@ def message_dict(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def usage(result) -> dict[str, int]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+def usage(results: Sequence[Any]) -> dict[str, int]:
+    """The prompt counted once, the completions of every choice summed (as vLLM counts them)."""
+    prompt, completion = results[0].prompt_tokens, sum(result.completion_tokens for result in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def with_readout(events: list[dict[str, Any]], result) -> list[dict[str, Any]]:
+def with_readout(events: list[dict[str, Any]], result: Any) -> list[dict[str, Any]]:
     """A stream's closing chunks, the last of them carrying the readout when the request asked for one."""
     if result.readout is not None:
         events[-1] = {**events[-1], READOUT_RESPONSE: result.readout}
@@ -240,47 +246,54 @@ def sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def chat_chunks(stream, rid: str, model: str, created: int, include_usage: bool,
+async def chat_chunks(stream, n: int, rid: str, model: str, created: int, include_usage: bool,
                       top: int | None) -> AsyncIterator[dict[str, Any]]:
-    def chunk(delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def chunk(index: int, delta: dict[str, Any], finish: str | None,
+              logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         event = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]}
+                 "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]}
         if include_usage:
             event["usage"] = None
         return event
 
-    yield chunk({"role": "assistant", "content": ""}, None)
-    async for item in stream:
+    for index in range(n):
+        yield chunk(index, {"role": "assistant", "content": ""}, None)
+    results: list[Any] = []
+    async for index, item in stream:
         if isinstance(item, Delta):
-            yield chunk({"content": item.text}, None, None if top is None else chat_logprobs(item.logprobs, top))
+            yield chunk(index, {"content": item.text}, None,
+                        None if top is None else chat_logprobs(item.logprobs, top))
             continue
-        last = [chunk({}, item.finish_reason)]
-        if include_usage:
+        results.append(item)
+        last = [chunk(index, {}, item.finish_reason)]
+        if include_usage and len(results) == n:
             last.append({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": [], "usage": usage(item)})
+                         "choices": [], "usage": usage(results)})
         for event in with_readout(last, item):
             yield event
 
 
-async def completion_chunks(stream, rid: str, model: str, created: int, include_usage: bool,
+async def completion_chunks(stream, n: int, rid: str, model: str, created: int, include_usage: bool,
                             top: int | None) -> AsyncIterator[dict[str, Any]]:
-    def chunk(text: str, finish: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def chunk(index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         event = {"id": rid, "object": "text_completion", "created": created, "model": model,
-                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}]}
+                 "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}]}
         if include_usage:
             event["usage"] = None
         return event
 
-    offset = 0  # text_offset runs on across chunks, over the tokens' own strings (as vLLM counts it)
-    async for item in stream:
+    offsets = [0] * n  # text_offset runs on across a choice's chunks, over the tokens' own strings (as vLLM counts)
+    results: list[Any] = []
+    async for index, item in stream:
         if isinstance(item, Delta):
-            logprobs = None if top is None else completion_logprobs(item.logprobs, top, offset)
-            offset += sum(len(s.tokens[0]) for s in item.logprobs)
-            yield chunk(item.text, None, logprobs)
+            logprobs = None if top is None else completion_logprobs(item.logprobs, top, offsets[index])
+            offsets[index] += sum(len(s.tokens[0]) for s in item.logprobs)
+            yield chunk(index, item.text, None, logprobs)
             continue
-        last = [chunk("", item.finish_reason)]
-        if include_usage:
+        results.append(item)
+        last = [chunk(index, "", item.finish_reason)]
+        if include_usage and len(results) == n:
             last.append({"id": rid, "object": "text_completion", "created": created, "model": model,
-                         "choices": [], "usage": usage(item)})
+                         "choices": [], "usage": usage(results)})
         for event in with_readout(last, item):
             yield event

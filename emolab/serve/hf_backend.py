@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -190,11 +190,18 @@ class HFBackend:
             return self.scheduler.submit(params, emit, cancel)
         return self.executor.submit(self._generate, params, emit, cancel)
 
-    def _admit(self) -> None:
-        if self.pending >= self.max_queue:
+    def check_choices(self, count: int) -> None:
+        """Refuse a request for more completions (``n``) than this server ever holds at once."""
+        if count > self.max_queue:
+            raise APIError(400, f"n = {count} asks for more completions than this server holds at once "
+                                f"(--max-concurrent-queue {self.max_queue})", param="n")
+
+    def _admit(self, count: int = 1) -> None:
+        self.check_choices(count)
+        if self.pending + count > self.max_queue:
             raise APIError(429, f"the server is busy ({self.pending} requests queued); retry later",
                            code="queue_full")
-        self.pending += 1
+        self.pending += count
 
     async def complete(
         self, params: GenerationParams, disconnected: Callable[[], Awaitable[bool]] | None = None
@@ -205,54 +212,69 @@ class HFBackend:
         waits or runs; once the client is gone the generation stops at its next step, and a request
         still queued is skipped, so an abandoned request never holds up the ones behind it.
         """
-        self._admit()
+        return (await self.complete_all([params], disconnected))[0]
+
+    async def complete_all(
+        self, params: Sequence[GenerationParams], disconnected: Callable[[], Awaitable[bool]] | None = None
+    ) -> list[GenerationResult]:
+        """Several generations of one request (its ``n`` choices), admitted together, batched together when the
+        server batches; their results in order. A client that leaves cancels them all."""
+        self._admit(len(params))
         cancel = threading.Event()
         self.cancel_events.add(cancel)
         try:
-            future = asyncio.wrap_future(self._submit(params, lambda _: None, cancel))
+            futures = [asyncio.wrap_future(self._submit(p, lambda _: None, cancel)) for p in params]
             while disconnected is not None:
-                done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
-                if done:
+                _, running = await asyncio.wait(futures, timeout=DISCONNECT_POLL_S)
+                if not running:
                     break
                 if await disconnected():
                     cancel.set()
                     break
-            return await future
+            return [await future for future in futures]
         finally:
             self.cancel_events.discard(cancel)
-            self.pending -= 1
+            self.pending -= len(params)
 
     async def stream(self, params: GenerationParams) -> AsyncIterator[Delta | GenerationResult]:
         """Yields ``Delta``s as they are decoded, then the final ``GenerationResult``.
 
         Closing the iterator early (client gone) cancels the generation at its next step.
         """
-        self._admit()
+        async for _, item in self.stream_all([params]):
+            yield item
+
+    async def stream_all(self, params: Sequence[GenerationParams]) -> AsyncIterator[tuple[int, Delta | GenerationResult]]:
+        """``(choice index, item)`` of several generations as they are decoded: each choice's ``Delta``s in
+        order, then its ``GenerationResult``; choices interleave. Closing the iterator cancels them all."""
+        self._admit(len(params))
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Delta] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
         cancel = threading.Event()
         self.cancel_events.add(cancel)
 
-        def emit(delta: Delta) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, delta)
+        def emitter(index: int) -> Callable[[Delta], None]:
+            return lambda delta: loop.call_soon_threadsafe(queue.put_nowait, (index, delta))
 
         try:
-            future = asyncio.wrap_future(self._submit(params, emit, cancel))
-            while True:
+            running = {asyncio.wrap_future(self._submit(p, emitter(i), cancel)): i for i, p in enumerate(params)}
+            while running:
                 getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({getter, *running}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     yield getter.result()
                     continue
                 getter.cancel()
-                while not queue.empty():  # deltas emitted just before the end
+                # A choice has ended: the deltas it emitted reached the queue before its result (the loop runs
+                # callbacks in the order the worker scheduled them), so they go out first.
+                while not queue.empty():
                     yield queue.get_nowait()
-                yield future.result()
-                return
+                for future in [f for f in running if f.done()]:
+                    yield running.pop(future), future.result()
         finally:
             cancel.set()
             self.cancel_events.discard(cancel)
-            self.pending -= 1
+            self.pending -= len(params)
 
     def shutdown(self) -> None:
         for event in list(self.cancel_events):

@@ -3,12 +3,14 @@
 A batched server (``--hf-max-batch 3``: three rows at most, so of six concurrent requests three wait in the
 queue and join as rows leave) answers concurrent requests (chat and completions, streamed and not, each with
 its own steering) exactly as a ``--hf-max-batch 1`` server (``model.generate``, one at a time) answers them
-one by one; past ``--max-concurrent-queue`` requests get 429 and the server goes on serving.
+one by one; past ``--max-concurrent-queue`` requests get 429 and the server goes on serving. A request for
+``n`` choices gets, as choice i, what a request alone with seed + i gets, streamed or not, on both servers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -120,3 +122,56 @@ def test_past_the_queue_limit_requests_get_429_and_the_server_serves_on(servers)
             break
         time.sleep(0.5)
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
+
+
+CHOICE_BODY = {"model": "smollm2", "prompt": "The letter said that", "max_tokens": 12, "temperature": 0.9, "seed": 11,
+               "vllm_xargs": {"steering": ["joy", 1.0]}}
+
+
+def test_n_choices_are_the_seeded_requests_alone_streamed_or_not_batched_or_serial(servers):
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def post(url: str, **changes):
+        reply = httpx.post(url + "/v1/completions", headers=headers, timeout=600, json={**CHOICE_BODY, **changes})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def streamed(url: str, **changes) -> tuple[list[str], list[str | None], dict]:
+        texts, finishes, usage = ["", "", ""], [None, None, None], None
+        body = {**CHOICE_BODY, **changes, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.Client(base_url=url, headers=headers, timeout=600) as http, \
+                http.stream("POST", "/v1/completions", json=body) as reply:
+            assert reply.status_code == 200
+            events = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
+        for event in events:
+            for choice in event["choices"]:
+                texts[choice["index"]] += choice["text"]
+                finishes[choice["index"]] = choice["finish_reason"] or finishes[choice["index"]]
+            usage = event.get("usage") or usage
+        assert events[-1]["usage"] == usage  # the usage chunk comes last, after every choice has finished
+        return texts, finishes, usage
+
+    serial_url, batched_url = servers
+    alone = [post(serial_url, seed=11 + i) for i in range(3)]
+    want = [reply["choices"][0]["text"] for reply in alone]
+    assert len(set(want)) == 3  # three seeds, three samples: the choices are not copies of one
+    for url in (serial_url, batched_url):
+        reply = post(url, n=3)
+        assert [c["index"] for c in reply["choices"]] == [0, 1, 2]
+        assert [c["text"] for c in reply["choices"]] == want
+        assert [c["finish_reason"] for c in reply["choices"]] == [r["choices"][0]["finish_reason"] for r in alone]
+        assert reply["usage"]["prompt_tokens"] == alone[0]["usage"]["prompt_tokens"]  # the prompt counted once
+        assert reply["usage"]["completion_tokens"] == sum(r["usage"]["completion_tokens"] for r in alone)
+        texts, finishes, usage = streamed(url, n=3)
+        assert texts == want and usage == reply["usage"]
+        assert finishes == [c["finish_reason"] for c in reply["choices"]]
+
+
+def test_n_beyond_what_the_server_holds_or_with_a_readout_is_a_400(servers):
+    _, batched_url = servers
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for changes in ({"n": QUEUE + 1}, {"n": QUEUE + 1, "stream": True}, {"n": 2, "readout": True}):
+        reply = httpx.post(batched_url + "/v1/completions", headers=headers, timeout=60, json={**CHOICE_BODY, **changes})
+        assert reply.status_code == 400, (changes, reply.text)
+        assert reply.json()["error"]["param"] in ("n", "readout")
+        assert "max-concurrent-queue" in reply.json()["error"]["message"] or changes.get("readout")

@@ -43,8 +43,9 @@ class Reply(str):
         return reply
 
 
-def readout_of(response: Any) -> dict[str, Any] | None:
-    """The ``emotion_readout`` of an openai response object or stream chunk (None when it has none)."""
+def readout_of(response: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """The ``emotion_readout`` of an openai response object or stream chunk (None when it has none; a list, one
+    per choice, for a request with n > 1)."""
     extra = getattr(response, "model_extra", None) or {}
     return extra.get(READOUT_RESPONSE)
 

@@ -39,7 +39,7 @@ from emolab.fastpath.metrics import (
     render_prometheus,
 )
 from emolab.fastpath.readout_response import ReadoutResponse
-from emolab.fastpath.readout_store import READOUT_XARG, collect, new_key, readout_folder
+from emolab.fastpath.readout_store import READOUT_XARG, choice_key, collect, new_key, readout_folder, readout_xarg
 from emolab.serve.contract import (
     APIError,
     BearerAuthMiddleware,
@@ -172,33 +172,55 @@ class SteeringMiddleware:
             return
         await self.app(scope, receive, send)
 
-    def readout_for(self, readout: tuple[str, str]):
-        """The coroutine that waits for the workers' parts of one request's readout and returns its summary."""
-        key, kind = readout
+    def readout_for(self, readout: tuple[str, str, int]):
+        """The coroutine that waits for the workers' parts of one request's readout and returns its summary (a
+        list of one per choice for n > 1)."""
+        key, kind, choices = readout
+        keys = [key] if choices == 1 else [choice_key(key, i) for i in range(choices)]
 
-        async def wait() -> dict:
+        async def wait() -> dict | list[dict]:
             deadline = time.monotonic() + READOUT_WAIT_S
+            found: dict[int, dict] = {}
             while True:
-                found = collect(self.readout_dir, key, len(self.bundle.chosen_layers))
-                if found is not None:
-                    if found.get("unavailable"):
-                        return {"error": found["unavailable"]}
-                    summary = summary_from_sums(
-                        list(self.bundle.emotions), self.readout_scale, self.readout_mask,
-                        prompt_sum=found["prompt_sum"], prompt_count=found["prompt_count"],
-                        generated_sum=found["generated_sum"], generated_count=found["generated_count"],
-                        per_token=found["per_token"] if kind == "per_token" else None)
-                    if kind == "per_token" and found["per_token"] is None:
-                        summary["generated_tokens"] = None
-                    if found.get("note"):
-                        summary["note"] = found["note"]
-                    return summary
-                if time.monotonic() > deadline:
-                    return {"error": f"the engine's readout did not arrive within {READOUT_WAIT_S:g} s (a worker on "
-                                     "another host cannot hand one to this API server: docs/readout.md)"}
+                for i, choice in enumerate(keys):
+                    if i not in found:
+                        part = collect(self.readout_dir, choice, len(self.bundle.chosen_layers))
+                        if part is not None:
+                            found[i] = part
+                late = len(found) < len(keys) and time.monotonic() > deadline
+                if len(found) == len(keys) or late:
+                    summaries = self._summaries([found.get(i) for i in range(len(keys))], kind)
+                    return summaries[0] if choices == 1 else summaries
                 await asyncio.sleep(0.002)
 
         return wait
+
+    def _summaries(self, parts: list[dict | None], kind: str) -> list[dict]:
+        """Each choice's readout summary from its assembled part (None: it did not arrive in time). The choices of
+        one request share its prompt, whose tokens the first of them to run read (the others may find them in
+        the prefix cache): every choice's prompt score is that of the choice that read the most prompt tokens."""
+        read = [part for part in parts if part is not None and not part.get("unavailable")]
+        prompt = max(read, key=lambda part: part["prompt_count"], default=None)
+        out = []
+        for part in parts:
+            if part is None:
+                out.append({"error": f"the engine's readout did not arrive within {READOUT_WAIT_S:g} s (a worker on "
+                                     "another host cannot hand one to this API server: docs/readout.md)"})
+                continue
+            if part.get("unavailable"):
+                out.append({"error": part["unavailable"]})
+                continue
+            summary = summary_from_sums(
+                list(self.bundle.emotions), self.readout_scale, self.readout_mask,
+                prompt_sum=prompt["prompt_sum"], prompt_count=prompt["prompt_count"],
+                generated_sum=part["generated_sum"], generated_count=part["generated_count"],
+                per_token=part["per_token"] if kind == "per_token" else None)
+            if kind == "per_token" and part["per_token"] is None:
+                summary["generated_tokens"] = None
+            if part.get("note"):
+                summary["note"] = part["note"]
+            out.append(summary)
+        return out
 
     async def generate(self, scope: Scope, receive: Receive, send: Send, steered: bool) -> None:
         """Pass a validated generation request to vLLM, counting it while its response is open."""
@@ -247,8 +269,9 @@ class SteeringMiddleware:
         body, steering, _ = self._rewrite(raw, path)
         return body, steering
 
-    def _rewrite(self, raw: bytes, path: str) -> tuple[bytes, bool, tuple[str, str] | None]:
-        """``rewrite``, and the readout key and kind this request was given (None: it asked for none)."""
+    def _rewrite(self, raw: bytes, path: str) -> tuple[bytes, bool, tuple[str, str, int] | None]:
+        """``rewrite``, and the readout key, kind and choice count this request was given (None: it asked for
+        none)."""
         body = parse_json_body(raw)
         validated = validate_generation(body, path, self.contract)
         steering = validated.steering
@@ -267,8 +290,8 @@ class SteeringMiddleware:
         xargs.update(steering.engine_args())
         readout = None
         if validated.readout:
-            readout = (new_key(), validated.readout)
-            xargs[READOUT_XARG] = f"{readout[0]}:{readout[1]}"
+            readout = (new_key(), validated.readout, validated.request.n or 1)
+            xargs[READOUT_XARG] = readout_xarg(*readout)
         if xargs:
             body["vllm_xargs"] = xargs
         else:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emolab.fastpath.readout_store import parse_xarg, write_part
+from emolab.fastpath.readout_store import choice_index, choice_key, parse_xarg, write_part
 
 __all__ = ["NO_SLOT", "ReadoutBuffers"]
 
@@ -91,7 +91,13 @@ class ReadoutBuffers:
             if xarg is not None:
                 logger.error("request %s: malformed readout entry %r; no readout", req_id, xarg)
             return
-        key, kind = found
+        key, kind, choices = found
+        if choices > 1:  # one of the request's n choices: each is read and answered on its own
+            index = choice_index(req_id, choices)
+            if index is None:
+                logger.error("request %s: not one of %d choices by its id; no readout", req_id, choices)
+                return
+            key = choice_key(key, index)
         if not self._free_slots or self.folder is None:
             logger.error("request %s: no readout slot free (or no metrics folder); no readout", req_id)
             if self.folder is not None:  # tell the waiting API server now, not after its time-out

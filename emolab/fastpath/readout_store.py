@@ -1,7 +1,8 @@
 """How a readout computed inside vLLM's workers reaches the HTTP response: small files under the metrics folder.
 
 The API server (``SteeringMiddleware``) gives each request that asks for a readout a random key and sends it to
-the engine in ``vllm_xargs`` (``READOUT_XARG``: ``"<key>:<kind>"``). Every worker that holds some of the
+the engine in ``vllm_xargs`` (``READOUT_XARG``: ``"<key>:<kind>"``, ``"<key>:<kind>:<n>"`` for n > 1 choices, each
+choice's part then under ``"<key>-<i>"``: ``choice_key``). Every worker that holds some of the
 bundle's chosen layers accumulates that request's projections in its buffers and, once the request has
 finished, writes its part (the layers it holds, the per-layer sums and token counts, the per-token
 projections when asked) to ``<metrics folder>/readout/<key>.<pid>.json``: under tensor parallelism every rank
@@ -24,10 +25,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["READOUT_XARG", "assemble", "collect", "new_key", "parse_xarg", "readout_folder", "write_part"]
+__all__ = ["MAX_CHOICES", "READOUT_XARG", "assemble", "choice_index", "choice_key", "collect", "new_key", "parse_xarg",
+           "readout_folder", "readout_xarg", "write_part"]
 
-READOUT_XARG = "emolab_readout"  # vllm_xargs key: "<key>:<kind>", kind "means" or "per_token"
+READOUT_XARG = "emolab_readout"  # vllm_xargs key: "<key>:<kind>[:<n>]", kind "means" or "per_token"
+MAX_CHOICES = 128  # the contract's bound on n
 _KEY = re.compile(r"[0-9a-f]{32}")
+_CHILD = re.compile(r"(\d+)_")
 
 
 def readout_folder(metrics_dir: str | os.PathLike[str]) -> Path:
@@ -38,12 +42,34 @@ def new_key() -> str:
     return secrets.token_hex(16)
 
 
-def parse_xarg(value: Any) -> tuple[str, str] | None:
-    """``(key, kind)`` of a request's readout entry, None when it has none or it is malformed."""
+def readout_xarg(key: str, kind: str, choices: int = 1) -> str:
+    """The engine's readout entry of a request with ``choices`` completions (its ``n``)."""
+    return f"{key}:{kind}" if choices == 1 else f"{key}:{kind}:{choices}"
+
+
+def parse_xarg(value: Any) -> tuple[str, str, int] | None:
+    """``(key, kind, choices)`` of a request's readout entry, None when it has none or it is malformed."""
     if not isinstance(value, str):
         return None
-    key, _, kind = value.partition(":")
-    return (key, kind) if _KEY.fullmatch(key) and kind in ("means", "per_token") else None
+    key, _, rest = value.partition(":")
+    kind, _, count = rest.partition(":")
+    choices = 1 if not count else int(count) if count.isdigit() and len(count) <= 3 else 0
+    if _KEY.fullmatch(key) and kind in ("means", "per_token") and 1 <= choices <= MAX_CHOICES:
+        return key, kind, choices
+    return None
+
+
+def choice_key(key: str, index: int | None) -> str:
+    """Where choice ``index`` of a request with n > 1 choices leaves its parts (None: the request's one choice)."""
+    return key if index is None else f"{key}-{index}"
+
+
+def choice_index(request_id: str, choices: int) -> int | None:
+    """Which choice an engine request is: vLLM runs choice i of an n > 1 request as ``"{i}_{request id}"``
+    (``vllm/v1/engine/parallel_sampling.py``); None for an id of another form or an index out of range."""
+    found = _CHILD.match(request_id)
+    index = int(found.group(1)) if found and len(found.group(1)) <= 3 else -1
+    return index if 0 <= index < choices else None
 
 
 def write_part(folder: Path, key: str, part: dict[str, Any]) -> None:

@@ -170,8 +170,8 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
                 "choices": [{"index": i, "logprobs": None, **choice(result), "finish_reason": result.finish_reason}
                             for i, result in enumerate(results)],
                 "usage": usage(results)}
-        if results[0].readout is not None:  # a readout is asked with n = 1 only (the contract says so)
-            body[READOUT_RESPONSE] = results[0].readout
+        if params.readout:  # n > 1: one per choice, in their order (as the vLLM backend answers)
+            body[READOUT_RESPONSE] = results[0].readout if len(results) == 1 else [r.readout for r in results]
         return body
 
     @app.post(CHAT_PATH)
@@ -225,10 +225,12 @@ def usage(results: Sequence[Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def with_readout(events: list[dict[str, Any]], result: Any) -> list[dict[str, Any]]:
-    """A stream's closing chunks, the last of them carrying the readout when the request asked for one."""
-    if result.readout is not None:
-        events[-1] = {**events[-1], READOUT_RESPONSE: result.readout}
+def with_readout(events: list[dict[str, Any]], results: dict[int, Any], n: int) -> list[dict[str, Any]]:
+    """A stream's closing chunks, the last of them carrying the readout once every choice has ended, when the
+    request asked for one (n > 1: a list, one per choice in their order)."""
+    if len(results) == n and results[0].readout is not None:
+        readout = results[0].readout if n == 1 else [results[i].readout for i in range(n)]
+        events[-1] = {**events[-1], READOUT_RESPONSE: readout}
     return events
 
 
@@ -258,18 +260,18 @@ async def chat_chunks(stream, n: int, rid: str, model: str, created: int, includ
 
     for index in range(n):
         yield chunk(index, {"role": "assistant", "content": ""}, None)
-    results: list[Any] = []
+    results: dict[int, Any] = {}
     async for index, item in stream:
         if isinstance(item, Delta):
             yield chunk(index, {"content": item.text}, None,
                         None if top is None else chat_logprobs(item.logprobs, top))
             continue
-        results.append(item)
+        results[index] = item
         last = [chunk(index, {}, item.finish_reason)]
         if include_usage and len(results) == n:
             last.append({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": [], "usage": usage(results)})
-        for event in with_readout(last, item):
+                         "choices": [], "usage": usage(list(results.values()))})
+        for event in with_readout(last, results, n):
             yield event
 
 
@@ -283,17 +285,17 @@ async def completion_chunks(stream, n: int, rid: str, model: str, created: int, 
         return event
 
     offsets = [0] * n  # text_offset runs on across a choice's chunks, over the tokens' own strings (as vLLM counts)
-    results: list[Any] = []
+    results: dict[int, Any] = {}
     async for index, item in stream:
         if isinstance(item, Delta):
             logprobs = None if top is None else completion_logprobs(item.logprobs, top, offsets[index])
             offsets[index] += sum(len(s.tokens[0]) for s in item.logprobs)
             yield chunk(index, item.text, None, logprobs)
             continue
-        results.append(item)
+        results[index] = item
         last = [chunk(index, "", item.finish_reason)]
         if include_usage and len(results) == n:
             last.append({"id": rid, "object": "text_completion", "created": created, "model": model,
-                         "choices": [], "usage": usage(results)})
-        for event in with_readout(last, item):
+                         "choices": [], "usage": usage(list(results.values()))})
+        for event in with_readout(last, results, n):
             yield event

@@ -174,8 +174,6 @@ def validate_generation(body: dict[str, Any], path: str, contract: RequestContra
         raise APIError(400, "stop takes up to 16 non-empty strings", param="stop")
     if isinstance(request, CompletionRequest) and isinstance(request.prompt, list) and not request.prompt:
         raise APIError(400, "prompt is an empty list", param="prompt")
-    if readout and (request.n or 1) > 1:
-        raise APIError(400, "readout reads one completion per request; ask with n = 1", param=READOUT_FIELD)
     return ValidatedRequest(body=body, request=request, pairs=pairs, steering=steering, readout=readout)
 
 

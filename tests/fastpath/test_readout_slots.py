@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from emolab.fastpath.readout_slots import NO_SLOT, ReadoutBuffers
-from emolab.fastpath.readout_store import collect, new_key
+from emolab.fastpath.readout_store import choice_index, collect, new_key, parse_xarg, readout_xarg
 
 
 def test_full_engine_churn_reads_every_request(tmp_path, caplog):
@@ -120,3 +120,36 @@ def test_a_request_without_a_slot_is_answered_at_once_and_its_neighbour_still_re
     found = collect(tmp_path, first, 1)
     assert (found["prompt_count"], found["generated_count"]) == (1, 1)
     assert found["prompt_sum"].tolist() == [[2.0]] and found["generated_sum"].tolist() == [[3.0]]
+
+
+def test_each_of_n_choices_is_read_under_its_own_key_and_an_id_of_another_form_is_not(tmp_path, caplog):
+    """vLLM runs choice i of an n > 1 request as "{i}_{request id}": each choice's part goes to "<key>-<i>", so
+    the API server answers every choice with its own reading; an id not of that form reads nothing (logged)."""
+    buffers = ReadoutBuffers([0], 1, max_tokens=16, max_requests=4, token_slots=8, device=torch.device("cpu"),
+                             folder=tmp_path)
+    key = new_key()
+    for req_id in ("0_cmpl-a", "1_cmpl-a", "cmpl-a", "2_cmpl-a"):
+        buffers.add(req_id, f"{key}:means:2", max_tokens=4)
+    assert "request cmpl-a: not one of 2 choices" in caplog.text
+    assert "request 2_cmpl-a: not one of 2 choices" in caplog.text
+    ids = ["0_cmpl-a", "1_cmpl-a"]
+    positions = np.array([0, 1, 2, 0, 1, 2])
+    buffers.layout(ids, np.array([0, 3]), np.array([3, 3]), np.array([2, 2]), positions)
+    buffers.accumulate(0, torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])[:, None])
+    for req_id in ids:
+        buffers.finish(req_id)
+    first, second = collect(tmp_path, f"{key}-0", 1), collect(tmp_path, f"{key}-1", 1)
+    assert first["prompt_sum"].tolist() == [[2.0]] and first["generated_sum"].tolist() == [[3.0]]
+    assert second["prompt_sum"].tolist() == [[20.0]] and second["generated_sum"].tolist() == [[30.0]]
+    assert not list(tmp_path.glob(f"{key}.*"))  # nothing under the request's own key
+
+
+def test_readout_entries_parse_with_and_without_a_choice_count():
+    key = new_key()
+    assert parse_xarg(readout_xarg(key, "means")) == (key, "means", 1) == parse_xarg(f"{key}:means")
+    assert parse_xarg(readout_xarg(key, "per_token", 3)) == (key, "per_token", 3)
+    for bad in (f"{key}:means:0", f"{key}:means:129", f"{key}:means:x", f"{key}:means:-2", f"{key}:other", "k:means",
+                3, None):
+        assert parse_xarg(bad) is None
+    assert [choice_index(r, 3) for r in ("0_x", "2_cmpl-1_2", "3_x", "x_1", "01_x", "cmpl-1")] == [0, 2, None, None, 1,
+                                                                                                 None]

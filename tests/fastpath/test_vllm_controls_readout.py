@@ -9,8 +9,10 @@ body and in the last streamed chunk; bad fields are 400s naming the field, as on
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
+import numpy as np
 import pytest
 from conftest import VLLM_KEY, running_server
 
@@ -91,10 +93,46 @@ def test_vllm_streamed_readout_in_the_last_chunk_and_bad_fields(vllm, vllm_serve
     assert chunks[-1].usage is not None  # the usage chunk is the last one, and carries the readout
     whole = vllm.chat(PROMPT, {"joy": 0.3}, max_tokens=8, temperature=0, readout=True)
     assert readout_of(chunks[-1])["generated"] == pytest.approx(whole.readout["generated"], abs=1e-4)
-    for body, param in (({"readout": "yes"}, "readout"), ({"readout": True, "n": 2}, "readout"),
+    for body, param in (({"readout": "yes"}, "readout"), ({"readout": True, "n": 0}, "n"),
                         ({"steering_scope": "decode"}, "steering_scope"),
                         ({"steering": ["joy", 0.5], "steering_modes": ["fear", "clamp"]}, "steering_modes")):
         response = httpx.post(f"{vllm_server}/v1/chat/completions", headers={"Authorization": f"Bearer {VLLM_KEY}"},
                               json={"model": "smollm2", "messages": [{"role": "user", "content": "hi"}],
                                     "max_tokens": 2, **body}, timeout=60)
         assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+
+
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_each_of_n_choices_carries_the_readout_of_the_request_alone_with_its_seed(vllm, hf, backend):
+    """``n`` = 3 sampled choices with a per-token readout: a list of three readouts, choice i's that of the request
+    sent alone with seed + i (vLLM seeds its choices so; its choices may share the prompt's cached blocks, yet
+    each reports the whole prompt), whole and streamed alike."""
+    client = vllm if backend == "vllm" else hf
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 10,
+            "temperature": 0.9, "seed": 5, "steering": ["joy", 0.3], "readout": "per_token"}
+
+    def post(**changes):
+        reply = httpx.post(client.base_url + "/chat/completions", headers=headers, json={**body, **changes}, timeout=600)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    alone = [post(seed=5 + i) for i in range(3)]
+    together = post(n=3)
+    readouts = together["emotion_readout"]
+    assert isinstance(readouts, list) and len(readouts) == 3
+    assert len({reply["choices"][0]["message"]["content"] for reply in alone}) > 1  # the seeds sample differently
+    for i, reply in enumerate(alone):
+        assert together["choices"][i]["message"]["content"] == reply["choices"][0]["message"]["content"]
+        mine, solo = readouts[i], reply["emotion_readout"]
+        assert mine["tokens"] == solo["tokens"]
+        for part in ("prompt", "generated"):
+            assert mine[part] == pytest.approx(solo[part], abs=1e-3)
+        assert np.allclose(mine["generated_tokens"], solo["generated_tokens"], atol=1e-3)
+    with httpx.stream("POST", client.base_url + "/chat/completions", headers=headers, timeout=600,
+                      json={**body, "n": 3, "stream": True}) as reply:
+        events = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
+    carrying = [event for event in events if "emotion_readout" in event]
+    assert len(carrying) == 1 and carrying[0] is events[-1]
+    for streamed, whole in zip(carrying[0]["emotion_readout"], readouts, strict=True):
+        assert streamed["generated"] == pytest.approx(whole["generated"], abs=1e-4)

@@ -92,7 +92,7 @@ def test_streamed_readout_is_in_the_last_chunk(client):
     ({"readout": "yes"}, "readout"),
     ({"readout": {"per_token": 1}}, "readout"),
     ({"vllm_xargs": {"readout": True}}, "vllm_xargs.readout"),
-    ({"readout": True, "n": 2}, "readout"),
+    ({"readout": True, "n": 0}, "n"),
     ({"steering_scope": "decode"}, "steering_scope"),
     ({"vllm_xargs": {"steering": ["fear", 0.5], "steering_modes": ["fear", "squash"]}}, "vllm_xargs.steering_modes"),
     ({"steering": ["joy", 0.5], "steering_modes": ["fear", "clamp"]}, "steering_modes"),

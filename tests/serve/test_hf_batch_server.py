@@ -167,11 +167,11 @@ def test_n_choices_are_the_seeded_requests_alone_streamed_or_not_batched_or_seri
         assert finishes == [c["finish_reason"] for c in reply["choices"]]
 
 
-def test_n_beyond_what_the_server_holds_or_with_a_readout_is_a_400(servers):
+def test_n_beyond_what_the_server_holds_is_a_400_before_any_stream(servers):
     _, batched_url = servers
     headers = {"Authorization": f"Bearer {KEY}"}
-    for changes in ({"n": QUEUE + 1}, {"n": QUEUE + 1, "stream": True}, {"n": 2, "readout": True}):
+    for changes in ({"n": QUEUE + 1}, {"n": QUEUE + 1, "stream": True}):
         reply = httpx.post(batched_url + "/v1/completions", headers=headers, timeout=60, json={**CHOICE_BODY, **changes})
         assert reply.status_code == 400, (changes, reply.text)
-        assert reply.json()["error"]["param"] in ("n", "readout")
-        assert "max-concurrent-queue" in reply.json()["error"]["message"] or changes.get("readout")
+        assert reply.json()["error"]["param"] == "n"
+        assert "--max-concurrent-queue 6" in reply.json()["error"]["message"]

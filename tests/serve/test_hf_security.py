@@ -105,7 +105,7 @@ def test_after_the_fuzzing_a_normal_request_still_works(client):
     ({"prompt_embeds": "AAAA"}, "prompt_embeds", "not supported"),
     ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "less than or equal"),
-    ({"n": 2}, "n", "n > 1"),
+    ({"n": 65}, "n", "more completions than this server holds"),
     ({"Steering": ["fear", 1.0]}, "Steering", "did you mean 'steering'"),
     ({"steer": ["fear", 1.0]}, "steer", "did you mean 'steering'"),
     ({"vllm_xarg": {"steering": ["fear", 1.0]}}, "vllm_xarg", "did you mean 'vllm_xargs'"),

@@ -214,7 +214,7 @@ def malformed_corpus(vocab: int) -> list[tuple[str, bytes]]:
         chat_with(max_tokens="ten"), chat_with(max_tokens=0), chat_with(max_tokens=-3), chat_with(max_tokens=2.5),
         chat_with(max_tokens=10**9), chat_with(temperature=-1), chat_with(temperature="hot"), chat_with(top_p=0),
         chat_with(top_p=1.5), chat_with(stream="yes"), chat_with(seed="x"), chat_with(stop=5), chat_with(stop=[""]),
-        chat_with(n=2, readout=True), chat_with(n=129), chat_with(chat_template_kwargs="x"), chat_with(chat_template_kwargs={"tokenize": True}),
+        chat_with(n=0), chat_with(n=129), chat_with(chat_template_kwargs="x"), chat_with(chat_template_kwargs={"tokenize": True}),
         chat_with(stream_options={"include_usage": True}), chat_with(tools=[{"type": "function"}]),
         chat_with(top_logprobs=3), chat_with(logprobs="yes"),
         completion_with(prompt=DROP), completion_with(prompt=5), completion_with(prompt=[[1, 2]]),

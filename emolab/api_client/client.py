@@ -23,7 +23,8 @@ from emolab.core.steering import Steering, SteeringLimits, parse_modes, parse_sc
 from emolab.serve.contract import resolve_api_key
 from emolab.serve.schema import READOUT_RESPONSE
 
-__all__ = ["DEFAULT_BASE_URL", "AsyncSteeringClient", "Reply", "SteeringClient", "SteeringSpec", "readout_of", "v1_url"]
+__all__ = ["DEFAULT_BASE_URL", "AsyncSteeringClient", "Reply", "SteeringClient", "SteeringSpec", "readout_of", "replies_of",
+           "v1_url"]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 # A steering as callers give it: {"fear": 1.0}, a Steering, the flat request list, or None (unsteered).
@@ -48,6 +49,19 @@ def readout_of(response: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
     per choice, for a request with n > 1)."""
     extra = getattr(response, "model_extra", None) or {}
     return extra.get(READOUT_RESPONSE)
+
+
+def replies_of(response: Any) -> list[Reply]:
+    """Every choice of an openai chat or text completion as a ``Reply``, each with its own readout."""
+    readout = readout_of(response)
+    readouts = readout if isinstance(readout, list) else [readout] * len(response.choices)
+    texts = [(c.message.content if hasattr(c, "message") else c.text) or "" for c in response.choices]
+    return [Reply(text, found) for text, found in zip(texts, readouts, strict=True)]
+
+
+def _one(kwargs: Mapping[str, Any]) -> None:
+    if (kwargs.get("n") or 1) != 1:
+        raise ValueError("chat and complete return one reply; ask choices(..., n=...) for several")
 
 
 def v1_url(base_url: str) -> str:
@@ -178,15 +192,22 @@ class SteeringClient(_Common):
 
     def chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, **kwargs: Any) -> Reply:
         """The reply's text (a ``Reply``: a ``str`` with ``.readout`` when ``readout=True`` or ``"per_token"``)."""
-        response = self.chat_completion(messages, steering, **kwargs)
-        return Reply(response.choices[0].message.content or "", readout_of(response))
+        _one(kwargs)
+        return replies_of(self.chat_completion(messages, steering, **kwargs))[0]
+
+    def choices(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, *, n: int,
+                **kwargs: Any) -> list[Reply]:
+        """``n`` replies to one chat, sampled in one request (a ``seed`` gives choice i seed + i), each a ``Reply``
+        with its own readout when one is asked for."""
+        return replies_of(self.chat_completion(messages, steering, n=n, **kwargs))
 
     def complete(self, prompt: str, steering: SteeringSpec = None, *, extra_body: Mapping[str, Any] | None = None,
                  modes: Mapping[str | int, str] | None = None, scope: str | None = None, readout: bool | str = False,
                  **kwargs: Any) -> Reply:
+        _one(kwargs)
         body = self._extra_body(self._steering(steering, modes, scope), extra_body, readout)
         response = self.openai.completions.create(model=self.model, prompt=prompt, extra_body=body or None, **kwargs)
-        return Reply(response.choices[0].text, readout_of(response))
+        return replies_of(response)[0]
 
     def close(self) -> None:
         if "openai" in self.__dict__:
@@ -245,8 +266,13 @@ class AsyncSteeringClient(_Common):
 
     async def chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None,
                    **kwargs: Any) -> Reply:
-        response = await self.chat_completion(messages, steering, **kwargs)
-        return Reply(response.choices[0].message.content or "", readout_of(response))
+        _one(kwargs)
+        return replies_of(await self.chat_completion(messages, steering, **kwargs))[0]
+
+    async def choices(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None, *, n: int,
+                      **kwargs: Any) -> list[Reply]:
+        """``n`` replies to one chat in one request, each a ``Reply`` with its own readout (as ``SteeringClient``)."""
+        return replies_of(await self.chat_completion(messages, steering, n=n, **kwargs))
 
     async def stream_chat(self, messages: str | Sequence[Mapping[str, Any]], steering: SteeringSpec = None,
                           **kwargs: Any) -> AsyncIterator[Any]:

@@ -129,6 +129,11 @@ def test_each_of_n_choices_carries_the_readout_of_the_request_alone_with_its_see
         for part in ("prompt", "generated"):
             assert mine[part] == pytest.approx(solo[part], abs=1e-3)
         assert np.allclose(mine["generated_tokens"], solo["generated_tokens"], atol=1e-3)
+    replies = client.choices(PROMPT, {"joy": 0.3}, n=3, max_tokens=10, temperature=0.9, seed=5, readout="per_token")
+    assert replies == [choice["message"]["content"] for choice in together["choices"]]
+    assert [r.readout["generated"] for r in replies] == [pytest.approx(r["generated"], abs=1e-4) for r in readouts]
+    with pytest.raises(ValueError, match="choices"):
+        client.chat(PROMPT, n=2)
     with httpx.stream("POST", client.base_url + "/chat/completions", headers=headers, timeout=600,
                       json={**body, "n": 3, "stream": True}) as reply:
         events = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]

@@ -55,6 +55,7 @@ from emolab.serve.schema import (
     READOUT_FIELD,
     STEERING_XARGS,
     RequestContract,
+    response_readout,
     validate_generation,
 )
 from emolab.serve.settings import ServeSettings
@@ -189,8 +190,7 @@ class SteeringMiddleware:
                             found[i] = part
                 late = len(found) < len(keys) and time.monotonic() > deadline
                 if len(found) == len(keys) or late:
-                    summaries = self._summaries([found.get(i) for i in range(len(keys))], kind)
-                    return summaries[0] if choices == 1 else summaries
+                    return response_readout(self._summaries([found.get(i) for i in range(len(keys))], kind))
                 await asyncio.sleep(0.002)
 
         return wait

@@ -59,9 +59,9 @@ def parse_xarg(value: Any) -> tuple[str, str, int] | None:
     return None
 
 
-def choice_key(key: str, index: int | None) -> str:
-    """Where choice ``index`` of a request with n > 1 choices leaves its parts (None: the request's one choice)."""
-    return key if index is None else f"{key}-{index}"
+def choice_key(key: str, index: int) -> str:
+    """Where choice ``index`` of a request with n > 1 choices leaves its parts."""
+    return f"{key}-{index}"
 
 
 def choice_index(request_id: str, choices: int) -> int | None:

@@ -45,6 +45,7 @@ from emolab.serve.schema import (
     ChatRequest,
     RequestContract,
     ValidatedRequest,
+    response_readout,
     validate_generation,
 )
 
@@ -170,8 +171,8 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
                 "choices": [{"index": i, "logprobs": None, **choice(result), "finish_reason": result.finish_reason}
                             for i, result in enumerate(results)],
                 "usage": usage(results)}
-        if params.readout:  # n > 1: one per choice, in their order (as the vLLM backend answers)
-            body[READOUT_RESPONSE] = results[0].readout if len(results) == 1 else [r.readout for r in results]
+        if params.readout:
+            body[READOUT_RESPONSE] = response_readout([result.readout for result in results])
         return body
 
     @app.post(CHAT_PATH)
@@ -225,12 +226,17 @@ def usage(results: Sequence[Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def with_readout(events: list[dict[str, Any]], results: dict[int, Any], n: int) -> list[dict[str, Any]]:
-    """A stream's closing chunks, the last of them carrying the readout once every choice has ended, when the
-    request asked for one (n > 1: a list, one per choice in their order)."""
-    if len(results) == n and results[0].readout is not None:
-        readout = results[0].readout if n == 1 else [results[i].readout for i in range(n)]
-        events[-1] = {**events[-1], READOUT_RESPONSE: readout}
+def closing(finish: dict[str, Any], results: dict[int, Any], n: int,
+            usage_head: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A choice's finish chunk; after the last of the ``n`` choices' (``results``: index -> result), the usage chunk
+    when one is asked for (``usage_head``: its fields but usage), the last chunk carrying the readout when the
+    request asked for one."""
+    if len(results) < n:
+        return [finish]
+    ordered = [results[i] for i in range(n)]
+    events = [finish] if usage_head is None else [finish, {**usage_head, "usage": usage(ordered)}]
+    if ordered[0].readout is not None:
+        events[-1] = {**events[-1], READOUT_RESPONSE: response_readout([result.readout for result in ordered])}
     return events
 
 
@@ -267,11 +273,8 @@ async def chat_chunks(stream, n: int, rid: str, model: str, created: int, includ
                         None if top is None else chat_logprobs(item.logprobs, top))
             continue
         results[index] = item
-        last = [chunk(index, {}, item.finish_reason)]
-        if include_usage and len(results) == n:
-            last.append({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": [], "usage": usage(list(results.values()))})
-        for event in with_readout(last, results, n):
+        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": []}
+        for event in closing(chunk(index, {}, item.finish_reason), results, n, head if include_usage else None):
             yield event
 
 
@@ -293,9 +296,6 @@ async def completion_chunks(stream, n: int, rid: str, model: str, created: int, 
             yield chunk(index, item.text, None, logprobs)
             continue
         results[index] = item
-        last = [chunk(index, "", item.finish_reason)]
-        if include_usage and len(results) == n:
-            last.append({"id": rid, "object": "text_completion", "created": created, "model": model,
-                         "choices": [], "usage": usage(list(results.values()))})
-        for event in with_readout(last, results, n):
+        head = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": []}
+        for event in closing(chunk(index, "", item.finish_reason), results, n, head if include_usage else None):
             yield event

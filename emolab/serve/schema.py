@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +22,8 @@ from emolab.serve.contract import APIError, check_model_name, json_type, steerin
 __all__ = [
     "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "NO_CHAT_TEMPLATE", "READOUT_FIELD",
     "READOUT_KINDS", "READOUT_RESPONSE", "STEERING_XARGS", "ChatMessage", "ChatRequest", "CompletionRequest",
-    "RequestContract", "ValidatedRequest", "parse_readout", "validate_generation", "validation_message",
+    "RequestContract", "ValidatedRequest", "parse_readout", "response_readout", "validate_generation",
+    "validation_message",
 ]
 
 CHAT_PATH = "/v1/chat/completions"
@@ -138,6 +140,12 @@ def parse_readout(body: dict[str, Any]) -> str | None:
         return "per_token" if raw.get("per_token") else "means"
     raise APIError(400, f"readout takes true, false, \"per_token\" or {{\"per_token\": true|false}}; got a JSON "
                         f"{json_type(raw)}", param=READOUT_FIELD)
+
+
+def response_readout(readouts: Sequence[Any]) -> Any:
+    """What ``READOUT_RESPONSE`` holds, on both backends: the one choice's readout, or for n > 1 a list of one
+    per choice in their order."""
+    return readouts[0] if len(readouts) == 1 else list(readouts)
 
 
 def validate_generation(body: dict[str, Any], path: str, contract: RequestContract) -> ValidatedRequest:

@@ -31,6 +31,7 @@ class BenchConfig:
     repeats: int = 2
     alpha: float = 1.0  # alpha of 'same'; bound of the random alphas
     seed: int = 0
+    temperature: float = 0.0  # 0 = greedy; > 0 samples, each request with a seed shared by every scenario
     output: str | None = None  # JSON results file
     serve_model: str | None = None  # start servers for this model (with serve_vectors)
     serve_vectors: str | None = None
@@ -57,3 +58,8 @@ class BenchConfig:
         if bad:
             raise BenchError(f"unknown scenarios {bad}; choose from {SCENARIOS}", setting="scenarios")
         return scenarios
+
+    def checked_temperature(self) -> float:
+        if not (0.0 <= self.temperature <= 2.0):  # also refuses NaN
+            raise BenchError(f"temperature must be between 0 and 2, got {self.temperature}", setting="temperature")
+        return self.temperature

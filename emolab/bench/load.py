@@ -29,6 +29,7 @@ or ran too short to read (under ``MIN_RUN_SECONDS``); a ratio over such a run is
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from emolab.api_client import AsyncSteeringClient
 
 __all__ = ["BASELINE", "CLIENT_BOUND_SHARE", "MIN_RUN_SECONDS", "NULL_SCALE", "SCENARIOS", "AgentStats", "RunResult",
            "calibrate_prompt_words", "make_prompt", "measurement_problems", "not_measured", "one_request",
-           "pick_steering", "random_blend", "run_agents", "run_scenario", "to_result"]
+           "pick_steering", "random_blend", "run_agents", "run_scenario", "text_digest", "to_result"]
 
 SCENARIOS = ("none", "same", "mixed", "mixed-null", "churn", "churn-none")
 NULL_SCALE = 1e-6  # mixed-null: the alphas of mixed scaled down until they change no token
@@ -76,6 +77,9 @@ class RunResult:
     client_cpu_share: float = 0.0  # the busiest client process's CPU + wait seconds per second of its run
     content_chunks: int = 0  # streamed chunks that carried text (fewer than tokens: the server merged or held some)
     completion_chars: int = 0  # characters of text received (per token, it says what kind of tokens were made)
+    text_digest: str = ""  # one hash of every request's text: equal digests = the same text, request by request
+    started_at: float = 0.0  # wall clock (time.time()) of the run's start and end: to align with logs of
+    ended_at: float = 0.0  # the card's clocks and power (scripts/gpu/clocks.py)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -105,16 +109,21 @@ def random_blend(rng: random.Random, n_emotions: int, alpha: float) -> list[floa
 
 
 async def one_request(client: AsyncSteeringClient, prompt: str, steering: list[float] | None, max_tokens: int,
-                      stats: AgentStats) -> None:
-    """One streamed chat request of fixed length (``ignore_eos``); its timings go into ``stats``."""
+                      stats: AgentStats, temperature: float = 0.0, sample_seed: int | None = None,
+                      key: str | None = None) -> None:
+    """One streamed chat request of fixed length (``ignore_eos``); its timings go into ``stats`` (and, under
+    ``key``, a hash of its text). Greedy unless ``temperature`` > 0, then sampled with ``sample_seed``."""
     start = time.perf_counter()
     last = None
-    async for chunk in client.stream_chat(prompt, steering, max_tokens=max_tokens, temperature=0,
+    text = hashlib.sha1()
+    sampling = {"temperature": temperature, **({"seed": sample_seed} if temperature > 0 else {})}
+    async for chunk in client.stream_chat(prompt, steering, max_tokens=max_tokens, **sampling,
                                           extra_body={"ignore_eos": True}):
         now = time.perf_counter()
         if chunk.choices and chunk.choices[0].delta.content:
             stats.chunks += 1
             stats.chars += len(chunk.choices[0].delta.content)
+            text.update(chunk.choices[0].delta.content.encode())
             if last is None:
                 stats.ttft.append(now - start)
             else:
@@ -123,6 +132,8 @@ async def one_request(client: AsyncSteeringClient, prompt: str, steering: list[f
         if chunk.usage is not None:
             stats.completion_tokens += chunk.usage.completion_tokens
             stats.prompt_tokens.append(chunk.usage.prompt_tokens)
+    if key is not None:
+        stats.texts[key] = text.hexdigest()
 
 
 @dataclass
@@ -144,6 +155,7 @@ class AgentStats:
     processes: int = 1
     chunks: int = 0  # streamed chunks that carried text, and their characters
     chars: int = 0
+    texts: dict[str, str] = field(default_factory=dict)  # "agent:request" -> hash of the text it received
 
     def merge(self, other: AgentStats) -> AgentStats:
         return AgentStats(self.ttft + other.ttft, self.itl + other.itl,
@@ -152,12 +164,14 @@ class AgentStats:
                           self.requests + other.requests, min(self.started, other.started),
                           max(self.ended, other.ended), self.cpu_s + other.cpu_s, self.cpu_wait_s + other.cpu_wait_s,
                           max(self.cpu_share, other.cpu_share), self.processes + other.processes,
-                          self.chunks + other.chunks, self.chars + other.chars)
+                          self.chunks + other.chunks, self.chars + other.chars, {**self.texts, **other.texts})
 
 
 async def run_agents(client: AsyncSteeringClient, scenario: str, agent_ids: range, *, requests_per_agent: int,
-                     prompt_words: int, max_tokens: int, alpha: float, n_emotions: int, seed: int) -> AgentStats:
-    """The agents ``agent_ids`` of one run, concurrently; each sends its requests one after another."""
+                     prompt_words: int, max_tokens: int, alpha: float, n_emotions: int, seed: int,
+                     temperature: float = 0.0) -> AgentStats:
+    """The agents ``agent_ids`` of one run, concurrently; each sends its requests one after another (greedy, or
+    sampled at ``temperature`` with a seed per request that every scenario of ``seed`` shares)."""
     stats = AgentStats()
     rng_master = random.Random(seed)
     seeds = [rng_master.random() for _ in range(max(agent_ids, default=-1) + 1)]  # agent i's seed: any slicing
@@ -167,16 +181,18 @@ async def run_agents(client: AsyncSteeringClient, scenario: str, agent_ids: rang
         # the same prompts at the same times (mixed-null's text can be compared with none's, churn's with churn-none's).
         rng = random.Random(seeds[index] + index)
         steering_rng = random.Random(f"{seeds[index]}:{index}:steering")
+        sample_rng = random.Random(f"{seeds[index]}:{index}:sample")
         count = requests_per_agent
         if scenario.startswith("churn"):  # join late, leave early: the batch composition keeps changing
             await asyncio.sleep(rng.uniform(0, 0.5 * requests_per_agent))
             count = rng.randint(1, 2 * requests_per_agent)
         before = stats.completion_tokens
         began = time.perf_counter()
-        for _ in range(count):
+        for k in range(count):
             steering = pick_steering(scenario, steering_rng, n_emotions, alpha)
             try:
-                await one_request(client, make_prompt(rng, prompt_words), steering, max_tokens, stats)
+                await one_request(client, make_prompt(rng, prompt_words), steering, max_tokens, stats,
+                                  temperature, sample_rng.randrange(2**31), key=f"{index}:{k}")
             except Exception as exc:  # counted and reported, the other agents go on
                 stats.errors.append(f"{type(exc).__name__}: {exc}"[:300])
             stats.requests += 1
@@ -212,7 +228,15 @@ def to_result(stats: AgentStats, *, label: str, scenario: str, agents: int) -> R
         itl_p50_ms=pct(stats.itl, 50), itl_p99_ms=pct(stats.itl, 99), error_messages=stats.errors[:5],
         client_processes=stats.processes, client_cpu_s=round(stats.cpu_s, 3), client_cpu_wait_s=round(stats.cpu_wait_s, 3),
         client_cpu_share=round(stats.cpu_share, 3), content_chunks=stats.chunks, completion_chars=stats.chars,
+        text_digest=text_digest(stats.texts), started_at=round(stats.started, 3), ended_at=round(stats.ended, 3),
     )
+
+
+def text_digest(texts: dict[str, str]) -> str:
+    """A short hash over the requests' text hashes, in request order (not completion order); "" for none."""
+    if not texts:
+        return ""
+    return hashlib.sha256("\n".join(f"{k}={v}" for k, v in sorted(texts.items())).encode()).hexdigest()[:16]
 
 
 def measurement_problems(run: RunResult, min_seconds: float = MIN_RUN_SECONDS) -> list[str]:

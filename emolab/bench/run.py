@@ -18,6 +18,7 @@ from typing import Any
 from emolab.api_client import AsyncSteeringClient
 from emolab.bench.clients import ClientPool
 from emolab.bench.config import BenchConfig, BenchError
+from emolab.bench.gpu_clocks import ClockLog, annotate
 from emolab.bench.load import (
     RunResult,
     calibrate_prompt_words,
@@ -48,7 +49,7 @@ def bench_server(base_url: str, config: BenchConfig, label: str, scenarios: list
         try:
             n_emotions = len(loop.run(client.emotions())) if any(s != "none" for s in scenarios) else 6
             words = loop.run(calibrate_prompt_words(client, config.prompt_tokens))
-            common = dict(prompt_words=words, alpha=config.alpha, n_emotions=n_emotions)
+            common = dict(prompt_words=words, alpha=config.alpha, n_emotions=n_emotions, temperature=config.temperature)
             # Warm-up so the first measured run pays no one-off costs (connections, server-side caches).
             warmup = dict(requests_per_agent=1, max_tokens=8, seed=0, **common)
             warmup_agents = min(4, max(agent_counts))
@@ -83,32 +84,18 @@ def bench_server(base_url: str, config: BenchConfig, label: str, scenarios: list
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Run the whole bench; return (and write to ``config.output``) config, start-up times, summary and runs."""
     scenarios = config.checked_scenarios()
+    config.checked_temperature()
     all_results: list[RunResult] = []
     startup: dict[str, float] = {}
+    clocks = ClockLog(Path(config.log_dir) / "gpu-clocks.csv")  # samples only where nvidia-smi is
     if not config.serve_model:
         if not config.base_url:
             raise BenchError("give the URL of a running server, or a model and bundle to start one", setting="base_url")
         print(f"bench against {config.base_url}", flush=True)
         all_results += bench_server(config.base_url, config, "emolab", scenarios)
     else:
-        log_dir = Path(config.log_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        plan = [("emolab", scenarios)]
-        if config.compare_plain:
-            plan.append(("plain-vllm", ["none"]))
-        if config.compare_eager:
-            plan.append(("emolab-eager", scenarios))
-        for label, label_scenarios in plan:
-            port = free_port()
-            print(f"starting {label} server on port {port} ...", flush=True)
-            proc, seconds = start_bench_server(config, label, port, log_dir)
-            startup[label] = round(seconds, 1)
-            print(f"  {label} ready after {seconds:.1f} s", flush=True)
-            try:
-                counts = config.agents if label == "emolab" else (config.compare_agents or config.agents)
-                all_results += bench_server(f"http://127.0.0.1:{port}/v1", config, label, label_scenarios, counts)
-            finally:
-                stop_server(proc)
+        with clocks:  # the servers run on this host: their card's clocks belong beside the ratios
+            all_results += _bench_started_servers(config, scenarios, startup)
     summary = summarize_runs(all_results)
     # Ratios over runs that measured the client, or ran too short, are named here and not printed as results.
     marks = [{"label": row["label"], "scenario": row["scenario"], "agents": row["agents"], "why": why}
@@ -116,7 +103,32 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
              if (why := not_measured(all_results, row["label"], row["scenario"], row["agents"], config.min_run_seconds))]
     result = {"config": {k: v for k, v in asdict(config).items() if k != "api_key"}, "startup_s": startup,
               "summary": summary, "not_a_measurement": marks, "runs": [asdict(r) for r in all_results]}
+    annotate(result["runs"], clocks.samples())
     if config.output:
         Path(config.output).parent.mkdir(parents=True, exist_ok=True)
         Path(config.output).write_text(json.dumps(result, indent=2))
     return result
+
+
+def _bench_started_servers(config: BenchConfig, scenarios: list[str], startup: dict[str, float]) -> list[RunResult]:
+    """Start each server of the plan (emolab, then plain vLLM or eager emolab when asked) in turn and bench it."""
+    log_dir = Path(config.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    plan = [("emolab", scenarios)]
+    if config.compare_plain:
+        plan.append(("plain-vllm", ["none"]))
+    if config.compare_eager:
+        plan.append(("emolab-eager", scenarios))
+    results: list[RunResult] = []
+    for label, label_scenarios in plan:
+        port = free_port()
+        print(f"starting {label} server on port {port} ...", flush=True)
+        proc, seconds = start_bench_server(config, label, port, log_dir)
+        startup[label] = round(seconds, 1)
+        print(f"  {label} ready after {seconds:.1f} s", flush=True)
+        try:
+            counts = config.agents if label == "emolab" else (config.compare_agents or config.agents)
+            results += bench_server(f"http://127.0.0.1:{port}/v1", config, label, label_scenarios, counts)
+        finally:
+            stop_server(proc)
+    return results

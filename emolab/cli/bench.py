@@ -26,6 +26,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=positive_int("--repeats"), default=2)
     p.add_argument("--alpha", type=float, default=1.0, help="alpha of 'same'; bound of the random alphas")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); above 0 every request samples with its own seed, the same seed in "
+                        "every scenario, so unsteered text varies as a real model's does")
     p.add_argument("--output", default=None, help="JSON results file")
     p.add_argument("--serve-backend", default="vllm", choices=["vllm", "hf"])
     p.add_argument("--server-arg-plain", action="append", default=[], help="extra argument for the plain vLLM server")
@@ -64,6 +67,15 @@ def engine_kwargs(items: list[str]) -> dict[str, Any]:
     return kwargs
 
 
+def print_clocks(runs: list[dict[str, Any]]) -> None:
+    """The card's mean SM clock and power per run, where the bench could sample them (nvidia-smi)."""
+    from emolab.bench.gpu_clocks import clock_lines
+
+    if lines := clock_lines(runs):
+        print("the card during each run (mean SM clock, power drawn of the limit):")
+        print("\n".join(lines))
+
+
 def run_engine_cli(args: argparse.Namespace) -> int:
     from emolab.bench.engine import run_engine_bench
 
@@ -83,12 +95,13 @@ def run_engine_cli(args: argparse.Namespace) -> int:
         model=args.serve_model, vectors=args.serve_vectors, agents=args.agents, repeats=args.repeats,
         prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, alpha=args.alpha, seed=args.seed,
         run_seconds=args.engine_seconds, engine_kwargs=kwargs, compare_plain=args.compare_plain, log_dir=args.log_dir,
-        scenarios=scenarios,
+        scenarios=scenarios, temperature=args.temperature,
     )
     for row in result["summary"]:
         ratio = "" if row["ratio_vs_none"] is None else f"  vs none {row['ratio_vs_none']:.3f}"
         plain = "" if row["ratio_vs_plain"] is None else f"  vs plain {row['ratio_vs_plain']:.3f}"
         print(f"engine N={row['agents']:<4} {row['scenario']:<10} {row['tok_per_s']:10.1f} tok/s{ratio}{plain}")
+    print_clocks(result["runs"])
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"config": {k: v for k, v in vars(args).items()
@@ -100,6 +113,8 @@ def run_engine_cli(args: argparse.Namespace) -> int:
 def run_bench_cli(args: argparse.Namespace) -> int:
     from emolab.bench import BenchConfig, print_table, run_bench
 
+    if not 0.0 <= args.temperature <= 2.0:  # also refuses nan
+        raise UsageError(f"--temperature must be between 0 and 2, got {args.temperature}")
     if args.engine:
         return run_engine_cli(args)
 
@@ -109,7 +124,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         base_url=args.base_url, api_key=args.api_key, model=args.model, agents=args.agents,
         scenarios=args.scenarios or ["none", "mixed", "churn"],
         prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, requests_per_agent=args.requests_per_agent,
-        repeats=args.repeats, alpha=args.alpha, seed=args.seed, output=args.output, serve_model=args.serve_model,
+        repeats=args.repeats, alpha=args.alpha, seed=args.seed, temperature=args.temperature, output=args.output,
+        serve_model=args.serve_model,
         serve_vectors=args.serve_vectors, serve_backend=args.serve_backend, dtype=args.dtype,
         max_model_len=args.max_model_len, server_args=args.server_arg, server_args_plain=args.server_arg_plain,
         api_server_count=args.api_server_count, compare_plain=args.compare_plain, compare_eager=args.compare_eager, compare_agents=args.compare_agents,
@@ -118,6 +134,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     )
     result = run_bench(config)
     print_table(result["summary"], result["not_a_measurement"])
+    print_clocks(result["runs"])
     if result["startup_s"]:
         print("server start-up to /health (s): " + ", ".join(f"{k} {v}" for k, v in result["startup_s"].items()))
     if config.output:

@@ -5,7 +5,10 @@
 #   PHASE=http    emolab (SCENARIOS, default unsteered, mixed, mixed-null) and plain vLLM (plugin not loaded)
 #                 over HTTP with K API servers (env K, default 1), N=256, both with the same front end; the API
 #                 server profiled under load (py-spy, if the wheel lies in .gpu/tools), `top` sampled every 10 s,
-#                 and the GPU's clocks and power every second (nvidia-smi dmon: does other text draw other power?)
+#                 and the GPU's clocks and power every second (nvidia-smi dmon: does other text draw other power?;
+#                 the bench itself also writes each run's mean SM clock and power into its JSON). TEMPERATURE > 0
+#                 samples every request with its own seed (the same in every scenario): unsteered text then
+#                 varies as a real model's does, and a gap that came from the dummy model's repeated token goes
 #   PHASE=clients emolab unsteered at N=256 with 1, 4 and 8 client processes (is the client the ceiling?)
 #   PHASE=wide    N=1024 agents (mixed) against emolab serve with K API servers: errors and latencies
 # Everything lands in $OUT; summarize the profiles here with scripts/gpu/pyspy_summary.py.
@@ -43,16 +46,17 @@ engine)
 http)
   top -b -c -w 250 -d 10 -n 55 -o %CPU | awk '/^top -/{n=0} {n++; if (n <= 22) print}' > "$OUT/top_k$K.txt" &
   TOP=$!
-  nvidia-smi dmon -s pucm -d 1 > "$OUT/dmon_k$K.txt" 2>&1 &
+  nvidia-smi dmon -s pucm -d 1 -o DT > "$OUT/dmon_k$K${TEMPERATURE:+_t$TEMPERATURE}.txt" 2>&1 &
   DMON=$!
   profile emolab 75 30 & P1=$!
   profile plain-vllm 45 20 & P2=$!
   python3 -m emolab.cli bench "${M[@]}" "${D[@]}" "--server-arg=--vllm-arg=--load-format dummy" \
     "--server-arg-plain=--load-format=dummy" --api-server-count "$K" --compare-plain \
     --agents 256 --scenarios "${SCENARIOS:-none,mixed,mixed-null}" --prompt-tokens 200 --max-tokens 256 \
-    --requests-per-agent "${RPA:-10}" \
-    --repeats "${REPEATS:-2}" --client-processes 8 --output "$OUT/bench_http_k$K.json" --log-dir /tmp/bench-k$K \
-    2>&1 | tee "$OUT/bench_k$K.txt" | tail -16 || { tail -30 /tmp/bench-k$K/*.log; }
+    --requests-per-agent "${RPA:-10}" --temperature "${TEMPERATURE:-0}" \
+    --repeats "${REPEATS:-2}" --client-processes 8 --output "$OUT/bench_http_k$K${TEMPERATURE:+_t$TEMPERATURE}.json" \
+    --log-dir /tmp/bench-k$K${TEMPERATURE:+_t$TEMPERATURE} \
+    2>&1 | tee "$OUT/bench_k$K.txt" | tail -16 || { tail -30 /tmp/bench-k$K${TEMPERATURE:+_t$TEMPERATURE}/*.log; }
   kill $TOP $DMON $P1 $P2 2>/dev/null || true
   ;;
 clients)

@@ -9,7 +9,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 VLLM_CACHE_ROOT=/tmp/vllm-cache
 . scripts/gpu/prepare.sh >/dev/null || exit 1
-nvidia-smi dmon -s pucm -d 1 > "$OUT/dmon.txt" 2>&1 &
+nvidia-smi dmon -s pucm -d 1 -o DT > "$OUT/dmon.txt" 2>&1 &
 E=(--serve-model /tmp/qwen3-8b --serve-vectors .gpu/ref-bundle --agents 256 --dtype bfloat16 --max-model-len 2048
    --engine-arg load_format=dummy --prompt-tokens 200 --max-tokens 512 --engine-seconds "${SECONDS_PER_RUN:-15}")
 (  # once the first request is in, wait for the calibration run to end, then sample the engine core for 10 s

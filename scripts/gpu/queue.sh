@@ -7,7 +7,8 @@
 #                                             if the lease ends mid-call) until the queue ends or SECONDS pass
 # Steps: matrix (issues 26/27: none, readout, controls and plain vLLM at N = 1/20/64/256), http (issue 24: K=4
 # API servers, N=256, unsteered, mixed and mixed-null (frontend.sh's SCENARIOS) vs plain vLLM over HTTP), families
-# (issue 25: dense and MoE shapes, steered vs unsteered at N=64), hook (scripts/gpu/hook_cost.py), hfbatch
+# (issue 25: dense and MoE shapes, steered vs unsteered at N=64), sampled (http at temperature 1: unsteered
+# text varies too; is the mixed gap the dummy model's one repeated token?), hook (scripts/gpu/hook_cost.py), hfbatch
 # (issue 25: the HF backend batched vs serial), wide (issue 24: N=1024 over HTTP).
 set -uo pipefail
 Q=/tmp/queue
@@ -26,6 +27,7 @@ for step in "$@"; do
     matrix)   PHASE=both READ_AGENTS=${MATRIX_AGENTS:-1,20,64,256} SECONDS_PER_RUN=${MATRIX_SECONDS:-10} \
                 REPEATS=${MATRIX_REPEATS:-2} bash scripts/gpu/features.sh ;;
     http)     PHASE=http K=4 RPA=${RPA:-8} bash scripts/gpu/frontend.sh ;;
+    sampled)  PHASE=http K=4 RPA=${RPA:-8} TEMPERATURE=1.0 bash scripts/gpu/frontend.sh ;;
     families) PHASE=families PLAIN=0 SECONDS_PER_RUN=12 bash scripts/gpu/features.sh ;;
     hook)     ( . scripts/gpu/prepare.sh > /dev/null && python3 scripts/gpu/hook_cost.py 64 256 1024 4096 ) ;;
     hfbatch)  bash scripts/gpu/single.sh hfbatch ;;

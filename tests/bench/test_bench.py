@@ -75,6 +75,7 @@ def test_bench_smoke_against_cpu_vllm(tmp_path, smollm2_path, smollm2_bundle_pat
     # mixed-null runs every part of the steering path but writes the unsteered text (same prompts, same seed)
     by_scenario = {r["scenario"]: r for r in report["runs"] if r["label"] == "emolab"}
     assert by_scenario["mixed-null"]["completion_chars"] == by_scenario["none"]["completion_chars"]
+    assert by_scenario["mixed-null"]["text_digest"] == by_scenario["none"]["text_digest"] != ""
     assert all(r["prompt_tokens_mean"] > 20 for r in report["summary"])
     assert summarize_runs([]) == []
 
@@ -101,3 +102,47 @@ def test_agent_stats_merge_keeps_every_measurement():
     result = to_result(merged, label="l", scenario="mixed", agents=2)
     assert result.tok_per_s == 16 / 4.0 and result.errors == 1 and result.per_agent_tok_per_s == 4.0
     assert result.prompt_tokens_mean == 32.0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_sampled_runs_draw_the_same_seeds_in_every_scenario(vllm_server):
+    """--temperature: every request samples with its own seed, the same in every scenario of a bench seed, so
+    unsteered text varies as a real model's does and mixed-null still writes exactly the unsteered text."""
+    import asyncio
+
+    from conftest import VLLM_KEY
+
+    from emolab.api_client import AsyncSteeringClient
+    from emolab.bench.load import run_scenario
+
+    async def runs():
+        client = AsyncSteeringClient(vllm_server, api_key=VLLM_KEY)
+        common = dict(requests_per_agent=2, prompt_words=12, max_tokens=8, alpha=4.0, n_emotions=6, seed=3)
+        try:
+            greedy = await run_scenario(client, "none", 3, label="t", **common)
+            sampled = [await run_scenario(client, scenario, 3, label="t", temperature=0.9, **common)
+                       for scenario in ("none", "none", "mixed-null", "mixed")]
+        finally:
+            await client.close()
+        return greedy, sampled
+
+    greedy, (first, again, null, mixed) = asyncio.run(runs())
+    for run in (greedy, first, again, null, mixed):
+        assert run.errors == 0 and run.completion_tokens == 3 * 2 * 8, run.error_messages
+        assert len(run.text_digest) == 16
+        assert run.started_at < run.ended_at and run.ended_at - run.started_at == pytest.approx(run.wall_s, abs=2e-3)
+    assert first.text_digest == again.text_digest  # the same seeds: the same text, request by request
+    assert null.text_digest == first.text_digest  # every part of the steering path, the unsteered sampled text
+    assert first.text_digest != greedy.text_digest  # the temperature reached the server
+    assert mixed.text_digest != first.text_digest  # steering at alpha up to 4 changes what is sampled
+
+
+def test_bench_refuses_a_temperature_out_of_range(capsys):
+    from emolab.cli import main
+
+    for bad in ("-0.5", "nan", "3"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["bench", "--base-url", "http://127.0.0.1:9/v1", "--temperature", bad])
+        assert exit_.value.code == 2
+        assert f"--temperature must be between 0 and 2, got {float(bad)}" in capsys.readouterr().err

@@ -26,7 +26,8 @@ def test_ratios_are_taken_per_n_within_one_engine_and_against_plain():
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_engine_bench_smoke_on_cpu(tmp_path, smollm2_path, smollm2_bundle_path):
+@pytest.mark.parametrize("temperature", ["0", "0.8"])  # greedy, and sampled with a seed per request
+def test_engine_bench_smoke_on_cpu(tmp_path, smollm2_path, smollm2_bundle_path, temperature):
     pytest.importorskip("vllm")
     from emolab.cli import main
 
@@ -34,13 +35,16 @@ def test_engine_bench_smoke_on_cpu(tmp_path, smollm2_path, smollm2_bundle_path):
     code = main(["bench", "--engine", "--serve-model", str(smollm2_path), "--serve-vectors", str(smollm2_bundle_path),
                  "--agents", "3", "--repeats", "1", "--prompt-tokens", "24", "--max-tokens", "6", "--engine-seconds", "1",
                  "--dtype", "float32", "--max-model-len", "512", "--engine-arg", "enforce_eager=true",
-                 "--scenarios", "none,mixed,mixed-null,controls,readout", "--output", str(out), "--log-dir", str(tmp_path / "logs")])
+                 "--scenarios", "none,mixed,mixed-null,controls,readout", "--output", str(out), "--log-dir", str(tmp_path / "logs"),
+                 "--temperature", temperature])
     assert code == 0
     result = json.loads(out.read_text())
     runs = {r["scenario"]: r for r in result["runs"]}
     assert set(runs) == {"none", "mixed", "mixed-null", "controls", "readout"}
     for r in runs.values():
         assert r["generated"] == 6 * r["requests"] and r["requests"] % 3 == 0  # ignore_eos; 3 agents x k each
+        assert r["ended_at"] - r["started_at"] == pytest.approx(r["wall_s"], abs=0.05)  # to align the card's log
+    assert result["config"]["temperature"] == float(temperature)
     assert "emolab steering on" in (tmp_path / "logs" / "engine-emolab.log").read_text()
 
 

@@ -5,7 +5,8 @@
 #   bash scripts/gpu/queue.sh start STEP...   start the steps, detached; each writes to /tmp/queue/out/STEP
 #   bash scripts/gpu/queue.sh wait SECONDS    pack what is done into $OUT/results.tgz every 20 s (what comes back
 #                                             if the lease ends mid-call) until the queue ends or SECONDS pass
-# Steps: matrix (issues 26/27: none, readout, controls and plain vLLM at N = 1/20/64/256), http (issue 24: K=4
+# Steps: gap (unsteered emolab vs plain vLLM at N=256 with plain between two emolab engines: scripts/gpu/gap.sh),
+# matrix (issues 26/27: none, readout, controls and plain vLLM at N = 1/20/64/256), http (issue 24: K=4
 # API servers, N=256, unsteered, mixed and mixed-null (frontend.sh's SCENARIOS) vs plain vLLM over HTTP), families
 # (issue 25: dense and MoE shapes, steered vs unsteered at N=64), sampled (http at temperature 1: unsteered
 # text varies too; is the mixed gap the dummy model's one repeated token?), hook (scripts/gpu/hook_cost.py), hfbatch
@@ -28,6 +29,7 @@ for step in "$@"; do
                 REPEATS=${MATRIX_REPEATS:-2} bash scripts/gpu/features.sh ;;
     http)     PHASE=http K=4 RPA=${RPA:-8} bash scripts/gpu/frontend.sh ;;
     sampled)  PHASE=http K=4 RPA=${RPA:-8} TEMPERATURE=1.0 bash scripts/gpu/frontend.sh ;;
+    gap)      SECONDS_PER_RUN=${GAP_SECONDS:-20} bash scripts/gpu/gap.sh ;;
     families) PHASE=families PLAIN=0 SECONDS_PER_RUN=12 bash scripts/gpu/features.sh ;;
     hook)     ( . scripts/gpu/prepare.sh > /dev/null && python3 scripts/gpu/hook_cost.py 64 256 1024 4096 ) ;;
     hfbatch)  bash scripts/gpu/single.sh hfbatch ;;

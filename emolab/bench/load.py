@@ -79,7 +79,7 @@ class RunResult:
     completion_chars: int = 0  # characters of text received (per token, it says what kind of tokens were made)
     text_digest: str = ""  # one hash of every request's text: equal digests = the same text, request by request
     started_at: float = 0.0  # wall clock (time.time()) of the run's start and end: to align with logs of
-    ended_at: float = 0.0  # the card's clocks and power (scripts/gpu/clocks.py)
+    ended_at: float = 0.0  # the card's clocks and power (emolab.bench.gpu_clocks)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -8,7 +8,7 @@
 #                 and the GPU's clocks and power every second (nvidia-smi dmon: does other text draw other power?;
 #                 the bench itself also writes each run's mean SM clock and power into its JSON). TEMPERATURE > 0
 #                 samples every request with its own seed (the same in every scenario): unsteered text then
-#                 varies as a real model's does, and a gap that came from the dummy model's repeated token goes
+#                 varies as a real model's does, and a gap that came from the dummy model's repeated token goes away
 #   PHASE=clients emolab unsteered at N=256 with 1, 4 and 8 client processes (is the client the ceiling?)
 #   PHASE=wide    N=1024 agents (mixed) against emolab serve with K API servers: errors and latencies
 # Everything lands in $OUT; summarize the profiles here with scripts/gpu/pyspy_summary.py.

@@ -12,23 +12,20 @@ in the Hugging Face cache, and need no network; hub datasets use the Hugging Fac
 from __future__ import annotations
 
 import csv
-import os
-import re
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
-from emolab.core.cache import check_hf_cache, check_writable, emolab_cache, hub_offline
+from emolab.core.cache import hub_offline
 from emolab.core.emotions import FINE_TO_EKMAN, GOEMOTIONS_LABELS
 from emolab.extraction.errors import ExtractError
+from emolab.extraction.labelled import load_labelled
+from emolab.extraction.sources import Record, columns, datasets_module, is_hub_id, load_hub, load_local
 
 __all__ = ["BUNDLED_DIR", "HUB_ID", "HUB_SPLITS", "LABEL_SETS", "SPLITS", "EmotionDataset", "Record", "build_dataset",
-           "columns", "ekman_targets", "group_texts", "is_hub_id", "load_hub", "load_local", "load_records", "origin",
-           "rebuild_split"]
+           "ekman_targets", "group_texts", "load_records", "origin", "rebuild_split"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "goemotions"
 HUB_ID = "google-research-datasets/go_emotions"
@@ -42,12 +39,6 @@ _TSV_OPTIONS = dict(delimiter="\t", header=None, column_names=_TSV_COLUMNS, quot
 # tool's grouping: anger = anger + annoyance + disapproval), or only texts that carry the fine label
 # named like the emotion itself ("core": anger texts, not mere disapproval).
 LABEL_SETS = ("group", "core")
-
-
-@dataclass(frozen=True)
-class Record:
-    text: str
-    labels: tuple[str, ...]  # fine GoEmotions label names
 
 
 @dataclass
@@ -72,74 +63,6 @@ class EmotionDataset:
         return {e: int((self.val_labels == i).sum()) for i, e in enumerate(self.emotions)}
 
 
-def _datasets():
-    import datasets
-
-    datasets.disable_progress_bars()  # "Generating train split" bars would fill every extraction's log
-    return datasets
-
-
-def local_cache() -> Path:
-    """Where ``datasets`` prepares local data files: ``$EMOLAB_CACHE/datasets`` (not the Hugging Face cache,
-    nor the folder the files are in)."""
-    return emolab_cache() / "datasets"
-
-
-def load_local(builder: str, data_files: dict[str, str] | None = None, where: str = "", **options):
-    """A ``DatasetDict`` of local files through ``datasets``' ``builder`` (``csv``, ``json``, ``parquet``, or a
-    folder, whose files' names say the splits), prepared under ``local_cache()``; nothing is downloaded. A file
-    it cannot read is an ``ExtractError`` naming ``where``."""
-    folder = local_cache()
-    check_writable(folder, "emolab cache", "EMOLAB_CACHE")
-    datasets = _datasets()
-    try:
-        return datasets.load_dataset(builder, data_files=data_files, cache_dir=str(folder), **options)
-    except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as exc:
-        cause = exc.__cause__ or exc  # datasets wraps the reader's own error
-        raise ExtractError(f"{where}: cannot read it ({type(cause).__name__}: {cause})"[:400], setting="data") from None
-
-
-def is_hub_id(source: str) -> bool:
-    """``owner/name`` that is not a path here."""
-    return bool(re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", source)) and not Path(source).exists()
-
-
-def load_hub(dataset_id: str, config: str | None = None, probe: bool = False):
-    """A hub dataset's ``DatasetDict``, after checking the caches it writes (the datasets cache always, the hub
-    cache when online), so an unwritable cache is one error before any download; ``probe``: first make sure,
-    in seconds, that the hub can be reached (``auto``, which has a copy to fall back to)."""
-    online = not hub_offline(datasets=True)
-    check_hf_cache(datasets=True, hub=online)
-    unreachable = _hub_unreachable() if probe and online else None
-    if unreachable:
-        raise ExtractError(f"cannot load {dataset_id} from the hub: {unreachable}", setting="data")
-    datasets = _datasets()
-    try:
-        return datasets.load_dataset(dataset_id, config)
-    except (OSError, ConnectionError, ValueError) as exc:  # offline, unknown id or config, ...
-        raise ExtractError(f"cannot load {dataset_id} from the hub ({exc})"[:400], setting="data") from None
-
-
-def _hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached (no route, no name service), in a few seconds rather than the minute of
-    retries a download would spend; ``None`` when it answers or a proxy stands between (then the download
-    itself tells)."""
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout=timeout).close()
-    except OSError as exc:
-        return f"{url.hostname} unreachable ({exc})"
-    return None
-
-
-def columns(split, names: list[str]) -> dict[str, list]:
-    """Whole columns of a ``datasets.Dataset`` as Python lists (through Arrow: row by row is 50x slower)."""
-    table = split.with_format("arrow").select_columns(names)[:]
-    return {name: table.column(name).to_pylist() for name in names}
-
-
 def _goemotions_hub(dataset_id: str, splits: tuple[str, ...], probe: bool = False) -> list[Record]:
     ds = load_hub(dataset_id, "simplified", probe=probe)
     records = []
@@ -158,7 +81,7 @@ def _load_folder(folder: Path, splits: tuple[str, ...]) -> list[Record]:
         if not path.is_file():
             raise ExtractError(f"{folder}: missing {path.name}", setting="data")
         files[split] = str(path)
-    datasets = _datasets()
+    datasets = datasets_module()
     features = datasets.Features({name: datasets.Value("string") for name in _TSV_COLUMNS})
     ds = load_local("csv", files, where=", ".join(files.values()), features=features, **_TSV_OPTIONS)
     records = []
@@ -188,7 +111,6 @@ def load_records(source: str = "auto", splits: tuple[str, ...] = ("train",),
     if bad:
         raise ExtractError(f"unknown split(s) {bad}; choose from {SPLITS}")
     if label_map is not None:
-        from emolab.extraction.labelled import load_labelled
 
         return load_labelled(source, splits, label_map)
     if source == "bundled":

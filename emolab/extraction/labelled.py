@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emolab.core.emotions import GOEMOTIONS_LABELS
-from emolab.extraction.data import Record, columns, is_hub_id, load_hub, load_local
 from emolab.extraction.errors import ExtractError
+from emolab.extraction.sources import Record, columns, is_hub_id, load_hub, load_local
 
 __all__ = ["FIELDS", "FILE_TYPES", "LabelMap", "load_labelled", "read_label_map"]
 

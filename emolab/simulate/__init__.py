@@ -7,9 +7,10 @@ the log into DataFrames, effects with CIs, plots and a markdown report.
 """
 
 from emolab.simulate.analysis import trials_frame
+from emolab.simulate.errors import SimulationError
 from emolab.simulate.log import RunLog, read_trials
 from emolab.simulate.report import RunAnalysis, analyze, write_report
-from emolab.simulate.runner import SimulationError, run_experiment, run_experiment_async
+from emolab.simulate.runner import run_experiment, run_experiment_async
 from emolab.simulate.spec import ExperimentSpec, SpecError, shipped_specs
 
 __all__ = [

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from emolab.simulate.design import Condition, emotion_instruction, fill, trial_id
+from emolab.simulate.design import Condition, emotion_instruction, fill, sampling_kwargs, trial_id
+from emolab.simulate.errors import SimulationError
 from emolab.simulate.log import RunLog
 from emolab.simulate.spec import ExperimentSpec, StateSpec
 
@@ -120,7 +121,6 @@ async def run_conversations(spec: ExperimentSpec, client: Any, log: RunLog, cond
     from tqdm.auto import tqdm
 
     from emolab.api_client.client import readout_of
-    from emolab.simulate.runner import SimulationError, sampling_kwargs
 
     reads_readout = spec.state.read == "readout"
     if judge is None and spec.state.rule != "fixed" and not reads_readout:

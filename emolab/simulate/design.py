@@ -24,7 +24,7 @@ from emolab.core.emotions import EMOTION_ADJECTIVES
 from emolab.simulate.spec import ExperimentSpec, SpecError
 
 __all__ = ["Arm", "Condition", "Trial", "arms", "conditions", "emotion_instruction", "fill", "render_messages",
-           "resolve_alpha", "trial_id", "trials"]
+           "resolve_alpha", "sampling_kwargs", "trial_id", "trials"]
 
 
 @dataclass(frozen=True)
@@ -162,3 +162,12 @@ def trials(spec: ExperimentSpec, conds: list[Condition]) -> list[Trial]:
                                      render_messages(spec, condition, persona, arm)))
     random.Random(spec.order_seed).shuffle(out)
     return out
+
+
+def sampling_kwargs(spec: ExperimentSpec, seed: int, logprobs: bool) -> dict[str, Any]:
+    """What every request of a trial asks for: the spec's sampling, the trial's seed, logprobs when wanted."""
+    kwargs: dict[str, Any] = dict(max_tokens=spec.sampling.max_tokens, temperature=spec.sampling.temperature,
+                                  top_p=spec.sampling.top_p, seed=seed)
+    if logprobs and spec.sampling.top_logprobs > 0:
+        kwargs.update(logprobs=True, top_logprobs=spec.sampling.top_logprobs)
+    return kwargs

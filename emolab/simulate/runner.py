@@ -18,18 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from emolab.api_client import AsyncSteeringClient
-from emolab.core.errors import EmolabError
-from emolab.simulate.design import Trial, conditions, trials
+from emolab.simulate.agents import run_conversations
+from emolab.simulate.design import Trial, conditions, sampling_kwargs, trials
+from emolab.simulate.errors import SimulationError
 from emolab.simulate.log import RunLog
 from emolab.simulate.readout import parse_choice, parse_number, read_options
 from emolab.simulate.spec import ExperimentSpec
 
-__all__ = ["SimulationError", "choice_record", "run_experiment", "run_experiment_async", "sampling_kwargs", "server_info",
-           "trim_logprobs"]
-
-
-class SimulationError(EmolabError, RuntimeError):
-    """A run that could not finish: the server refused a request, or trials were lost (run again to retry)."""
+__all__ = ["choice_record", "run_experiment", "run_experiment_async", "server_info", "trim_logprobs"]
 
 
 async def server_info(client: AsyncSteeringClient) -> dict[str, Any]:
@@ -66,14 +62,6 @@ def trim_logprobs(content: list[Any] | None) -> list[dict[str, Any]] | None:
         out.append({"token": entry["token"], "logprob": entry["logprob"],
                     "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in entry.get("top_logprobs") or []]})
     return out
-
-
-def sampling_kwargs(spec: ExperimentSpec, seed: int, logprobs: bool) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(max_tokens=spec.sampling.max_tokens, temperature=spec.sampling.temperature,
-                                  top_p=spec.sampling.top_p, seed=seed)
-    if logprobs and spec.sampling.top_logprobs > 0:
-        kwargs.update(logprobs=True, top_logprobs=spec.sampling.top_logprobs)
-    return kwargs
 
 
 def choice_record(spec: ExperimentSpec, trial: Trial, reply: Any, began: float, ended: float) -> dict[str, Any]:
@@ -162,7 +150,6 @@ async def run_experiment_async(spec: ExperimentSpec, folder: str | Path, *, base
             conds = conditions(spec, list(info["emotions"]), info["recommended_alphas"])
             log.update_meta(conditions=[asdict(c) for c in conds])
             if spec.kind == "conversation":
-                from emolab.simulate.agents import run_conversations
 
                 await run_conversations(spec, client, log, conds, progress=progress, limit=limit, judge=judge)
             else:

@@ -18,8 +18,9 @@ __all__ = ["SUMMARY_COLUMNS", "bench_frame", "print_table", "summarize_runs"]
 
 SUMMARY_COLUMNS = ["label", "scenario", "agents", "repeats", "tok_per_s", "per_agent_tok_per_s", "ttft_p50_ms",
                    "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "errors", "prompt_tokens_mean", "ratio_vs_unsteered",
-                   "ratio_vs_plain_vllm"]
-_RATIOS = ("ratio_vs_unsteered", "ratio_vs_plain_vllm")  # NaN: no ratio (null in the JSON)
+                   "ratio_vs_plain_vllm", "spread", "ratio_low", "ratio_high"]
+# NaN: no ratio or spread (null in the JSON)
+_RATIOS = ("ratio_vs_unsteered", "ratio_vs_plain_vllm", "spread", "ratio_low", "ratio_high")
 
 
 def bench_frame(results: list[RunResult]) -> pd.DataFrame:
@@ -27,7 +28,10 @@ def bench_frame(results: list[RunResult]) -> pd.DataFrame:
 
     ``ratio_vs_unsteered``: against the unsteered scenario of the same label and N (``none``; churn's is
     ``churn-none``); ``ratio_vs_plain_vllm``: against plain vLLM's ``none`` at the same N, for ``none``,
-    ``same`` and ``mixed``. A ratio that cannot be taken is NaN.
+    ``same`` and ``mixed``. A ratio that cannot be taken is NaN. How far to trust a ratio: ``spread`` is how far
+    this row's repeats lie apart ((max - min) / median of tok/s), ``ratio_low`` / ``ratio_high`` the lowest and
+    highest ratio to the unsteered run of the same repeat (runs pair by repeat: the k-th run of each row is
+    repeat k); NaN with one repeat.
     """
     groups: dict[tuple, list[RunResult]] = {}
     for r in results:
@@ -45,6 +49,12 @@ def bench_frame(results: list[RunResult]) -> pd.DataFrame:
                      "prompt_tokens_mean": float(np.mean([r.prompt_tokens_mean for r in runs]))})
     base = {(r["label"], r["scenario"], r["agents"]): r["tok_per_s"] for r in rows}
     for row in rows:
+        key = (row["label"], row["scenario"], row["agents"])
+        own_runs = groups.get((row["label"], BASELINE[row["scenario"]], row["agents"]), [])
+        rates = [r.tok_per_s for r in groups[key]]
+        paired = [r.tok_per_s / b.tok_per_s for r, b in zip(groups[key], own_runs, strict=False) if b.tok_per_s > 0]  # one run per repeat each
+        row["spread"] = (max(rates) - min(rates)) / row["tok_per_s"] if len(rates) > 1 and row["tok_per_s"] else float("nan")
+        row["ratio_low"], row["ratio_high"] = (min(paired), max(paired)) if len(paired) > 1 else (float("nan"),) * 2
         own = base.get((row["label"], BASELINE[row["scenario"]], row["agents"]))
         plain = base.get(("plain-vllm", "none", row["agents"]))
         row["ratio_vs_unsteered"] = row["tok_per_s"] / own if own else float("nan")
@@ -72,7 +82,7 @@ def print_table(summary: pd.DataFrame | list[dict[str, Any]], not_a_measurement:
              for m in not_a_measurement}
     table = Table(title="emolab bench (median over repeats)",
                   caption="too short / client-bound / -: not a measurement, no ratio shown" if marks else None)
-    for col in ("server", "scenario", "N", "tok/s", "ratio", "vs plain", "per agent", "TTFT p50/p99 ms",
+    for col in ("server", "scenario", "N", "tok/s", "ratio (per repeat)", "vs plain", "per agent", "TTFT p50/p99 ms",
                 "ITL p50/p99 ms", "err"):
         table.add_column(col, justify="right")
     order = frame.assign(_scenario=frame["scenario"].map(SCENARIOS.index))
@@ -81,8 +91,13 @@ def print_table(summary: pd.DataFrame | list[dict[str, Any]], not_a_measurement:
         ratio, plain = r["ratio_vs_unsteered"], r["ratio_vs_plain_vllm"]
         why = marks.get((r["label"], r["scenario"], int(r["agents"])))
         plain_why = why or marks.get(("plain-vllm", "none", int(r["agents"])))
+        low, high, spread = (r.get(k, float("nan")) for k in ("ratio_low", "ratio_high", "spread"))
+        if r["scenario"] == BASELINE[r["scenario"]]:  # the baseline: how far its own repeats lie apart
+            repeats = "" if pd.isna(spread) else f" (spread {spread:.1%})"
+        else:
+            repeats = "" if pd.isna(low) else f" ({low:.3f}–{high:.3f})"
         table.add_row(r["label"], r["scenario"], str(r["agents"]), f"{r['tok_per_s']:.1f}",
-                      why or ("" if pd.isna(ratio) else f"{ratio:.3f}"),
+                      why or ("" if pd.isna(ratio) else f"{ratio:.3f}{repeats}"),
                       "" if pd.isna(plain) else ("-" if plain_why else f"{plain:.3f}"),
                       f"{r['per_agent_tok_per_s']:.1f}",
                       f"{r['ttft_p50_ms']:.0f}/{r['ttft_p99_ms']:.0f}", f"{r['itl_p50_ms']:.1f}/{r['itl_p99_ms']:.1f}",

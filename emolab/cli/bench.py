@@ -100,7 +100,8 @@ def run_engine_cli(args: argparse.Namespace) -> int:
     for row in result["summary"]:
         ratio = "" if row["ratio_vs_none"] is None else f"  vs none {row['ratio_vs_none']:.3f}"
         plain = "" if row["ratio_vs_plain"] is None else f"  vs plain {row['ratio_vs_plain']:.3f}"
-        print(f"engine N={row['agents']:<4} {row['scenario']:<10} {row['tok_per_s']:10.1f} tok/s{ratio}{plain}")
+        spread = "" if row.get("spread") is None else f"  (repeats {row['spread']:.1%} apart)"
+        print(f"engine N={row['agents']:<4} {row['scenario']:<10} {row['tok_per_s']:10.1f} tok/s{ratio}{plain}{spread}")
     print_clocks(result["runs"])
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,10 @@ def test_bench_frame_by_hand():
     plain = frame["ratio_vs_plain_vllm"].tolist()
     assert plain[:2] == pytest.approx([110 / 125, 93 / 125]) and math.isnan(plain[2]) and math.isnan(plain[3])
     assert frame["errors"].tolist() == [0, 0, 0, 1, 0]
+    # how far to trust them: the repeats' spread, and the ratio of each repeat to its own unsteered run
+    assert frame["spread"].tolist()[:2] == pytest.approx([20 / 110, 6 / 93])
+    assert (frame["ratio_low"][1], frame["ratio_high"][1]) == pytest.approx((96 / 120, 90 / 100))
+    assert all(math.isnan(frame[c][3]) for c in ("spread", "ratio_low", "ratio_high"))  # one repeat: nothing to say
 
 
 def test_the_json_summary_is_the_frame():
@@ -58,10 +62,12 @@ def test_the_json_summary_is_the_frame():
 def test_a_saved_bench_rebuilds_its_summary():
     saved = json.loads(SAVED.read_text())
     results = [RunResult(**r) for r in saved["runs"]]
-    assert summarize_runs(results) == saved["summary"]
+    # the columns it was written with (spread and the per-repeat ratios came later) are the same figures
+    assert [{k: row[k] for k in want} for row, want in zip(summarize_runs(results), saved["summary"], strict=True)] \
+        == saved["summary"]
     frame = bench_frame(results)
     for row, want in zip(frame.to_dict("records"), saved["summary"], strict=True):
-        assert {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} == want
+        assert {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items() if k in want} == want
 
 
 def test_the_printed_table_is_the_frame(capsys, monkeypatch):
@@ -75,7 +81,8 @@ def test_the_printed_table_is_the_frame(capsys, monkeypatch):
              if line.startswith("│")]
     assert [line[:3] for line in lines] == [["emolab", s, "4"] for s in ("none", "mixed", "churn", "churn-none")] + [
         ["plain-vllm", "none", "4"]]  # by label, N, then the order of SCENARIOS
-    assert lines[1][3:6] == ["93.0", f"{93 / 110:.3f}", f"{93 / 125:.3f}"] and lines[2][4:6] == ["0.750", ""]
+    assert lines[1][3:6] == ["93.0", f"{93 / 110:.3f} (0.800–0.900)", f"{93 / 125:.3f}"]  # the repeats' own ratios
+    assert lines[0][4] == "1.000 (spread 18.2%)" and lines[2][4:6] == ["0.750", ""]  # a baseline: its repeats' spread
     assert lines[2][-1] == "1"
 
 

@@ -22,6 +22,7 @@ def test_ratios_are_taken_per_n_within_one_engine_and_against_plain():
     assert by["mixed"]["ratio_vs_none"] == pytest.approx(104 / 105)
     assert by["mixed"]["ratio_vs_plain"] == pytest.approx(104 / 105)
     assert by["plain"]["ratio_vs_none"] is None
+    assert by["none"]["spread"] == pytest.approx(10 / 105) and by["plain"]["spread"] is None  # one run: no spread
 
 
 @pytest.mark.slow

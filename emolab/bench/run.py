@@ -50,7 +50,11 @@ def bench_server(base_url: str, config: BenchConfig, label: str, scenarios: list
             n_emotions = len(loop.run(client.emotions())) if any(s != "none" for s in scenarios) else 6
             words = loop.run(calibrate_prompt_words(client, config.prompt_tokens))
             common = dict(prompt_words=words, alpha=config.alpha, n_emotions=n_emotions, temperature=config.temperature)
-            # Warm-up so the first measured run pays no one-off costs (connections, server-side caches).
+            # Warm-up so the first measured run pays no one-off costs: one request of the measured length (an eager
+            # backend's allocator and kernels meet the longest sequences once), then a few short ones in parallel
+            # (connections, server-side caches).
+            loop.run(run_scenario(client, "none", 1, label="warmup", requests_per_agent=1,
+                                  max_tokens=config.max_tokens, seed=0, **common))
             warmup = dict(requests_per_agent=1, max_tokens=8, seed=0, **common)
             warmup_agents = min(4, max(agent_counts))
             loop.run(run_scenario(client, "none", warmup_agents, label="warmup", **warmup))

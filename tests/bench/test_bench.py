@@ -146,3 +146,28 @@ def test_bench_refuses_a_temperature_out_of_range(capsys):
             main(["bench", "--base-url", "http://127.0.0.1:9/v1", "--temperature", bad])
         assert exit_.value.code == 2
         assert f"--temperature must be between 0 and 2, got {float(bad)}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_the_warm_up_meets_the_measured_length_once(vllm_server, monkeypatch):
+    """Before the measured runs: one request of the measured length (an eager backend meets its longest sequences
+    once), then short ones in parallel; the measured runs follow, each of the measured length."""
+    from conftest import VLLM_KEY
+
+    import emolab.bench.run as bench_run
+    from emolab.bench import BenchConfig
+
+    calls = []
+    real = bench_run.run_scenario
+
+    async def recording(client, scenario, agents, **kwargs):
+        calls.append((kwargs["label"], scenario, agents, kwargs["max_tokens"]))
+        return await real(client, scenario, agents, **kwargs)
+
+    monkeypatch.setattr(bench_run, "run_scenario", recording)
+    config = BenchConfig(base_url=vllm_server, api_key=VLLM_KEY, model="smollm2", agents=[2], scenarios=["none"],
+                         prompt_tokens=24, max_tokens=5, requests_per_agent=1, repeats=1, min_run_seconds=0)
+    results = bench_run.bench_server(f"{vllm_server}/v1", config, "emolab", ["none"])
+    assert calls == [("warmup", "none", 1, 5), ("warmup", "none", 2, 8), ("emolab", "none", 2, 5)]
+    assert results[0].completion_tokens == 2 * 5 and results[0].errors == 0

@@ -3,7 +3,10 @@
 Effects are paired: every condition runs the same cells (persona x arm x seed, or replicate x agent x
 turn) as the control, so an effect is the mean over cells of (condition - control). CIs resample whole
 independent units (a persona x seed with all its arms, so every resample keeps the counterbalancing; a
-conversation), never single dependent rows; with one unit there is no CI (NaN). The headline of a choice
+conversation), never single dependent rows; with one unit there is no CI (NaN). Each effect also has a
+sign-flip permutation p-value over the same units, adjusted across the experiment's comparisons (Holm:
+family-wise; Benjamini-Hochberg: false discovery rate), since an experiment of many emotions and alphas
+will show some intervals off zero by chance. The headline of a choice
 experiment is the **order-corrected** probability of the outcome option (the mean over arms, each
 option shown first and labelled A equally often); beside it, never mixed in, the label bias (how
 much more than chance the label shown as the first label is chosen) and the position bias (the
@@ -19,11 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emolab.core.stats import benjamini_hochberg, holm, sign_flip_p
 from emolab.simulate.readout import copied_share
 
 __all__ = [
-    "bootstrap_mean", "choice_effects", "contagion", "dose_response", "effects", "number_effects",
-    "steered_vs_prompted", "trials_frame", "units",
+    "bootstrap_mean", "choice_effects", "contagion", "corrected", "dose_response", "effects", "number_effects",
+    "paired_p", "steered_vs_prompted", "trials_frame", "units",
 ]
 
 N_BOOT = 2000
@@ -86,6 +90,27 @@ def units(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     return frame[columns].astype(str).agg("|".join, axis=1).tolist() if len(frame) else []
 
 
+def paired_p(paired: pd.DataFrame, unit: list[str]) -> float:
+    """The sign-flip p-value of a paired effect: ``paired``'s ``diff`` averaged per independent unit first."""
+    keep = paired[paired["diff"].notna()]
+    if keep.empty:
+        return float("nan")
+    per_unit = keep["diff"].groupby(pd.Series(units(keep, unit), index=keep.index), sort=False).mean()
+    return sign_flip_p(per_unit.to_numpy())
+
+
+def corrected(table: pd.DataFrame, family: str | None = None) -> pd.DataFrame:
+    """``p_holm`` and ``q_bh`` beside ``p_value``, the family being every row with a p-value (or, with
+    ``family``, every row sharing that column's value)."""
+    out = table.copy()
+    out["p_holm"], out["q_bh"] = np.nan, np.nan
+    groups = [out.index] if family is None else [idx for _, idx in out.groupby(family, sort=False).groups.items()]
+    for idx in groups:
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_numpy(dtype=float))
+        out.loc[idx, "q_bh"] = benjamini_hochberg(out.loc[idx, "p_value"].to_numpy(dtype=float))
+    return out
+
+
 def _paired(frame: pd.DataFrame, name: str, column: str, cells: list[str]) -> pd.DataFrame:
     """Rows of condition ``name`` joined to the control's row of the same cell: ``value``, ``control``, ``diff``."""
     treat = frame[frame["condition"] == name].set_index(cells)[column].rename("value")
@@ -113,11 +138,13 @@ def effects(frame: pd.DataFrame, column: str, cells: list[str], unit: list[str])
         if name != "control":
             paired = _paired(frame, name, column, cells)
             eff, elow, ehigh = bootstrap_mean(paired["diff"], units(paired, unit))
-            row.update(effect=eff, effect_low=elow, effect_high=ehigh, n_pairs=int(paired["diff"].notna().sum()))
+            row.update(effect=eff, effect_low=elow, effect_high=ehigh, n_pairs=int(paired["diff"].notna().sum()),
+                       p_value=paired_p(paired, unit))
         else:
-            row.update(effect=0.0, effect_low=0.0, effect_high=0.0, n_pairs=int(sub[column].notna().sum()))
+            row.update(effect=0.0, effect_low=0.0, effect_high=0.0, n_pairs=int(sub[column].notna().sum()),
+                       p_value=np.nan)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return corrected(pd.DataFrame(rows)) if rows else pd.DataFrame(rows)
 
 
 def choice_effects(frame: pd.DataFrame, outcome: str, n_options: int) -> pd.DataFrame:
@@ -211,10 +238,12 @@ def contagion(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             overall.append({**base, "n_pairs": len(paired), "ci_unit": unit[0],
                             "n_units": len(set(units(paired, unit))), "judged": float(paired["value"].mean()),
                             "control": float(paired["control"].mean()), "effect": eff, "effect_low": low,
-                            "effect_high": high,
+                            "effect_high": high, "p_value": paired_p(paired, unit),
                             "copied": float(copied["value"].mean()) if copied is not None else np.nan,
                             "copied_control": float(copied["control"].mean()) if copied is not None else np.nan})
             for turn, at in paired.groupby("turn"):
                 t_eff, t_low, t_high = bootstrap_mean(at["diff"], units(at, unit))
                 by_turn.append({**base, "turn": int(turn), "effect": t_eff, "effect_low": t_low, "effect_high": t_high})
-    return pd.DataFrame(overall), pd.DataFrame(by_turn)
+    overall_frame = pd.DataFrame(overall)
+    # seeded agents are the manipulation check, unseeded ones the question: each its own family
+    return (corrected(overall_frame, family="agents") if len(overall_frame) else overall_frame), pd.DataFrame(by_turn)

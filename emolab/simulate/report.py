@@ -99,6 +99,12 @@ def _judged(folder: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [r if r.get("judged") else {**r, "judged": cache[r["trial_id"]]} for r in records]
 
 
+P_FORMAT = {"p_value": ".3g", "p_holm": ".3g"}
+P_NOTE = ("`p_value`: sign-flip permutation test of the paired effect over the same independent units as its CI "
+          "(exact up to 16 units); `p_holm`: adjusted across this table's comparisons (Holm, family-wise; "
+          "`q_bh` in the CSV: Benjamini-Hochberg); for contagion, seeded and unseeded agents are separate families.")
+
+
 def _ci(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """A ``<key> [95% CI]`` column: ``+0.029 [+0.014, +0.043]``; n/a where there is no number or no interval."""
     def cell(m: float, lo: float, hi: float) -> str:
@@ -133,7 +139,7 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
         lines.append("No trials logged yet.")
     elif spec.kind in ("choice", "number"):
         effects = _ci(_ci(result.tables["effects"], "mean"), "effect")
-        columns = ["condition", "n", "n_units", "mean [95% CI]", "effect [95% CI]"]
+        columns = ["condition", "n", "n_units", "mean [95% CI]", "effect [95% CI]", "p_value", "p_holm"]
         if spec.kind == "choice":
             lines += [f"## {result.outcome_label}, order-corrected, per condition", "",
                       "`mean`: the probability of the option from the answer token's logprobs, renormalized over "
@@ -144,7 +150,7 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
         else:
             lines += [f"## {result.outcome_label} (parsed from the reply) per condition", ""]
             columns += ["unparseable"]
-        lines += [markdown_table(effects, columns), ""]
+        lines += [P_NOTE, "", markdown_table(effects, columns, floatfmt=P_FORMAT), ""]
         svp = result.tables["steered_vs_prompted"]
         if len(svp):
             lines += ["## Steered vs prompted (effect vs control)", "", markdown_table(svp), ""]
@@ -158,7 +164,8 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
                       "(1 = a copy), beside the control's: an emotion can spread into new words, or by being "
                       "repeated.", "", markdown_table(_ci(overall, "effect"),
                       ["condition", "agents", "n_pairs", "ci_unit", "n_units", "judged", "control",
-                       "effect [95% CI]", "copied", "copied_control"]), ""]
+                       "effect [95% CI]", "p_value", "p_holm", "copied", "copied_control"], floatfmt=P_FORMAT),
+                      "", P_NOTE, ""]
     for name, fig in result.figures().items():
         fig.savefig(out / "plots" / f"{name}.png", dpi=110)
         lines += [f"![{name}](plots/{name}.png)", ""]

@@ -54,6 +54,7 @@ def test_05_simulate_through_the_vllm_server_it_starts(tmp_path):
         report = (folder / "report.md").read_text()
         links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
         assert links and all((folder / link).is_file() for link in links)
+        assert "| p_value | p_holm |" in report  # each effect's permutation test, adjusted across the table
     assert "server stopped" in text
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -168,6 +168,36 @@ def test_choice_effects_order_corrected_with_label_bias_apart():
     assert table.loc["control", "position_bias"] == pytest.approx(0.0)
     assert table.loc["control", "uncorrected"] == pytest.approx(0.725)  # arm 0 alone: safe shown first as A
     assert table.loc["control", "chose_outcome"] == 1.0 and table.loc["control", "unparseable"] == 0
+    # Two units that agree exactly: a zero-width interval, yet two units cannot show an effect (exact p = 2/4)
+    assert table.loc["steered:fear@1", "p_value"] == 0.5 and table.loc["steered:fear@1", "p_holm"] == 0.5
+    assert np.isnan(table.loc["control", "p_value"]) and np.isnan(table.loc["control", "p_holm"])
+
+
+def test_effects_carry_permutation_p_values_corrected_across_the_experiment():
+    from emolab.core.stats import benjamini_hochberg, holm, sign_flip_p
+
+    rng = np.random.default_rng(3)
+    arms_ = [(["safe", "gamble"], ["A", "B"]), (["gamble", "safe"], ["A", "B"])]
+    shifts = {"control": 0.0, "steered:fear@1": 0.12, "steered:anger@1": 0.0, "prompted:fear": 0.03}
+    records, truth = [], {}
+    for persona in range(12):  # 12 independent units: the exact test enumerates 4,096 sign patterns
+        noise = {name: rng.normal(0, 0.05) for name in shifts}
+        for condition, shift in shifts.items():
+            kind = condition.split(":")[0]
+            emotion = "anger" if "anger" in condition else "fear"
+            for arm, (order, labels) in enumerate(arms_):
+                records.append(_record(condition, kind, arm, order, labels, 0.4 + shift + noise[condition],
+                                       persona, emotion))
+            truth.setdefault(condition, []).append(shift + noise[condition] - noise["control"])
+    table = analysis.choice_effects(analysis.trials_frame(records), "safe", 2).set_index("condition")
+    names = ["steered:fear@1", "steered:anger@1", "prompted:fear"]
+    want = [sign_flip_p(truth[name]) for name in names]  # the per-unit differences, built by hand
+    assert table.loc[names, "p_value"].tolist() == pytest.approx(want)
+    assert table.loc["steered:fear@1", "p_value"] < 0.01  # a shift of 0.12 against noise of 0.07 per unit
+    assert table.loc["steered:anger@1", "p_value"] > 0.05
+    assert table.loc[names, "p_holm"].tolist() == pytest.approx(holm(want).tolist())  # the family: 3 comparisons
+    assert table.loc[names, "q_bh"].tolist() == pytest.approx(benjamini_hochberg(want).tolist())
+    assert (table.loc[names, "p_holm"] >= table.loc[names, "p_value"]).all()
 
 
 def test_dose_response_and_steered_vs_prompted_tables():

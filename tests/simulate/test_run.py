@@ -139,6 +139,12 @@ def test_the_report_is_written_from_the_frames(server, tmp_path, capsys):
     for row in table.itertuples():
         assert f"| {row.condition} | {row.n} |" in report
     assert "![effects](plots/effects.png)" in report and (out / "plots" / "effects.png").is_file()
+    assert "| effect [95% CI] | p_value | p_holm |" in report and "sign-flip permutation test" in report
+    assert {"p_value", "p_holm", "q_bh"} <= set(csv[0].split(","))
+    steered = table[table["condition"] != "control"]
+    tested = steered.dropna(subset=["p_value"])
+    assert tested["p_value"].between(0, 1).all() and (tested["p_holm"] >= tested["p_value"]).all()
+    assert (steered["p_value"].isna() == steered["effect_low"].isna()).all()  # no test where there is no interval
 
 
 def test_agents_can_carry_their_own_readout_as_state(server, smollm2_bundle_path, tmp_path):

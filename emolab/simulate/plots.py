@@ -24,18 +24,23 @@ def _emotion_color(emotion: str, order: list[str]) -> str:
 
 
 def condition_plot(table: pd.DataFrame, what: str) -> Any:
-    """Each condition's effect against the control with its 95% CI, coloured by condition kind."""
+    """Each condition's effect against the control with its 95% CI, coloured by condition kind; a filled marker where
+    the effect holds after the experiment's false-discovery correction (``q_bh`` < 0.05), a hollow one where not."""
     rows = table[table["kind"] != "control"].reset_index(drop=True)
     fig = new_figure(7.5, 0.9 + 0.24 * max(len(rows), 1))
     ax = fig.add_subplot()
     y = np.arange(len(rows))[::-1]
+    tested = "q_bh" in rows
     for i, row in rows.iterrows():
         color = KIND_COLORS.get(row["kind"], "#333333")
+        holds = not tested or row["q_bh"] < 0.05
         ax.errorbar(row["effect"], y[i], xerr=[[row["effect"] - row["effect_low"]], [row["effect_high"] - row["effect"]]],
-                    fmt="o", color=color, ecolor=color, capsize=2, markersize=4)
+                    fmt="o", color=color, ecolor=color, capsize=2, markersize=4,
+                    markerfacecolor=color if holds else "white")
     ax.axvline(0, color="#444444", linewidth=0.8)
     ax.set_yticks(y, rows["condition"].tolist(), fontsize=7)
-    ax.set_xlabel(f"effect on {what} vs control (95% bootstrap CI)")
+    ax.set_xlabel(f"effect on {what} vs control (95% bootstrap CI)"
+                  + ("\nhollow: not held after the false-discovery correction (q >= 0.05)" if tested else ""))
     for kind, color in KIND_COLORS.items():
         if kind != "control" and (rows["kind"] == kind).any():
             ax.plot([], [], "o", color=color, label=kind)

@@ -12,7 +12,7 @@ percentile bootstrap beside it does not. ``holm`` controls the chance of any fal
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,34 +49,23 @@ def sign_flip_p(differences: Sequence[float], *, n_flips: int = N_FLIPS, seed: i
     return (1 + hits) / (1 + n_flips)
 
 
-def _clean(pvalues: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _adjusted(pvalues: Sequence[float], step: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``step`` applied to the finite p-values in ascending order, written back in the input's order; NaN stays
+    NaN and does not count in the family."""
     p = np.asarray(pvalues, dtype=np.float64)
-    return p, np.flatnonzero(np.isfinite(p))
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if finite.size:
+        order = finite[np.argsort(p[finite], kind="stable")]
+        out[order] = np.minimum(1.0, step(p[order]))
+    return out
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error), in the input's order; NaN stays NaN and does not
-    count in the family."""
-    p, finite = _clean(pvalues)
-    out = np.full(p.shape, np.nan)
-    m = finite.size
-    if m == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
-    out[order] = adjusted
-    return out
+    """Holm's step-down adjusted p-values (family-wise error), in the input's order; NaN stays NaN."""
+    return _adjusted(pvalues, lambda p: np.maximum.accumulate((p.size - np.arange(p.size)) * p))
 
 
 def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg q-values (false discovery rate), in the input's order; NaN stays NaN and does not
-    count in the family."""
-    p, finite = _clean(pvalues)
-    out = np.full(p.shape, np.nan)
-    m = finite.size
-    if m == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    scaled = p[order] * m / np.arange(1, m + 1)
-    out[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-    return out
+    """Benjamini-Hochberg q-values (false discovery rate), in the input's order; NaN stays NaN."""
+    return _adjusted(pvalues, lambda p: np.minimum.accumulate((p * p.size / np.arange(1, p.size + 1))[::-1])[::-1])

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["EXACT_UNITS", "N_FLIPS", "benjamini_hochberg", "holm", "sign_flip_p"]
+__all__ = ["EXACT_UNITS", "N_FLIPS", "benjamini_hochberg", "holm", "sign_flip_p", "smallest_p"]
 
 EXACT_UNITS = 16  # up to 2**16 sign patterns are enumerated; more units are sampled
 N_FLIPS = 20_000
@@ -47,6 +47,15 @@ def sign_flip_p(differences: Sequence[float], *, n_flips: int = N_FLIPS, seed: i
         signs = rng.choice((1.0, -1.0), size=(min(4096, n_flips - start), diffs.size))
         hits += int(np.sum(np.abs(signs @ diffs) / diffs.size >= observed - tolerance))
     return (1 + hits) / (1 + n_flips)
+
+
+def smallest_p(units: int, *, n_flips: int = N_FLIPS) -> float:
+    """The smallest p-value ``sign_flip_p`` can give with ``units`` independent units: 2 / 2**units when exact
+    (only the observed signs and their mirror reach the observed mean), 1 / (1 + n_flips) when sampled; NaN
+    under two units. A design whose floor lies above the threshold cannot show any effect, however large."""
+    if units < 2:
+        return float("nan")
+    return 2.0 / 2**units if units <= EXACT_UNITS else 1.0 / (1 + n_flips)
 
 
 def _adjusted(pvalues: Sequence[float], step: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -13,12 +13,13 @@ from typing import Any
 
 import pandas as pd
 
+from emolab.core.stats import smallest_p
 from emolab.core.tables import markdown_table
 from emolab.simulate import analysis, plots
 from emolab.simulate.log import RUN_FILE, read_trials
 from emolab.simulate.spec import ExperimentSpec
 
-__all__ = ["RunAnalysis", "analyze", "write_report"]
+__all__ = ["RunAnalysis", "analyze", "design_note", "write_report"]
 
 
 @dataclass
@@ -105,6 +106,26 @@ P_NOTE = ("`p_value`: sign-flip permutation test of the paired effect over the s
           "`q_bh` in the CSV: Benjamini-Hochberg); for contagion, seeded and unseeded agents are separate families.")
 
 
+def design_note(table: pd.DataFrame, alpha: float = 0.05) -> str | None:
+    """What the design can show at all: with too few independent units the permutation test's smallest p (the
+    floor) lies above ``alpha``, or above Holm's ``alpha / m`` across the table's ``m`` comparisons; None when
+    neither binds."""
+    tested = table[table["p_value"].notna()] if "p_value" in table else table.iloc[0:0]
+    if tested.empty:
+        return None
+    units, m = int(tested["n_units"].min()), len(tested)
+    floor = smallest_p(units)
+    if floor > alpha:
+        return (f"**Design note**: with {units} independent units per comparison the smallest p-value this design can "
+                f"give is {floor:.3g}, above {alpha}: no effect here can be told from chance, however large. More "
+                "units (personas, seeds at temperature > 0, replicates) are the remedy.")
+    if floor * m > alpha:
+        return (f"**Design note**: with {units} independent units the smallest p-value is {floor:.3g}; across {m} "
+                f"comparisons Holm needs {alpha / m:.3g}, so no effect can survive the family-wise correction; "
+                "the false-discovery `q_bh` still can.")
+    return None
+
+
 def _ci(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """A ``<key> [95% CI]`` column: ``+0.029 [+0.014, +0.043]``; n/a where there is no number or no interval."""
     def cell(m: float, lo: float, hi: float) -> str:
@@ -151,6 +172,8 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
             lines += [f"## {result.outcome_label} (parsed from the reply) per condition", ""]
             columns += ["unparseable"]
         lines += [P_NOTE, "", markdown_table(effects, columns, floatfmt=P_FORMAT), ""]
+        if note := design_note(result.tables["effects"]):
+            lines += [note, ""]
         svp = result.tables["steered_vs_prompted"]
         if len(svp):
             lines += ["## Steered vs prompted (effect vs control)", "", markdown_table(svp), ""]
@@ -166,6 +189,8 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
                       ["condition", "agents", "n_pairs", "ci_unit", "n_units", "judged", "control",
                        "effect [95% CI]", "p_value", "p_holm", "copied", "copied_control"], floatfmt=P_FORMAT),
                       "", P_NOTE, ""]
+            if note := design_note(overall[overall["agents"] == "unseeded"]):
+                lines += [note, ""]
     for name, fig in result.figures().items():
         fig.savefig(out / "plots" / f"{name}.png", dpi=110)
         lines += [f"![{name}](plots/{name}.png)", ""]

@@ -48,3 +48,11 @@ def test_holm_and_bh_by_hand_and_against_scipy():
     assert benjamini_hochberg(many).tolist() == pytest.approx(stats.false_discovery_control(many).tolist())
     assert (holm(many) >= benjamini_hochberg(many) - 1e-15).all() and (holm(many) <= 1).all()
     assert holm([]).size == 0 and benjamini_hochberg([float("nan")]).tolist()[0] != 0
+
+
+def test_the_smallest_p_a_design_can_give():
+    from emolab.core.stats import N_FLIPS, smallest_p
+
+    for units in (2, 3, 5, 8):
+        assert smallest_p(units) == 2 / 2**units == sign_flip_p([0.1 * (k + 1) for k in range(units)])  # attained
+    assert smallest_p(40) == 1 / (1 + N_FLIPS) and math.isnan(smallest_p(1))

@@ -246,3 +246,16 @@ def test_prompts_with_other_braces_render_as_written():
     prompted = next(t for t in trials(spec, conditions(spec, EMOTIONS, RECOMMENDED))
                     if t.condition.name == "prompted:fear" and t.persona_index == 0)
     assert prompted.messages[0]["content"] == 'You are p1. Reply as JSON: {"choice": "A"}. You feel afraid {today}.'
+
+
+def test_the_report_says_when_the_design_cannot_show_an_effect():
+    from emolab.simulate.report import design_note
+
+    def table(units, m):
+        return pd.DataFrame({"condition": ["control"] + [f"c{i}" for i in range(m)], "n_units": [units] * (m + 1),
+                             "p_value": [np.nan] + [0.5] * m})
+
+    assert "smallest p-value this design can give is 0.25, above 0.05" in design_note(table(3, 4))  # 3 replicates
+    assert "across 30 comparisons Holm needs 0.00167" in design_note(table(8, 30))  # the risk run: 8 personas
+    assert design_note(table(12, 3)) is None  # 2/4096 < 0.05/3: the design can show an effect
+    assert design_note(table(8, 0)) is None  # nothing tested

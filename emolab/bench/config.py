@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from emolab.bench.load import MIN_RUN_SECONDS, SCENARIOS
 from emolab.core.errors import EmolabError
 
-__all__ = ["BenchConfig", "BenchError"]
+__all__ = ["MAX_TEMPERATURE", "BenchConfig", "BenchError"]
+
+
+MAX_TEMPERATURE = 2.0  # the sampling temperature the bench accepts: 0 (greedy) .. this
 
 
 class BenchError(EmolabError, ValueError):
@@ -60,6 +63,7 @@ class BenchConfig:
         return scenarios
 
     def checked_temperature(self) -> float:
-        if not (0.0 <= self.temperature <= 2.0):  # also refuses NaN
-            raise BenchError(f"temperature must be between 0 and 2, got {self.temperature}", setting="temperature")
+        if not (0.0 <= self.temperature <= MAX_TEMPERATURE):  # also refuses NaN
+            raise BenchError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}",
+                             setting="temperature")
         return self.temperature

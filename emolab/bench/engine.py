@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from emolab.bench.gpu_clocks import ClockLog, annotate
-from emolab.bench.load import pick_steering
+from emolab.bench.load import pick_steering, repeat_spread
 
 __all__ = ["ENGINE_SCENARIOS", "engine_job", "run_engine_bench"]
 
@@ -172,13 +172,6 @@ def _engine_process(label: str, scenarios: list[str], env: dict[str, str], commo
     return json.loads(out_path.read_text())
 
 
-def _spread(rates: list[float]) -> float | None:
-    """How far one row's repeats lie apart: (max - min) / median; None with one repeat."""
-    import numpy as np
-
-    return (max(rates) - min(rates)) / float(np.median(rates)) if len(rates) > 1 and min(rates) > 0 else None
-
-
 def summarize_engine_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median tok/s per (scenario, N) and the ratios to none (same engine) and to plain."""
     import numpy as np
@@ -196,7 +189,7 @@ def summarize_engine_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 round(r["tok_per_s"] / n["tok_per_s"], 4) for r in runs for n in runs
                 if r["scenario"] == scenario and n["scenario"] == "none" and r["agents"] == n["agents"] == agents
                 and r.get("repeat") == n.get("repeat") and scenario != "plain"],
-            "spread": _spread([r["tok_per_s"] for r in runs if (r["scenario"], r["agents"]) == (scenario, agents)]),
+            "spread": repeat_spread([r["tok_per_s"] for r in runs if (r["scenario"], r["agents"]) == (scenario, agents)]),
             "ratio_vs_none": value / none if none and scenario != "plain" else None,
             "ratio_vs_plain": value / plain if plain and scenario != "plain" else None,
         })

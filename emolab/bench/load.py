@@ -41,7 +41,7 @@ from emolab.api_client import AsyncSteeringClient
 
 __all__ = ["BASELINE", "CLIENT_BOUND_SHARE", "MIN_RUN_SECONDS", "NULL_SCALE", "SCENARIOS", "AgentStats", "RunResult",
            "calibrate_prompt_words", "make_prompt", "measurement_problems", "not_measured", "one_request",
-           "pick_steering", "random_blend", "run_agents", "run_scenario", "text_digest", "to_result"]
+           "pick_steering", "random_blend", "repeat_spread", "run_agents", "run_scenario", "text_digest", "to_result"]
 
 SCENARIOS = ("none", "same", "mixed", "mixed-null", "churn", "churn-none")
 NULL_SCALE = 1e-6  # mixed-null: the alphas of mixed scaled down until they change no token
@@ -80,6 +80,11 @@ class RunResult:
     text_digest: str = ""  # one hash of every request's text: equal digests = the same text, request by request
     started_at: float = 0.0  # wall clock (time.time()) of the run's start and end: to align with logs of
     ended_at: float = 0.0  # the card's clocks and power (emolab.bench.gpu_clocks)
+
+
+def repeat_spread(rates: list[float]) -> float | None:
+    """How far one row's repeats lie apart: (max - min) / median of their tok/s; None with one repeat."""
+    return (max(rates) - min(rates)) / float(np.median(rates)) if len(rates) > 1 and min(rates) > 0 else None
 
 
 def pct(values: list[float], q: float) -> float:

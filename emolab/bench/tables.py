@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emolab.bench.load import BASELINE, SCENARIOS, RunResult
+from emolab.bench.load import BASELINE, SCENARIOS, RunResult, repeat_spread
 from emolab.core.tables import json_records
 
 __all__ = ["SUMMARY_COLUMNS", "bench_frame", "print_table", "summarize_runs"]
@@ -53,7 +53,8 @@ def bench_frame(results: list[RunResult]) -> pd.DataFrame:
         own_runs = groups.get((row["label"], BASELINE[row["scenario"]], row["agents"]), [])
         rates = [r.tok_per_s for r in groups[key]]
         paired = [r.tok_per_s / b.tok_per_s for r, b in zip(groups[key], own_runs, strict=False) if b.tok_per_s > 0]  # one run per repeat each
-        row["spread"] = (max(rates) - min(rates)) / row["tok_per_s"] if len(rates) > 1 and row["tok_per_s"] else float("nan")
+        spread = repeat_spread(rates)
+        row["spread"] = float("nan") if spread is None else spread
         row["ratio_low"], row["ratio_high"] = (min(paired), max(paired)) if len(paired) > 1 else (float("nan"),) * 2
         own = base.get((row["label"], BASELINE[row["scenario"]], row["agents"]))
         plain = base.get(("plain-vllm", "none", row["agents"]))

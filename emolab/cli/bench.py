@@ -113,9 +113,10 @@ def run_engine_cli(args: argparse.Namespace) -> int:
 
 def run_bench_cli(args: argparse.Namespace) -> int:
     from emolab.bench import BenchConfig, print_table, run_bench
+    from emolab.bench.config import MAX_TEMPERATURE
 
-    if not 0.0 <= args.temperature <= 2.0:  # also refuses nan
-        raise UsageError(f"--temperature must be between 0 and 2, got {args.temperature}")
+    if not 0.0 <= args.temperature <= MAX_TEMPERATURE:  # also refuses nan
+        raise UsageError(f"--temperature must be between 0 and {MAX_TEMPERATURE:g}, got {args.temperature}")
     if args.engine:
         return run_engine_cli(args)
 

@@ -44,9 +44,10 @@ engine)
     --log-dir /tmp/engine 2>&1 | grep -v "it/s\]" | tail -20
   ;;
 http)
+  T=${TEMPERATURE:+_t$TEMPERATURE}  # sampled runs keep their files and logs apart from greedy ones
   top -b -c -w 250 -d 10 -n 55 -o %CPU | awk '/^top -/{n=0} {n++; if (n <= 22) print}' > "$OUT/top_k$K.txt" &
   TOP=$!
-  nvidia-smi dmon -s pucm -d 1 -o DT > "$OUT/dmon_k$K${TEMPERATURE:+_t$TEMPERATURE}.txt" 2>&1 &
+  nvidia-smi dmon -s pucm -d 1 -o DT > "$OUT/dmon_k$K$T.txt" 2>&1 &
   DMON=$!
   profile emolab 75 30 & P1=$!
   profile plain-vllm 45 20 & P2=$!
@@ -54,9 +55,9 @@ http)
     "--server-arg-plain=--load-format=dummy" --api-server-count "$K" --compare-plain \
     --agents 256 --scenarios "${SCENARIOS:-none,mixed,mixed-null}" --prompt-tokens 200 --max-tokens 256 \
     --requests-per-agent "${RPA:-10}" --temperature "${TEMPERATURE:-0}" \
-    --repeats "${REPEATS:-2}" --client-processes 8 --output "$OUT/bench_http_k$K${TEMPERATURE:+_t$TEMPERATURE}.json" \
-    --log-dir /tmp/bench-k$K${TEMPERATURE:+_t$TEMPERATURE} \
-    2>&1 | tee "$OUT/bench_k$K.txt" | tail -16 || { tail -30 /tmp/bench-k$K${TEMPERATURE:+_t$TEMPERATURE}/*.log; }
+    --repeats "${REPEATS:-2}" --client-processes 8 --output "$OUT/bench_http_k$K$T.json" \
+    --log-dir /tmp/bench-k$K$T \
+    2>&1 | tee "$OUT/bench_k$K.txt" | tail -16 || { tail -30 /tmp/bench-k$K$T/*.log; }
   kill $TOP $DMON $P1 $P2 2>/dev/null || true
   ;;
 clients)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from emolab.bench.load import MIN_RUN_SECONDS, SCENARIOS
 from emolab.core.errors import EmolabError
 
-__all__ = ["MAX_TEMPERATURE", "BenchConfig", "BenchError"]
+__all__ = ["MAX_TEMPERATURE", "BenchConfig", "BenchError", "check_temperature"]
 
 
 MAX_TEMPERATURE = 2.0  # the sampling temperature the bench accepts: 0 (greedy) .. this
@@ -19,6 +19,14 @@ MAX_TEMPERATURE = 2.0  # the sampling temperature the bench accepts: 0 (greedy) 
 
 class BenchError(EmolabError, ValueError):
     """Bench settings that cannot run."""
+
+
+def check_temperature(temperature: float) -> float:
+    """``temperature`` if the bench can sample at it (0 = greedy .. ``MAX_TEMPERATURE``), else a ``BenchError``."""
+    if not (0.0 <= temperature <= MAX_TEMPERATURE):  # also refuses NaN
+        raise BenchError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {temperature}",
+                         setting="temperature")
+    return temperature
 
 
 @dataclass
@@ -63,7 +71,4 @@ class BenchConfig:
         return scenarios
 
     def checked_temperature(self) -> float:
-        if not (0.0 <= self.temperature <= MAX_TEMPERATURE):  # also refuses NaN
-            raise BenchError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}",
-                             setting="temperature")
-        return self.temperature
+        return check_temperature(self.temperature)

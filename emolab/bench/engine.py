@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emolab.bench.config import check_temperature
 from emolab.bench.gpu_clocks import ClockLog, annotate
 from emolab.bench.load import pick_steering, repeat_spread
 
@@ -137,6 +138,7 @@ def run_engine_bench(*, model: str, vectors: str | None, agents: list[int], repe
     from emolab.core.models import resolve_model
     from emolab.serve.settings import ServeSettings
 
+    check_temperature(temperature)
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     engine = {"model": resolve_model(model), "seed": 0, "max_num_seqs": max(agents), **engine_kwargs}

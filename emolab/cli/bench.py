@@ -113,10 +113,12 @@ def run_engine_cli(args: argparse.Namespace) -> int:
 
 def run_bench_cli(args: argparse.Namespace) -> int:
     from emolab.bench import BenchConfig, print_table, run_bench
-    from emolab.bench.config import MAX_TEMPERATURE
+    from emolab.bench.config import BenchError, check_temperature
 
-    if not 0.0 <= args.temperature <= MAX_TEMPERATURE:  # also refuses nan
-        raise UsageError(f"--temperature must be between 0 and {MAX_TEMPERATURE:g}, got {args.temperature}")
+    try:
+        check_temperature(args.temperature)
+    except BenchError as exc:
+        raise UsageError(f"--{exc}") from None
     if args.engine:
         return run_engine_cli(args)
 

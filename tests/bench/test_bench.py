@@ -148,6 +148,21 @@ def test_bench_refuses_a_temperature_out_of_range(capsys):
         assert f"--temperature must be between 0 and 2, got {float(bad)}" in capsys.readouterr().err
 
 
+def test_library_callers_get_the_same_temperature_check(tmp_path):
+    """BenchConfig and the engine bench refuse the temperature before a server or an engine starts."""
+    from emolab.bench import BenchConfig
+    from emolab.bench.config import BenchError
+    from emolab.bench.engine import run_engine_bench
+
+    with pytest.raises(BenchError, match="temperature must be between 0 and 2, got 2.5") as err:
+        run_engine_bench(model="x", vectors=None, agents=[1], repeats=1, prompt_tokens=8, max_tokens=8, alpha=1.0,
+                         seed=0, run_seconds=1.0, engine_kwargs={}, compare_plain=True, log_dir=tmp_path / "logs",
+                         temperature=2.5)
+    assert err.value.setting == "temperature" and not (tmp_path / "logs").exists()
+    with pytest.raises(BenchError, match="got -1"):
+        BenchConfig(temperature=-1).checked_temperature()
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_the_warm_up_meets_the_measured_length_once(vllm_server, monkeypatch):

@@ -18,7 +18,7 @@ from typing import Any
 from emolab.api_client import AsyncSteeringClient
 from emolab.bench.clients import ClientPool
 from emolab.bench.config import BenchConfig, BenchError
-from emolab.bench.gpu_clocks import ClockLog, annotate
+from emolab.bench.gpu_clocks import ClockLog, ClockSample, annotate
 from emolab.bench.load import (
     RunResult,
     calibrate_prompt_words,
@@ -91,15 +91,16 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     config.checked_temperature()
     all_results: list[RunResult] = []
     startup: dict[str, float] = {}
-    clocks = ClockLog(Path(config.log_dir) / "gpu-clocks.csv")  # samples only where nvidia-smi is
+    samples: list[ClockSample] = []  # the card's clocks: only where the bench starts the servers on this host and nvidia-smi is here
     if not config.serve_model:
         if not config.base_url:
             raise BenchError("give the URL of a running server, or a model and bundle to start one", setting="base_url")
         print(f"bench against {config.base_url}", flush=True)
         all_results += bench_server(config.base_url, config, "emolab", scenarios)
     else:
-        with clocks:  # the servers run on this host: their card's clocks belong beside the ratios
+        with ClockLog(Path(config.log_dir) / "gpu-clocks.csv") as clocks:
             all_results += _bench_started_servers(config, scenarios, startup)
+        samples = clocks.samples()
     summary = summarize_runs(all_results)
     # Ratios over runs that measured the client, or ran too short, are named here and not printed as results.
     marks = [{"label": row["label"], "scenario": row["scenario"], "agents": row["agents"], "why": why}
@@ -107,7 +108,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
              if (why := not_measured(all_results, row["label"], row["scenario"], row["agents"], config.min_run_seconds))]
     result = {"config": {k: v for k, v in asdict(config).items() if k != "api_key"}, "startup_s": startup,
               "summary": summary, "not_a_measurement": marks, "runs": [asdict(r) for r in all_results]}
-    annotate(result["runs"], clocks.samples())
+    annotate(result["runs"], samples)
     if config.output:
         Path(config.output).parent.mkdir(parents=True, exist_ok=True)
         Path(config.output).write_text(json.dumps(result, indent=2))

@@ -19,7 +19,7 @@ from emolab.cli.common import UsageError, number_list, positive_int, word_list
 __all__ = ["add_simulate", "spec_with_overrides"]
 
 OVERRIDE_FLAGS = {"conditions.emotions": "--emotions", "conditions.alphas": "--alphas", "personas": "--personas",
-                  "seeds": "--seeds", "turns": "--turns"}
+                  "seeds": "--seeds", "turns": "--turns", "sampling.temperature": "--temperature"}
 
 
 def add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +42,8 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--personas", type=positive_int("--personas"), default=None, help="keep the first N personas")
     run.add_argument("--seeds", type=number_list("--seeds", int), default=None, help="override seeds")
     run.add_argument("--turns", type=positive_int("--turns"), default=None, help="override turns (conversations)")
+    run.add_argument("--temperature", type=float, default=None,
+                     help="override sampling.temperature (> 0: each seed samples its own replicate)")
     run.add_argument("--limit", type=positive_int("--limit"), default=None,
                      help="run at most N of the trials still owed, then stop (resumable)")
     run.add_argument("--no-judge", action="store_true",
@@ -72,7 +74,7 @@ def spec_with_overrides(source: str, args: argparse.Namespace) -> Any:
     spec = ExperimentSpec.load(source)
     try:
         return spec.with_overrides(emotions=args.emotions, alphas=args.alphas, personas=args.personas,
-                                   seeds=args.seeds, turns=args.turns)
+                                   seeds=args.seeds, turns=args.turns, temperature=args.temperature)
     except SpecError as exc:  # an override at fault: name its flag
         flag = OVERRIDE_FLAGS.get((exc.field or "").split("[")[0])
         if flag is None:

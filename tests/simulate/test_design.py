@@ -60,6 +60,37 @@ def test_a_bad_spec_names_its_field(change, field):
     assert str(err.value).startswith(f"{field}: ")
 
 
+def test_seeds_that_would_only_copy_requests_are_refused():
+    """At temperature 0 a seed changes nothing a request asks; copies would pass as independent replicates."""
+    from emolab.simulate.agents import Conversation, agent_messages
+
+    with pytest.raises(SpecError, match="at temperature 0 every seed sends the same requests") as err:
+        ExperimentSpec.from_dict({**CHOICE, "seeds": [0, 1]})
+    assert err.value.field == "seeds"
+    sampled = ExperimentSpec.from_dict({**CHOICE, "seeds": [0, 1], "sampling": {"temperature": 0.7}})
+    greedy = ExperimentSpec.from_dict(CHOICE)
+    conds = conditions(greedy, EMOTIONS, RECOMMENDED)
+    assert sampled.seeds == (0, 1) and len(trials(sampled, conds)) == 2 * len(trials(greedy, conds))
+
+    chat = ExperimentSpec.load("contagion")  # 6 agents, 4 personas that rotate from one replicate to the next
+    rotations = len(chat.agents.personas)
+    assert chat.with_overrides(seeds=list(range(rotations))).seeds == tuple(range(rotations))
+    with pytest.raises(SpecError, match=f"rotation of the {rotations} agent personas") as err:
+        chat.with_overrides(seeds=list(range(rotations + 1)))
+    assert err.value.field == "seeds"
+    # the premise: greedy, replicate r + P is sent exactly what replicate r is, agent by agent
+    control = conditions(chat, EMOTIONS, RECOMMENDED)[0]
+    first, again = Conversation(control, 0), Conversation(control, rotations)
+    assert all(agent_messages(chat, first, a) == agent_messages(chat, again, a) for a in range(chat.agents.count))
+    assert any(agent_messages(chat, first, a) != agent_messages(chat, Conversation(control, 1), a)
+               for a in range(chat.agents.count))
+    nine = chat.with_overrides(seeds=list(range(9)), temperature=0.8)  # sampled: each seed its own conversation
+    assert nine.sampling.temperature == 0.8 and nine.source["sampling"]["temperature"] == 0.8
+    with pytest.raises(SpecError, match="must be 0..2") as err:
+        chat.with_overrides(temperature=2.5)
+    assert err.value.field == "sampling.temperature"
+
+
 def test_a_bad_spec_file_names_the_file_and_the_field(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nkind: number\nprompt: How much?\nrange: [10, 1]\n")

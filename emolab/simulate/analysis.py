@@ -2,11 +2,12 @@
 
 Effects are paired: every condition runs the same cells (persona x arm x seed, or replicate x agent x
 turn) as the control, so an effect is the mean over cells of (condition - control). CIs resample whole
-independent units (a persona x seed with all its arms, so every resample keeps the counterbalancing; a
-conversation), never single dependent rows; with one unit there is no CI (NaN). Each effect also has a
-sign-flip permutation p-value over the same units, adjusted across the experiment's comparisons (Holm:
-family-wise; Benjamini-Hochberg: false discovery rate), since an experiment of many emotions and alphas
-will show some intervals off zero by chance. The headline of a choice
+independent units (a persona with all its arms, so every resample keeps the counterbalancing, and for a
+choice all its seeds too; a number's persona x seed, each reply a draw; a conversation), never single
+dependent rows; with one unit there is no CI (NaN). Each effect also has a sign-flip permutation p-value
+over the same units, adjusted across the experiment's comparisons (Holm: family-wise; Benjamini-Hochberg:
+false discovery rate), since an experiment of many emotions and alphas will show some intervals off zero by
+chance. The headline of a choice
 experiment is the **order-corrected** probability of the outcome option (the mean over arms, each
 option shown first and labelled A equally often); beside it, never mixed in, the label bias (how
 much more than chance the label shown as the first label is chosen) and the position bias (the
@@ -64,7 +65,7 @@ def bootstrap_mean(values: Sequence[float], clusters: Sequence[Any] | None = Non
     """(mean, low, high): the mean and its 95% percentile CI, resampling ``clusters`` whole when given.
 
     With clusters the mean is the mean of cluster means (a cluster is one independent unit, e.g. a
-    persona x seed holding every counterbalanced arm, so each resample stays balanced). With fewer than
+    persona holding every counterbalanced arm, so each resample stays balanced). With fewer than
     two units there is nothing to resample: the CI is NaN, not a zero-width interval.
     """
     values = np.asarray(values, dtype=np.float64)
@@ -149,7 +150,9 @@ def effects(frame: pd.DataFrame, column: str, cells: list[str], unit: list[str])
 
 def choice_effects(frame: pd.DataFrame, outcome: str, n_options: int) -> pd.DataFrame:
     """The order-corrected P(outcome) per condition and its effect, with the parsed choice and the biases beside."""
-    table = effects(frame, f"p_{outcome}", ["persona_index", "arm", "seed"], unit=["persona_index", "seed"])
+    # The unit is the persona with all its arms and seeds: an option's probability is read from the logprobs, the
+    # model's distribution rather than a draw from it, so a persona's seeds repeat (or nearly repeat) one value.
+    table = effects(frame, f"p_{outcome}", ["persona_index", "arm", "seed"], unit=["persona_index"])
     extra = []
     for name, sub in frame.groupby("condition", sort=False):
         p_first_label = _chosen_prob(sub, "option_labelled_first")

@@ -231,6 +231,25 @@ def test_effects_carry_permutation_p_values_corrected_across_the_experiment():
     assert (table.loc[names, "p_holm"] >= table.loc[names, "p_value"]).all()
 
 
+def test_a_choice_counts_personas_not_seeds():
+    """An option's probability is the model's distribution, not a draw: a persona's second seed (here its exact
+    copy, as a greedy or first-token readout gives) adds no unit, and nothing of the table changes."""
+    arms_ = [(["safe", "gamble"], ["A", "B"]), (["gamble", "safe"], ["A", "B"])]
+    records = []
+    for persona, noise in enumerate((0.02, -0.01, 0.04, 0.0)):
+        for condition, shift in (("control", 0.0), ("steered:fear@1", 0.1 + noise)):
+            for arm, (order, labels) in enumerate(arms_):
+                records.append(_record(condition, condition.split(":")[0], arm, order, labels, 0.4 + shift, persona))
+    copies = [{**r, "seed": 1, "trial_id": r["trial_id"] + "-s1"} for r in records]
+    one = analysis.choice_effects(analysis.trials_frame(records), "safe", 2).set_index("condition")
+    two = analysis.choice_effects(analysis.trials_frame(records + copies), "safe", 2).set_index("condition")
+    assert two.loc["steered:fear@1", "n_units"] == one.loc["steered:fear@1", "n_units"] == 4
+    assert two.loc["steered:fear@1", "n"] == 16
+    for column in ("effect", "effect_low", "effect_high", "p_value"):
+        assert two.loc["steered:fear@1", column] == pytest.approx(one.loc["steered:fear@1", column])
+    assert two.loc["steered:fear@1", "p_value"] == 0.125  # 4 units: 2/16, not 8 units' 2/256
+
+
 def test_dose_response_and_steered_vs_prompted_tables():
     table = pd.DataFrame([
         {"condition": "control", "kind": "control", "emotion": None, "multiple": 0.0, "alpha": 0.0, "mean": 0.5,

@@ -115,18 +115,19 @@ def design_note(table: pd.DataFrame, alpha: float = 0.05) -> str | None:
     if tested.empty:
         return None
     units = tested["n_units"].astype(int)
-    floors, m, most = units.map(smallest_p), len(tested), int(units.max())
-    if (floors > alpha).all():
+    m, most = len(tested), int(units.max())
+    best = smallest_p(most)  # the floor falls with the units: the best-placed row's bounds every other row's
+    if best > alpha:
         return (f"**Design note**: with at most {most} independent units per comparison the smallest p-value this "
-                f"design can give is {smallest_p(most):.3g}, above {alpha}: no effect here can be told from chance, "
+                f"design can give is {best:.3g}, above {alpha}: no effect here can be told from chance, "
                 "however large. More units (personas, seeds at temperature > 0, replicates) are the remedy.")
     parts = []
-    if (few := int((floors > alpha).sum())):
+    if (few := int((units.map(smallest_p) > alpha).sum())):
         parts.append(f"{few} of the {m} comparisons have too few independent units (as few as {int(units.min())}; "
                      f"replies lost as unparseable leave a row fewer) for any p-value below {alpha}, whatever their "
                      "effect")
-    if (floors * m > alpha).all():
-        parts.append(f"with at most {most} independent units the smallest p-value is {smallest_p(most):.3g}; across "
+    if best * m > alpha:
+        parts.append(f"with at most {most} independent units the smallest p-value is {best:.3g}; across "
                      f"{m} comparisons Holm needs {alpha / m:.3g}, so no effect can survive the family-wise "
                      "correction; the false-discovery `q_bh` still can")
     return f"**Design note**: {'; '.join(parts)}." if parts else None

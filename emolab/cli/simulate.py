@@ -39,7 +39,8 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--server-arg", action="append", default=[], help="extra argument for emolab serve (repeatable)")
     run.add_argument("--emotions", type=word_list, default=None, help="override conditions.emotions (comma-separated)")
     run.add_argument("--alphas", type=number_list("--alphas"), default=None, help="override conditions.alphas")
-    run.add_argument("--personas", type=positive_int("--personas"), default=None, help="keep the first N personas")
+    run.add_argument("--personas", type=positive_int("--personas"), default=None, help="keep the first N personas (drawn from a population: draw N; the first N of any "
+                     "larger draw)")
     run.add_argument("--seeds", type=number_list("--seeds", int), default=None, help="override seeds")
     run.add_argument("--turns", type=positive_int("--turns"), default=None, help="override turns (conversations)")
     run.add_argument("--temperature", type=float, default=None,
@@ -55,6 +56,9 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     report = inner.add_parser("report", help="report.md, tables/*.csv and plots/*.png of a run folder")
     report.add_argument("folder")
     report.add_argument("--output", default=None, help="where to write (default: the run folder)")
+    report.add_argument("--by", default=None, metavar="ATTRIBUTE",
+                        help="split every effect by this attribute of the personas (drawn from a population) and "
+                             "test whether it differs between the levels")
     report.set_defaults(func=run_report)
 
 
@@ -130,5 +134,5 @@ def run_report(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not (folder / "run.json").is_file():
         raise UsageError(f"{folder}: not a run folder (no run.json)")
-    print(f"report: {write_report(folder, args.output)}")
+    print(f"report: {write_report(folder, args.output, by=args.by)}")
     return 0

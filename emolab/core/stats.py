@@ -16,10 +16,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["EXACT_UNITS", "N_FLIPS", "benjamini_hochberg", "holm", "sign_flip_p", "smallest_p"]
+__all__ = [
+    "EXACT_UNITS", "N_FLIPS", "N_SHUFFLES", "benjamini_hochberg", "between_groups_p", "holm", "sign_flip_p",
+    "smallest_p",
+]
 
 EXACT_UNITS = 16  # up to 2**16 sign patterns are enumerated; more units are sampled
 N_FLIPS = 20_000
+N_SHUFFLES = 5_000
 
 
 def sign_flip_p(differences: Sequence[float], *, n_flips: int = N_FLIPS, seed: int = 0) -> float:
@@ -56,6 +60,41 @@ def smallest_p(units: int, *, n_flips: int = N_FLIPS) -> float:
     if units < 2:
         return float("nan")
     return 2.0 / 2**units if units <= EXACT_UNITS else 1.0 / (1 + n_flips)
+
+
+def between_groups_p(values: Sequence[float], groups: Sequence[object], *, n_shuffles: int = N_SHUFFLES,
+                     seed: int = 0) -> float:
+    """Permutation p-value of "every group has the same mean", one value per independent unit.
+
+    The statistic is the between-groups sum of squares (sum over groups of n_g x (mean_g - mean)^2); the group
+    labels are shuffled among the units ``n_shuffles`` times, the observed labelling counted in
+    ((1 + hits) / (1 + n_shuffles)). A moderator test: does an effect differ between subgroups more than
+    reassigning the units at random would make it? NaN with fewer than two groups holding a finite value, or
+    no more units than groups (nothing left to vary within a group). The units' order does not matter.
+    """
+    vals = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(vals)
+    vals = vals[keep]
+    _, codes = np.unique(np.asarray(list(groups), dtype=object)[keep].astype(str), return_inverse=True)
+    k = int(codes.max()) + 1 if codes.size else 0
+    if k < 2 or vals.size <= k:
+        return float("nan")
+    order = np.lexsort((vals, codes))  # the same units in any order give the same p (the shuffles are seeded)
+    vals, codes = vals[order], codes[order]
+    counts = np.bincount(codes, minlength=k)
+
+    def spread(labels: np.ndarray) -> np.ndarray:  # labels: [..., units] -> between-groups sum of squares
+        sums = np.stack([np.where(labels == g, vals, 0.0).sum(axis=-1) for g in range(k)], axis=-1)
+        return np.sum(sums**2 / counts, axis=-1) - vals.sum() ** 2 / vals.size
+
+    observed = float(spread(codes))
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, n_shuffles, 1024):
+        shuffled = rng.permuted(np.broadcast_to(codes, (min(1024, n_shuffles - start), codes.size)), axis=1)
+        hits += int(np.sum(spread(shuffled) >= observed - tolerance))
+    return (1 + hits) / (1 + n_shuffles)
 
 
 def _adjusted(pvalues: Sequence[float], step: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

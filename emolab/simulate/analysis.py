@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emolab.core.stats import benjamini_hochberg, holm, sign_flip_p
+from emolab.core.stats import benjamini_hochberg, between_groups_p, holm, sign_flip_p
 from emolab.simulate.readout import copied_share
 
 __all__ = [
     "bootstrap_mean", "choice_effects", "contagion", "corrected", "dose_response", "effects", "number_effects",
-    "paired_p", "steered_vs_prompted", "trials_frame", "units",
+    "outcome_design", "paired_p", "steered_vs_prompted", "subgroup_effects", "trials_frame", "units",
 ]
 
 N_BOOT = 2000
@@ -148,11 +148,22 @@ def effects(frame: pd.DataFrame, column: str, cells: list[str], unit: list[str])
     return corrected(pd.DataFrame(rows)) if rows else pd.DataFrame(rows)
 
 
+def outcome_design(kind: str, outcome: str) -> tuple[str, list[str], list[str]]:
+    """(column, cells, unit) of a choice or number experiment's headline effect.
+
+    A choice's unit is the persona with all its arms and seeds: an option's probability is read from the logprobs,
+    the model's distribution rather than a draw from it, so a persona's seeds repeat (or nearly repeat) one value.
+    A number's unit is a persona x seed: each parsed reply is a draw.
+    """
+    cells = ["persona_index", "arm", "seed"]
+    if kind == "choice":
+        return f"p_{outcome}", cells, ["persona_index"]
+    return "parsed_number", cells, ["persona_index", "seed"]
+
+
 def choice_effects(frame: pd.DataFrame, outcome: str, n_options: int) -> pd.DataFrame:
     """The order-corrected P(outcome) per condition and its effect, with the parsed choice and the biases beside."""
-    # The unit is the persona with all its arms and seeds: an option's probability is read from the logprobs, the
-    # model's distribution rather than a draw from it, so a persona's seeds repeat (or nearly repeat) one value.
-    table = effects(frame, f"p_{outcome}", ["persona_index", "arm", "seed"], unit=["persona_index"])
+    table = effects(frame, *outcome_design("choice", outcome))
     extra = []
     for name, sub in frame.groupby("condition", sort=False):
         p_first_label = _chosen_prob(sub, "option_labelled_first")
@@ -176,9 +187,32 @@ def _chosen_prob(sub: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def number_effects(frame: pd.DataFrame) -> pd.DataFrame:
-    table = effects(frame, "parsed_number", ["persona_index", "arm", "seed"], unit=["persona_index", "seed"])
+    table = effects(frame, *outcome_design("number", ""))
     unparseable = frame.groupby("condition", sort=False)["parsed_number"].apply(lambda s: int(s.isna().sum()))
     return table.merge(unparseable.rename("unparseable").reset_index(), on="condition")
+
+
+def subgroup_effects(frame: pd.DataFrame, by: str, column: str, cells: list[str], unit: list[str]
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per level, per condition): every condition's effect within each level of ``by`` (a column constant within a
+    unit, such as a persona attribute), corrected across all of them; and per condition whether the effect differs
+    between levels: the units' paired differences with the levels shuffled among units (``between_groups_p``),
+    ``spread`` the largest minus the smallest level effect, corrected across the conditions."""
+    levels = [effects(sub, column, cells, unit).assign(**{by: level})
+              for level, sub in frame.groupby(by, sort=True) if sub[column].notna().any()]
+    per_level = corrected(pd.concat(levels, ignore_index=True)) if levels else pd.DataFrame()
+    rows = []
+    for name, sub in frame[frame["condition"] != "control"].groupby("condition", sort=False):
+        paired = _paired(frame, name, column, cells + ([by] if by not in cells else []))
+        keep = paired[paired["diff"].notna()]
+        per_unit = keep.groupby(units(keep, unit), sort=False).agg(diff=("diff", "mean"), level=(by, "first"))
+        effects_here = per_level.loc[per_level["condition"] == name, "effect"] if len(per_level) else pd.Series()
+        rows.append({"condition": name, "kind": sub["condition_kind"].iloc[0], "emotion": sub["emotion"].iloc[0],
+                     "multiple": sub["multiple"].iloc[0], "n_units": len(per_unit),
+                     "n_levels": int(per_unit["level"].nunique()),
+                     "spread": float(effects_here.max() - effects_here.min()) if len(effects_here) else np.nan,
+                     "p_value": between_groups_p(per_unit["diff"].to_numpy(), per_unit["level"].tolist())})
+    return per_level, (corrected(pd.DataFrame(rows)) if rows else pd.DataFrame(rows))
 
 
 def dose_response(table: pd.DataFrame) -> pd.DataFrame:

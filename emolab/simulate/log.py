@@ -90,7 +90,9 @@ class RunLog:
 
     def _write_meta(self) -> None:
         tmp = self.folder / (RUN_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.meta, indent=2, sort_keys=True, default=str))
+        # Key order kept: a spec's options are in the order it gives them (the first is the default outcome, and
+        # the arms are built from that order), so the spec read back from here must see them in that order.
+        tmp.write_text(json.dumps(self.meta, indent=2, default=str))
         tmp.replace(self.folder / RUN_FILE)
 
     def _repair(self) -> None:

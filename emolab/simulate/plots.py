@@ -13,7 +13,7 @@ import pandas as pd
 from emolab.core.emotions import DEFAULT_EMOTIONS
 from emolab.core.figures import EMOTION_COLORS, new_figure
 
-__all__ = ["bias_plot", "condition_plot", "contagion_plot", "dose_plot"]
+__all__ = ["bias_plot", "condition_plot", "contagion_plot", "dose_plot", "subgroup_plot"]
 
 KIND_COLORS = {"control": "#7f7f7f", "prompted": "#bcbd22", "steered": "#1f77b4", "steered+prompted": "#17becf"}
 
@@ -102,4 +102,27 @@ def contagion_plot(by_turn: pd.DataFrame) -> Any:
     ax.set_ylabel("judged emotion of unseeded agents\nminus control")
     if names:  # beside the axes, long handles: 12 conditions' ribbons leave no room inside, dashes must show
         ax.legend(fontsize=6, handlelength=3.2, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+def subgroup_plot(per_level: pd.DataFrame, by: str, what: str) -> Any:
+    """Each condition's effect (rows) within each level of ``by`` (columns), on a scale centred on 0; a dot where
+    the effect holds after the false-discovery correction across all cells (``q_bh`` < 0.05)."""
+    rows = per_level[per_level["kind"] != "control"]
+    conditions = rows["condition"].drop_duplicates().tolist()
+    levels = sorted(rows[by].drop_duplicates().tolist(), key=str)
+    grid = rows.pivot_table(index="condition", columns=by, values="effect", aggfunc="first").reindex(
+        index=conditions, columns=levels)
+    holds = rows.pivot_table(index="condition", columns=by, values="q_bh", aggfunc="first").reindex(
+        index=conditions, columns=levels) < 0.05
+    fig = new_figure(2.5 + 0.32 * max(len(levels), 1), 1.2 + 0.22 * max(len(conditions), 1))
+    ax = fig.add_subplot()
+    limit = float(np.nanmax(np.abs(grid.to_numpy()))) if grid.notna().any().any() else 1.0
+    image = ax.imshow(grid.to_numpy(dtype=float), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ys, xs = np.nonzero(holds.to_numpy(dtype=bool))
+    ax.plot(xs, ys, "o", color="black", markersize=2.5, linestyle="none")
+    ax.set_yticks(range(len(conditions)), conditions, fontsize=7)
+    ax.set_xticks(range(len(levels)), [str(v) for v in levels], fontsize=7, rotation=60, ha="right")
+    ax.set_xlabel(f"persona {by} (dot: holds at q_bh < 0.05 across all cells)")
+    fig.colorbar(image, ax=ax, label=f"effect on {what} vs control", shrink=0.8)
     return fig

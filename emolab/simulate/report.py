@@ -16,10 +16,11 @@ import pandas as pd
 from emolab.core.stats import smallest_p
 from emolab.core.tables import markdown_table
 from emolab.simulate import analysis, plots
+from emolab.simulate.errors import SimulationError
 from emolab.simulate.log import RUN_FILE, read_trials
 from emolab.simulate.spec import ExperimentSpec
 
-__all__ = ["RunAnalysis", "analyze", "design_note", "write_report"]
+__all__ = ["RunAnalysis", "analyze", "design_note", "persona_attributes", "write_report"]
 
 
 @dataclass
@@ -28,6 +29,7 @@ class RunAnalysis:
     meta: dict[str, Any]
     trials: pd.DataFrame
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    by: str | None = None  # the persona attribute the subgroup tables split by
 
     @property
     def outcome_label(self) -> str:
@@ -48,18 +50,40 @@ class RunAnalysis:
             figs["bias"] = plots.bias_plot(self.tables["effects"])
         if len(self.tables.get("contagion_by_turn", ())):
             figs["contagion"] = plots.contagion_plot(self.tables["contagion_by_turn"])
+        if self.by and len(self.tables.get(f"by_{self.by}", ())):
+            figs[f"by_{self.by}"] = plots.subgroup_plot(self.tables[f"by_{self.by}"], self.by, self.outcome_label)
         return figs
 
 
-def analyze(folder: str | Path) -> RunAnalysis:
+def persona_attributes(spec: ExperimentSpec) -> list[str]:
+    """The attributes of a spec's personas (drawn from a population), each a ``persona_<name>`` trial column."""
+    return list(spec.persona_attributes[0]) if spec.persona_attributes else []
+
+
+def analyze(folder: str | Path, by: str | None = None) -> RunAnalysis:
+    """The run's tables; ``by`` (a persona attribute) adds each effect per subgroup and the test of whether it
+    differs between them (``by_<by>``, ``heterogeneity_<by>``)."""
     folder = Path(folder)
     meta = json.loads((folder / RUN_FILE).read_text())
     spec = ExperimentSpec.from_dict(meta["spec_source"])
+    recorded = (meta.get("spec") or {}).get("outcome")
+    if spec.kind == "choice" and recorded in spec.options and recorded != spec.outcome:
+        # run.json of emolab before 2026-12-07 sorted its keys, options included, and the default outcome is the
+        # first option: the outcome resolved when the run was made is the one recorded beside the source
+        spec = ExperimentSpec.from_dict({**meta["spec_source"], "outcome": recorded})
+    if by is not None and (spec.kind == "conversation" or by not in persona_attributes(spec)):
+        known = ", ".join(persona_attributes(spec)) if spec.kind != "conversation" else ""
+        raise SimulationError(f"--by {by}: the run's personas have no such attribute "
+                              + (f"(they have: {known})" if known else "(its personas are not drawn from a population"
+                                 " of a choice or number experiment)"))
     records = read_trials(folder)
     if spec.kind == "conversation":
         records = _judged(folder, records)
     frame = analysis.trials_frame(records)
-    result = RunAnalysis(spec, meta, frame)
+    if spec.persona_attributes and "persona_index" in frame:
+        people = pd.DataFrame(list(spec.persona_attributes)).add_prefix("persona_")
+        frame = frame.merge(people.assign(persona_index=range(len(people))), on="persona_index", how="left")
+    result = RunAnalysis(spec, meta, frame, by=by)
     if frame.empty:
         return result
     if spec.kind == "choice":
@@ -76,6 +100,11 @@ def analyze(folder: str | Path) -> RunAnalysis:
     result.tables["effects"] = table
     result.tables["dose_response"] = analysis.dose_response(table)
     result.tables["steered_vs_prompted"] = analysis.steered_vs_prompted(table)
+    if by is not None:
+        per_level, spread = analysis.subgroup_effects(frame, f"persona_{by}", *analysis.outcome_design(
+            spec.kind, spec.outcome))
+        result.tables[f"by_{by}"] = per_level.rename(columns={f"persona_{by}": by})
+        result.tables[f"heterogeneity_{by}"] = spread
     return result
 
 
@@ -133,6 +162,21 @@ def design_note(table: pd.DataFrame, alpha: float = 0.05) -> str | None:
     return f"**Design note**: {'; '.join(parts)}." if parts else None
 
 
+def _subgroup_section(result: RunAnalysis, by: str) -> list[str]:
+    spread = result.tables[f"heterogeneity_{by}"]
+    per_level = result.tables[f"by_{by}"]
+    levels = per_level[by].nunique() if len(per_level) else 0
+    return [f"## Does the effect differ by {by}?", "",
+            f"Each condition's effect within each of the {levels} levels of the personas' `{by}` "
+            f"(`tables/by_{by}.csv`, with CIs and p-values corrected across all of them; the plot). Here: per "
+            "condition, `spread` (largest minus smallest level effect) and `p_value`, a permutation test of "
+            "\"every level has the same effect\" (the units' paired differences, levels shuffled among the units, "
+            "5,000 times); `p_holm` across the conditions. Subgroups are small: a level with few units has a wide "
+            "CI, and a spread among many levels is partly chance, which the test accounts for.", "",
+            markdown_table(spread, ["condition", "n_units", "n_levels", "spread", "p_value", "p_holm"],
+                           floatfmt=P_FORMAT), ""]
+
+
 def _ci(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """A ``<key> [95% CI]`` column: ``+0.029 [+0.014, +0.043]``; n/a where there is no number or no interval."""
     def cell(m: float, lo: float, hi: float) -> str:
@@ -146,9 +190,11 @@ def _ci(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return out
 
 
-def write_report(folder: str | Path, output: str | Path | None = None, *, title: str | None = None) -> Path:
-    """``report.md`` (tables and linked plots), ``tables/*.csv`` and ``plots/*.png`` under ``output`` (default: the run folder)."""
-    result = analyze(folder)
+def write_report(folder: str | Path, output: str | Path | None = None, *, title: str | None = None,
+                 by: str | None = None) -> Path:
+    """``report.md`` (tables and linked plots), ``tables/*.csv`` and ``plots/*.png`` under ``output`` (default: the
+    run folder); ``by``: a persona attribute to split every effect by (``analyze``)."""
+    result = analyze(folder, by)
     out = Path(output or folder)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -184,6 +230,11 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
         svp = result.tables["steered_vs_prompted"]
         if len(svp):
             lines += ["## Steered vs prompted (effect vs control)", "", markdown_table(svp), ""]
+        if by is not None:
+            lines += _subgroup_section(result, by)
+        elif attributes := persona_attributes(spec):
+            lines += [f"The personas were drawn from a population with attributes {', '.join(attributes)}: "
+                      "`emolab simulate report --by ATTRIBUTE` splits every effect by one of them.", ""]
     else:
         overall = result.tables.get("contagion", pd.DataFrame())
         if len(overall):

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emolab.simulate.personas import read_personas, resize_personas
 from emolab.simulate.spec_fields import (
     KINDS,
     AgentsSpec,
@@ -50,6 +51,7 @@ class ExperimentSpec:
     reference: str = ""
     system: str = ""
     personas: tuple[str, ...] = ("",)
+    persona_attributes: tuple[dict[str, str], ...] = ()  # per persona, where drawn from a population
     options: dict[str, str] = field(default_factory=dict)  # option id -> text
     keywords: dict[str, tuple[str, ...]] = field(default_factory=dict)  # option id -> words naming it in free text
     labels: tuple[str, ...] = ()
@@ -104,9 +106,9 @@ class ExperimentSpec:
         spec: dict[str, Any] = dict(kind=kind, name=name, prompt=prompt,
                                     description=r.get("description", str, ""), reference=r.get("reference", str, ""),
                                     system=r.get("system", str, ""))
-        personas = r.strings("personas", None)
+        personas = read_personas(r, "personas", None)
         if personas is not None:
-            spec["personas"] = tuple(personas)
+            spec["personas"], spec["persona_attributes"] = personas
         if "{persona}" in spec["system"] + prompt and personas is None:
             raise SpecError("the prompt or system uses {persona} but no personas are given", "personas")
         if kind == "choice":
@@ -141,7 +143,8 @@ class ExperimentSpec:
                        turns: int | None = None, temperature: float | None = None) -> ExperimentSpec:
         """The spec with a smaller or other design, applied to its data (so they are recorded and hashed).
 
-        ``personas``: keep the first N. Each override is checked like the field itself.
+        ``personas``: keep the first N (of a written list; of a population, draw N: the first N of any larger
+        draw with the same seed). Each override is checked like the field itself.
         """
         data = json.loads(json.dumps(self.source))
         conditions = dict(data.get("conditions") or {})
@@ -151,11 +154,7 @@ class ExperimentSpec:
             conditions["alphas"] = list(alphas)
         data["conditions"] = conditions
         if personas is not None:
-            if "personas" not in data:
-                raise SpecError("this spec has no personas to keep", "personas")
-            if not 1 <= personas <= len(data["personas"]):
-                raise SpecError(f"the spec has {len(data['personas'])} personas, asked for {personas}", "personas")
-            data["personas"] = data["personas"][:personas]
+            data["personas"] = resize_personas(data.get("personas"), personas)
         if seeds is not None:
             data["seeds"] = list(seeds)
         if turns is not None:
@@ -174,8 +173,9 @@ class ExperimentSpec:
         return data
 
     def digest(self) -> str:
-        """sha256 of the canonical spec: a run folder belongs to exactly one spec."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """sha256 of the canonical spec: a run folder belongs to exactly one spec. Order-sensitive where order means
+        something: options in another order are another presentation (arm 0 shows them in the spec's order)."""
+        return hashlib.sha256(json.dumps(self.to_dict()).encode()).hexdigest()
 
 
 def shipped_specs() -> dict[str, Path]:

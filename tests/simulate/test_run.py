@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,3 +171,59 @@ def test_agents_can_carry_their_own_readout_as_state(server, smollm2_bundle_path
         assert second["level"] == pytest.approx(max(-2.0, min(2.0, 0.5 * level + 2.0 * read)), abs=1e-5)
     # agents read different feeds (their own name and persona), so their states differ
     assert len({rows[("steered:fear@1", 1, a)]["level"] for a in range(3)}) == 3
+
+
+def test_effects_split_by_a_persona_attribute_are_the_frames_subgroups(server, tmp_path, capsys):
+    """Personas drawn from a population of the spec's own (3 roles x 2 moods): the report splits the steered effect
+    by mood, each level's effect is the mean of its personas' paired differences, and the moderator p is the
+    permutation test of those differences with the moods shuffled among the personas."""
+    from emolab.core.stats import between_groups_p
+
+    data = {"name": "pick", "kind": "choice", "system": "You are {persona}.",
+            "personas": {"sample": 6, "seed": 0, "template": "a {role} who feels {mood} today",
+                         "attributes": {"role": ["baker", "pilot", "judge"], "mood": ["calm", "restless"]}},
+            "prompt": "Choose one.\n{options}\nAnswer with the letter only.",
+            "options": {"safe": "Keep $5 for sure.", "gamble": "Flip a coin for $12 or nothing."},
+            "conditions": {"emotions": ["fear"], "alphas": [1], "prompted": False, "steered_prompted": False},
+            "sampling": {"max_tokens": 4}, "concurrency": 8}
+    out = tmp_path / "run"
+    run_experiment(ExperimentSpec.from_dict(data), out, base_url=server, api_key=KEY, progress=False)
+    result = analyze(out, by="mood")
+    frame = result.trials
+    assert set(frame["persona_mood"]) == {"calm", "restless"} and frame["persona_role"].notna().all()
+    cells = frame.pivot_table(index=["persona_index", "arm"], columns="condition", values="p_safe")
+    per_persona = (cells["steered:fear@1"] - cells["control"]).groupby("persona_index").mean()
+    mood = frame.drop_duplicates("persona_index").set_index("persona_index")["persona_mood"]
+    by_mood = result.tables["by_mood"].set_index(["condition", "mood"])
+    for level in ("calm", "restless"):
+        row = by_mood.loc[("steered:fear@1", level)]
+        assert row["effect"] == pytest.approx(per_persona[mood == level].mean(), abs=1e-12)
+        assert row["n_units"] == 3
+    spread = result.tables["heterogeneity_mood"].set_index("condition").loc["steered:fear@1"]
+    assert spread["p_value"] == between_groups_p(per_persona.to_numpy(), mood.loc[per_persona.index].tolist())
+    assert spread["n_units"] == 6 and spread["n_levels"] == 2
+
+    # the options' order is the spec's (no outcome given: the first, safe), also as read back from run.json, and
+    # a run.json written with its keys sorted (emolab before 2026-12-07: gamble first) keeps the outcome it ran with
+    assert result.outcome_label == "P(safe)" and list(result.spec.options) == ["safe", "gamble"]
+    control = result.tables["effects"].set_index("condition").loc["control", "mean"]
+    assert control == pytest.approx(frame.loc[frame["condition"] == "control", "p_safe"].mean(), abs=1e-12)
+    meta = json.loads((out / "run.json").read_text())
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    (legacy / "run.json").write_text(json.dumps(meta, sort_keys=True))
+    assert list(json.loads((legacy / "run.json").read_text())["spec_source"]["options"]) == ["gamble", "safe"]
+    assert analyze(legacy).outcome_label == "P(safe)"
+    assert analyze(legacy).tables["effects"]["mean"].tolist() == result.tables["effects"]["mean"].tolist()
+
+    code, _, err = run_cli(["simulate", "report", str(out), "--by", "mood"], capsys)
+    assert code == 0, err
+    report = (out / "report.md").read_text()
+    assert "## Does the effect differ by mood?" in report and "![by_mood](plots/by_mood.png)" in report
+    assert (out / "plots" / "by_mood.png").is_file() and (out / "tables" / "by_mood.csv").is_file()
+    code, _, err = run_cli(["simulate", "report", str(out), "--by", "city"], capsys)
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "--by city: the run's personas have no such attribute (they have: role, mood)" in err
+    code, _, err = run_cli(["simulate", "report", str(out)], capsys)
+    assert code == 0 and "`emolab simulate report --by ATTRIBUTE`" in (out / "report.md").read_text()
+    assert "attributes role, mood" in (out / "report.md").read_text()

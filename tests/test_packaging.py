@@ -111,3 +111,15 @@ def test_make_extract_may_download_a_hub_model_but_keeps_the_embedded_one_offlin
     # Offline set by the user (environment or command line) wins.
     assert "HF_HUB_OFFLINE=0" not in _make_extract_line({"HF_HUB_OFFLINE": "1"}, "MODEL=Qwen/Qwen3-8B")
     assert "TRANSFORMERS_OFFLINE=0" not in _make_extract_line({}, "MODEL=Qwen/Qwen3-8B", "TRANSFORMERS_OFFLINE=1")
+
+
+def test_every_data_file_of_the_package_is_shipped():
+    """A data folder missing from package-data works from a checkout and fails from a wheel: every non-Python file
+    under emolab/ must match one of the globs."""
+    globs = _pyproject()["tool"]["setuptools"]["package-data"]["emolab"]
+    package = ROOT / "emolab"
+    data = [p.relative_to(package) for p in package.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
+            and "__pycache__" not in p.parts]
+    assert data, "no data files found"
+    unshipped = [str(p) for p in data if not any(p.match(g) for g in globs)]
+    assert unshipped == [], f"not in [tool.setuptools.package-data]: {unshipped}"

@@ -19,7 +19,8 @@ from emolab.cli.common import UsageError, number_list, positive_int, word_list
 __all__ = ["add_simulate", "spec_with_overrides"]
 
 OVERRIDE_FLAGS = {"conditions.emotions": "--emotions", "conditions.alphas": "--alphas", "personas": "--personas",
-                  "seeds": "--seeds", "turns": "--turns", "sampling.temperature": "--temperature"}
+                  "personas.sample": "--personas", "seeds": "--seeds", "turns": "--turns",
+                  "sampling.temperature": "--temperature"}
 
 
 def add_simulate(sub: argparse._SubParsersAction) -> None:

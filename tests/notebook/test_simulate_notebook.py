@@ -55,6 +55,10 @@ def test_05_simulate_through_the_vllm_server_it_starts(tmp_path):
         links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
         assert links and all((folder / link).is_file() for link in links)
         assert "| p_value | p_holm |" in report  # each effect's permutation test, adjusted across the table
+    # the choice report split by the drawn persona's temperament (one persona: one level, no moderator p)
+    split = (output / choice.name / "report.md").read_text()
+    assert f"## Does the effect differ by {params['by']}?" in split
+    assert (output / choice.name / "tables" / f"heterogeneity_{params['by']}.csv").is_file()
     assert "server stopped" in text
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -116,8 +116,13 @@ def test_the_cli_names_a_bad_spec_field_in_one_line(tmp_path, capsys):
     code, out, err = run_cli(["simulate", "run", str(bad), "--base-url", "http://127.0.0.1:9/v1"], capsys)
     assert code == 2 and err.strip().count("\n") == 0
     assert "bad.yaml: sampling.max_tokens: must be 1..8192" in err
-    code, _, err = run_cli(["simulate", "run", "risk", "--personas", "99", "--base-url", "http://127.0.0.1:9/v1"], capsys)
-    assert code == 2 and "--personas: the spec has 8 personas, asked for 99" in err
+    listed = _spec_file(tmp_path, NUMBER, "listed.yaml")  # 3 personas written out
+    code, _, err = run_cli(["simulate", "run", str(listed), "--personas", "99", "--base-url", "http://127.0.0.1:9/v1"],
+                           capsys)
+    assert code == 2 and "--personas: the spec has 3 personas, asked for 99" in err
+    code, _, err = run_cli(["simulate", "run", "risk", "--personas", "20000", "--base-url", "http://127.0.0.1:9/v1"],
+                           capsys)  # risk draws from the built-in population of 18,432 people
+    assert code == 2 and "--personas: the population has 18432 distinct people, asked for 20000" in err
     code, _, err = run_cli(["simulate", "run", "risk", "--seeds", "0,1", "--base-url", "http://127.0.0.1:9/v1"], capsys)
     assert code == 2 and "--seeds: at temperature 0 every seed sends the same requests" in err
     code, _, err = run_cli(["simulate", "run", "contagion", "--seeds", "0,1,2,3,4", "--base-url",

@@ -94,17 +94,21 @@ def analyze(folder: str | Path, by: str | None = None) -> RunAnalysis:
         overall, by_turn = analysis.contagion(frame)
         result.tables.update(contagion=overall, contagion_by_turn=by_turn)
         return result
-    order = [c["name"] for c in meta.get("conditions") or []]  # the design's order: control first
-    table = table.sort_values("condition", key=lambda names: names.map({n: i for i, n in enumerate(order)}),
-                              ignore_index=True)
+    order = {c["name"]: i for i, c in enumerate(meta.get("conditions") or [])}  # the design's: control first
+
+    def in_design_order(t: pd.DataFrame, *then: str) -> pd.DataFrame:
+        return t.sort_values(["condition", *then], key=lambda s: s.map(order) if s.name == "condition" else s,
+                             ignore_index=True, kind="stable")
+
+    table = in_design_order(table)
     result.tables["effects"] = table
     result.tables["dose_response"] = analysis.dose_response(table)
     result.tables["steered_vs_prompted"] = analysis.steered_vs_prompted(table)
     if by is not None:
         per_level, spread = analysis.subgroup_effects(frame, f"persona_{by}", *analysis.outcome_design(
             spec.kind, spec.outcome))
-        result.tables[f"by_{by}"] = per_level.rename(columns={f"persona_{by}": by})
-        result.tables[f"heterogeneity_{by}"] = spread
+        result.tables[f"by_{by}"] = in_design_order(per_level.rename(columns={f"persona_{by}": by}), by)
+        result.tables[f"heterogeneity_{by}"] = in_design_order(spread)
     return result
 
 

@@ -207,6 +207,9 @@ def test_effects_split_by_a_persona_attribute_are_the_frames_subgroups(server, t
     spread = result.tables["heterogeneity_mood"].set_index("condition").loc["steered:fear@1"]
     assert spread["p_value"] == between_groups_p(per_persona.to_numpy(), mood.loc[per_persona.index].tolist())
     assert spread["n_units"] == 6 and spread["n_levels"] == 2
+    design = result.tables["effects"]["condition"].tolist()  # control first, then the design's order
+    assert result.tables["heterogeneity_mood"]["condition"].tolist() == design[1:]
+    assert result.tables["by_mood"]["condition"].tolist() == [c for c in design for _ in ("calm", "restless")]
 
     # the options' order is the spec's (no outcome given: the first, safe), also as read back from run.json, and
     # a run.json written with its keys sorted (emolab before 2026-12-07: gamble first) keeps the outcome it ran with

@@ -119,7 +119,11 @@ def start_steered(args: argparse.Namespace, work: Path):
                            extra_args=["--dtype", args.dtype, "--served-model-name", "m", "--data-parallel-size",
                                        str(args.world), "--vllm-arg=" + " ".join(engine_flags(args))])
     began = time.monotonic()
-    wait_for_health(f"http://127.0.0.1:{port}", timeout=900, process=server)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", timeout=900, process=server)
+    except BaseException:  # never leave a half-started server (and its engines) behind
+        stop_server(server)
+        raise
     note(work, f"checks: emolab serve DP={args.world} up after {time.monotonic() - began:.0f} s")
     return server, f"http://127.0.0.1:{port}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pytest
 
@@ -186,3 +187,35 @@ def test_the_warm_up_meets_the_measured_length_once(vllm_server, monkeypatch):
     results = bench_run.bench_server(f"{vllm_server}/v1", config, "emolab", ["none"])
     assert calls == [("warmup", "none", 1, 5), ("warmup", "none", 2, 8), ("emolab", "none", 2, 5)]
     assert results[0].completion_tokens == 2 * 5 and results[0].errors == 0
+
+
+@pytest.mark.parametrize("label", ["emolab", "plain-vllm"])
+def test_a_server_that_does_not_come_up_in_time_is_stopped(label, tmp_path, smollm2_path, smollm2_bundle_path,
+                                                           monkeypatch):
+    """The bench starts its servers itself; one that misses ``startup_timeout`` must not outlive the error (a
+    leaked vLLM server keeps its cores and memory for the rest of the machine's life)."""
+    import subprocess
+
+    from emolab.bench import servers
+    from emolab.bench.config import BenchConfig
+    from emolab.serve.launch import free_port, session_processes
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):  # the real process, recorded so the test can look for it afterwards
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    config = BenchConfig(serve_model=str(smollm2_path), serve_vectors=str(smollm2_bundle_path), serve_backend="hf",
+                         startup_timeout=1.0, dtype="float32")  # no server loads a model in a second
+    with pytest.raises(TimeoutError, match="did not answer within 1s"):
+        servers.start_bench_server(config, label, free_port(), tmp_path)
+    assert len(started) == 1
+    started[0].wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while session_processes(started[0].pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(started[0].pid) == []

@@ -12,7 +12,8 @@ a spec draws ``sample`` distinct people from it::
 
 The draw is stable under growth (``seed`` fixed, the first N people of a draw of M > N are the draw of N), so
 ``--personas N`` means the same people whether the spec lists or samples them. Each drawn person keeps their
-attributes, which the run records beside each trial so effects can be read per subgroup.
+attributes, which ``run.json`` records with the resolved spec and ``analyze`` joins to every trial as
+``persona_<attribute>`` columns, so effects can be read per subgroup (``report --by``).
 """
 
 from __future__ import annotations

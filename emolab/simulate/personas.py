@@ -131,16 +131,21 @@ def builtin_populations() -> dict[str, Path]:
     return {p.stem: p for p in sorted(POPULATIONS.glob("*.yaml"))}
 
 
+def _builtin(name: str, where: str | None = None) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """A built-in population's (template, attributes); an unknown name is a ``SpecError`` at ``where``."""
+    if name not in builtin_populations():
+        raise SpecError(f"no built-in population {name!r} (built-in: {', '.join(builtin_populations())})", where)
+    return _read_builtin(name)
+
+
 @cache
-def _builtin(name: str) -> tuple[str, dict[str, tuple[str, ...]]]:
+def _read_builtin(name: str) -> tuple[str, dict[str, tuple[str, ...]]]:
     data = yaml.safe_load(builtin_populations()[name].read_text())
     return data["template"], {k: tuple(v) for k, v in data["attributes"].items()}
 
 
 def population(name: str = "everyday", template: str | None = None) -> Population:
     """A built-in population, optionally rendered through another template of its attributes."""
-    if name not in builtin_populations():
-        raise SpecError(f"no built-in population {name!r} (built-in: {', '.join(builtin_populations())})")
     default, attributes = _builtin(name)
     return _population(template or default, attributes, "personas", all_used=False)
 
@@ -164,11 +169,7 @@ def read_personas(r: Reader, key: str, default: list[str] | None
             pop = _population(template, _attribute_lists(p.get("attributes", dict), f"{where}.attributes"), where,
                               all_used=True)
         else:
-            name = p.get("population", str, "everyday")
-            if name not in builtin_populations():
-                raise SpecError(f"no built-in population {name!r} (built-in: {', '.join(builtin_populations())})",
-                                f"{where}.population")
-            default_template, attributes = _builtin(name)
+            default_template, attributes = _builtin(p.get("population", str, "everyday"), f"{where}.population")
             pop = _population(template or default_template, attributes, where, all_used=False)
         p.finish()
         if n > pop.size:

@@ -30,7 +30,8 @@ for step in "$@"; do
     http)     PHASE=http K=4 RPA=${RPA:-8} bash scripts/gpu/frontend.sh ;;
     sampled)  PHASE=http K=4 RPA=${RPA:-8} TEMPERATURE=1.0 bash scripts/gpu/frontend.sh ;;
     gap)      SECONDS_PER_RUN=${GAP_SECONDS:-20} bash scripts/gpu/gap.sh ;;
-    families) PHASE=families PLAIN=0 SECONDS_PER_RUN=12 bash scripts/gpu/features.sh ;;
+    families) PHASE=families PLAIN=0 SECONDS_PER_RUN=${FAMILY_SECONDS:-12} REPEATS=${FAMILY_REPEATS:-2} \
+                bash scripts/gpu/features.sh ;;
     hook)     ( . scripts/gpu/prepare.sh > /dev/null && python3 scripts/gpu/hook_cost.py 64 256 1024 4096 ) ;;
     hfbatch)  bash scripts/gpu/single.sh hfbatch ;;
     wide)     PHASE=wide K=4 bash scripts/gpu/frontend.sh ;;

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from emolab.core.stats import benjamini_hochberg, between_groups_p, holm, sign_flip_p
-from emolab.simulate.readout import copied_share
+from emolab.simulate.readout import copied_share, parse_number
 
 __all__ = [
     "bootstrap_mean", "choice_effects", "contagion", "corrected", "dose_response", "effects", "number_effects",
@@ -44,6 +44,9 @@ def trials_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                                       "label_mass", "readout_position", "parsed_choice", "parsed_number")
                if k in r}
         row["completion_tokens"] = (r.get("usage") or {}).get("completion_tokens")
+        if r.get("parsed_number") is not None and r.get("finish_reason") == "length" \
+                and parse_number(r.get("reply") or "", cut=True) is None:
+            row["parsed_number"] = None  # logged before the cut was checked: its number ran into the cut
         if r.get("order"):
             row["first_option"] = r["order"][0]
             row["option_labelled_first"] = dict(zip(r["labels"], r["order"], strict=True))[sorted(r["labels"])[0]]

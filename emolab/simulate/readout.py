@@ -8,7 +8,8 @@ renormalized numbers then mean little (reports show it beside them).
 
 ``parse_choice`` is what the model *did* choose, from the free text: a label standing as an answer
 ("B", "Option B", "(B)", "B." or "I choose B"), else exactly one option's keywords; otherwise ``None``
-(unparseable). ``parse_number`` reads the first number ("$40", "1,000", "40%", "0.4").
+(unparseable). ``parse_number`` reads the first number ("$40", "1,000", "40%", "0.4"); in a reply cut at
+``max_tokens``, a number that runs to the cut may have lost digits ("... is 10" of "... is 100") and is unparseable.
 """
 
 from __future__ import annotations
@@ -124,12 +125,21 @@ def _label_in_text(text: str, labels: Sequence[str]) -> str | None:
     return None
 
 
+_RUNS_TO_CUT = re.compile(r"[\d,.]*")  # what may follow a number whose digits the cut interrupted
 _NUMBER = re.compile(r"(?<![\w.])[-\u2212]?\$?\s?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\s?(%|percent)?")
 
 
-def parse_number(text: str, low: float | None = None, high: float | None = None) -> float | None:
-    """The first number in ``text`` (``$1,000`` -> 1000, ``40%`` -> 40); None if none, or outside [low, high]."""
+def parse_number(text: str, low: float | None = None, high: float | None = None, *, cut: bool = False
+                 ) -> float | None:
+    """The first number in ``text`` (``$1,000`` -> 1000, ``40%`` -> 40); None if none, or outside [low, high].
+
+    ``cut``: the reply stopped at ``max_tokens`` (``finish_reason == "length"``). Then a number that runs to the
+    end of the text (its last digit is followed by nothing, or by commas and points alone) may be the head of a longer one, and the
+    reply counts as unparseable rather than as a number it did not write.
+    """
     for match in _NUMBER.finditer(text):
+        if cut and match.group(0)[-1].isdigit() and _RUNS_TO_CUT.fullmatch(text[match.end():]):
+            return None
         whole, fraction = match.group(1).replace(",", ""), match.group(2) or ""
         value = float(whole + fraction)
         if match.group(0).lstrip("$ ").startswith(("-", "\u2212")):

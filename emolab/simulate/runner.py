@@ -90,7 +90,7 @@ def choice_record(spec: ExperimentSpec, trial: Trial, reply: Any, began: float, 
             parsed_choice=parse_choice(text, trial.arm.labels, spec.keywords, mapping))
     else:
         low, high = spec.range
-        record["parsed_number"] = parse_number(text, low, high)
+        record["parsed_number"] = parse_number(text, low, high, cut=choice.finish_reason == "length")
     return record
 
 

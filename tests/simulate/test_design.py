@@ -250,6 +250,22 @@ def test_a_choice_counts_personas_not_seeds():
     assert two.loc["steered:fear@1", "p_value"] == 0.125  # 4 units: 2/16, not 8 units' 2/256
 
 
+def test_a_logged_number_that_ran_into_the_cut_is_read_as_unparseable():
+    """Logs written before the runner checked the cut: the frame applies the same rule to what they hold."""
+    def record(condition, reply, parsed, finish):
+        return {"trial_id": f"{condition}-{reply}", "kind": "number", "condition": condition, "persona_index": 0,
+                "arm": 0, "seed": 0, "reply": reply, "finish_reason": finish, "parsed_number": parsed}
+
+    frame = analysis.trials_frame([
+        record("control", "100", 100.0, "stop"),
+        record("steered:disgust@1", "The number of dollars you give is 10", 10.0, "length"),
+        record("steered:joy@1", "I give 40 dollars and keep the", 40.0, "length"),
+        record("steered:fear@1", "It is 10", 10.0, "stop"),
+    ]).set_index("condition")
+    assert frame["parsed_number"].isna().tolist() == [False, True, False, False]
+    assert frame.loc["steered:joy@1", "parsed_number"] == 40.0 and frame.loc["steered:fear@1", "parsed_number"] == 10.0
+
+
 def test_dose_response_and_steered_vs_prompted_tables():
     table = pd.DataFrame([
         {"condition": "control", "kind": "control", "emotion": None, "multiple": 0.0, "alpha": 0.0, "mean": 0.5,

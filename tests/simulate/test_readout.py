@@ -102,6 +102,19 @@ def test_parse_number_out_of_range_is_unparseable():
     assert parse_number("100", 0, 100) == 100.0
 
 
+@pytest.mark.parametrize("text, cut, whole", [
+    # SmolLM2's dictator replies cut at max_tokens=10: "... is 100" lost its last digit
+    ("The number of dollars you give is 10", None, 10.0), ("You have been given a total of $10", None, 10.0),
+    ("I give 1,0", None, 1.0), ("It is 10.", None, 10.0), ("It is 10.5", None, 10.5),
+    # the number ends before the cut: it is whole either way
+    ("I give 40 dollars and keep", 40.0, 40.0), ("40% of it, since", 40.0, 40.0), ("100, because the", 100.0, 100.0),
+    ("$25.50 to the stranger", 25.5, 25.5), ("nothing to say about", None, None),
+])
+def test_a_number_that_runs_into_the_cut_is_unparseable(text, cut, whole):
+    assert parse_number(text, 0, 100, cut=True) == cut
+    assert parse_number(text, 0, 100) == whole  # a reply that stopped by itself is read as written
+
+
 def test_copied_share_counts_word_trigrams_found_in_what_was_read():
     read = "Ana: The garden will close next month. Ben: I am so sad about it."
     assert copied_share("I am so sad about it.", read) == 1.0

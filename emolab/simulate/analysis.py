@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from emolab.core.stats import benjamini_hochberg, between_groups_p, holm, sign_flip_p
-from emolab.simulate.readout import copied_share, parse_number
+from emolab.simulate.readout import copied_share, numbers_in, parse_number
 
 __all__ = [
     "bootstrap_mean", "choice_effects", "contagion", "corrected", "dose_response", "effects", "number_effects",
@@ -47,6 +47,10 @@ def trials_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         if r.get("parsed_number") is not None and r.get("finish_reason") == "length" \
                 and parse_number(r.get("reply") or "", cut=True) is None:
             row["parsed_number"] = None  # logged before the cut was checked: its number ran into the cut
+        if r.get("kind") == "number" and r.get("messages"):
+            prompt = next((m["content"] for m in reversed(r["messages"]) if m.get("role") == "user"), "")
+            row["from_prompt"] = (np.nan if row.get("parsed_number") is None
+                                  else float(row["parsed_number"] in numbers_in(prompt)))
         if r.get("order"):
             row["first_option"] = r["order"][0]
             row["option_labelled_first"] = dict(zip(r["labels"], r["order"], strict=True))[sorted(r["labels"])[0]]
@@ -190,9 +194,15 @@ def _chosen_prob(sub: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def number_effects(frame: pd.DataFrame) -> pd.DataFrame:
+    """The mean parsed number per condition and its effect; beside it the unparseable replies and, where the
+    prompts are logged, ``from_prompt``: the share of parsed answers that repeat a number the prompt wrote (its
+    endowment or bounds; a model that echoes the prompt writes them, so an effect made of these is thin)."""
     table = effects(frame, *outcome_design("number", ""))
-    unparseable = frame.groupby("condition", sort=False)["parsed_number"].apply(lambda s: int(s.isna().sum()))
-    return table.merge(unparseable.rename("unparseable").reset_index(), on="condition")
+    grouped = frame.groupby("condition", sort=False)
+    extra = grouped["parsed_number"].apply(lambda s: int(s.isna().sum())).rename("unparseable").to_frame()
+    if "from_prompt" in frame:
+        extra["from_prompt"] = grouped["from_prompt"].mean()
+    return table.merge(extra.reset_index(), on="condition")
 
 
 def subgroup_effects(frame: pd.DataFrame, by: str, column: str, cells: list[str], unit: list[str]

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "OptionReadout", "answer_position", "copied_share", "label_of_token", "option_probabilities", "parse_choice",
-    "parse_number", "read_options",
+    "OptionReadout", "answer_position", "copied_share", "label_of_token", "numbers_in", "option_probabilities",
+    "parse_choice", "parse_number", "read_options",
 ]
 
 _STRIP = " \t\n\r\"'`*([{<:.)]}>,;!?-_\u2581\u0120"  # \u2581 / \u0120: sentencepiece / byte-level space marks
@@ -129,25 +129,32 @@ _RUNS_TO_CUT = re.compile(r"[\d,.]*")  # what may follow a number whose digits t
 _NUMBER = re.compile(r"(?<![\w.])[-\u2212]?\$?\s?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?\s?(%|percent)?")
 
 
+def _value(match: re.Match) -> float:
+    value = float(match.group(1).replace(",", "") + (match.group(2) or ""))
+    return -value if match.group(0).lstrip("$ ").startswith(("-", "\u2212")) else value
+
+
 def parse_number(text: str, low: float | None = None, high: float | None = None, *, cut: bool = False
                  ) -> float | None:
     """The first number in ``text`` (``$1,000`` -> 1000, ``40%`` -> 40); None if none, or outside [low, high].
 
     ``cut``: the reply stopped at ``max_tokens`` (``finish_reason == "length"``). Then a number that runs to the
-    end of the text (its last digit is followed by nothing, or by commas and points alone) may be the head of a longer one, and the
-    reply counts as unparseable rather than as a number it did not write.
+    end of the text (its last digit is followed by nothing, or by commas and points alone) may be the head of a
+    longer one, and the reply counts as unparseable rather than as a number it did not write.
     """
     for match in _NUMBER.finditer(text):
         if cut and match.group(0)[-1].isdigit() and _RUNS_TO_CUT.fullmatch(text[match.end():]):
             return None
-        whole, fraction = match.group(1).replace(",", ""), match.group(2) or ""
-        value = float(whole + fraction)
-        if match.group(0).lstrip("$ ").startswith(("-", "\u2212")):
-            value = -value
+        value = _value(match)
         if low is not None and high is not None and not low <= value <= high:
             return None
         return value
     return None
+
+
+def numbers_in(text: str) -> list[float]:
+    """Every number written in ``text``, read as ``parse_number`` reads one (a prompt's endowment and bounds)."""
+    return [_value(match) for match in _NUMBER.finditer(text)]
 
 
 def copied_share(reply: str, source: str, n: int = 3) -> float:

@@ -228,6 +228,10 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
         else:
             lines += [f"## {result.outcome_label} (parsed from the reply) per condition", ""]
             columns += ["unparseable"]
+            if "from_prompt" in result.tables["effects"]:
+                lines += ["`from_prompt`: the share of the parsed answers that repeat a number written in the prompt "
+                          "(its endowment or bounds): a model that echoes the prompt writes these.", ""]
+                columns += ["from_prompt"]
         lines += [P_NOTE, "", markdown_table(effects, columns, floatfmt=P_FORMAT), ""]
         if note := design_note(result.tables["effects"]):
             lines += [note, ""]

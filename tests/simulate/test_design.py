@@ -251,10 +251,17 @@ def test_a_choice_counts_personas_not_seeds():
 
 
 def test_a_logged_number_that_ran_into_the_cut_is_read_as_unparseable():
-    """Logs written before the runner checked the cut: the frame applies the same rule to what they hold."""
+    """Logs written before the runner checked the cut: the frame applies the same rule to what they hold. Beside
+    the number, whether it repeats one the prompt wrote (an echo of the endowment is not a decision)."""
+    prompt = [{"role": "system", "content": "You are 30."},
+              {"role": "user", "content": "You have $100. Give any part of it, from $0 to $100."}]
+
     def record(condition, reply, parsed, finish):
-        return {"trial_id": f"{condition}-{reply}", "kind": "number", "condition": condition, "persona_index": 0,
-                "arm": 0, "seed": 0, "reply": reply, "finish_reason": finish, "parsed_number": parsed}
+        kind = condition.split(":")[0]
+        return {"trial_id": f"{condition}-{reply}", "kind": "number", "condition": condition, "condition_kind": kind,
+                "emotion": None if kind == "control" else condition.split(":")[1].split("@")[0], "multiple": 1.0,
+                "alpha": 0.0, "persona_index": 0, "arm": 0, "seed": 0, "reply": reply, "finish_reason": finish,
+                "parsed_number": parsed, "messages": prompt}
 
     frame = analysis.trials_frame([
         record("control", "100", 100.0, "stop"),
@@ -264,6 +271,11 @@ def test_a_logged_number_that_ran_into_the_cut_is_read_as_unparseable():
     ]).set_index("condition")
     assert frame["parsed_number"].isna().tolist() == [False, True, False, False]
     assert frame.loc["steered:joy@1", "parsed_number"] == 40.0 and frame.loc["steered:fear@1", "parsed_number"] == 10.0
+    # 30 is in the system prompt, not the user's: only the user's numbers count
+    assert frame["from_prompt"].tolist()[:1] + frame["from_prompt"].tolist()[2:] == [1.0, 0.0, 0.0]
+    assert np.isnan(frame.loc["steered:disgust@1", "from_prompt"])
+    table = analysis.number_effects(frame.reset_index()).set_index("condition")
+    assert table.loc["control", "from_prompt"] == 1.0 and table.loc["steered:disgust@1", "unparseable"] == 1
 
 
 def test_dose_response_and_steered_vs_prompted_tables():

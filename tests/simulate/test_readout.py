@@ -10,6 +10,7 @@ from emolab.simulate.readout import (
     answer_position,
     copied_share,
     label_of_token,
+    numbers_in,
     option_probabilities,
     parse_choice,
     parse_number,
@@ -113,6 +114,12 @@ def test_parse_number_out_of_range_is_unparseable():
 def test_a_number_that_runs_into_the_cut_is_unparseable(text, cut, whole):
     assert parse_number(text, 0, 100, cut=True) == cut
     assert parse_number(text, 0, 100) == whole  # a reply that stopped by itself is read as written
+
+
+def test_numbers_in_reads_every_number_as_parse_number_does():
+    prompt = "You have $10. You can send any whole number of dollars, from $0 to $1,000, or -5, or 2.5%."
+    assert numbers_in(prompt) == [10.0, 0.0, 1000.0, -5.0, 2.5]
+    assert numbers_in("no numbers here") == []
 
 
 def test_copied_share_counts_word_trigrams_found_in_what_was_read():

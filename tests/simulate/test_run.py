@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import run_cli, running_server
 
 from emolab.simulate import ExperimentSpec, analyze, read_trials, run_experiment
 from emolab.simulate.design import conditions, trials
+from emolab.simulate.readout import parse_number
 
 pytestmark = pytest.mark.slow
 KEY = "sim-key"
@@ -159,6 +161,15 @@ def test_the_report_is_written_from_the_frames(server, tmp_path, capsys):
     tested = steered.dropna(subset=["p_value"])
     assert tested["p_value"].between(0, 1).all() and (tested["p_holm"] >= tested["p_value"]).all()
     assert (steered["p_value"].isna() == steered["effect_low"].isna()).all()  # no test where there is no interval
+    # beside each mean: the share of parsed answers that repeat the prompt's one number ($10), from the trial log
+    trials = result.trials
+    echoes = trials.dropna(subset=["parsed_number"]).groupby("condition")["parsed_number"].apply(lambda s: (s == 10).mean())
+    assert table.set_index("condition")["from_prompt"].dropna().to_dict() == pytest.approx(echoes.to_dict())
+    assert "| unparseable | from_prompt |" in report
+    # a reply cut at max_tokens was read with the cut in mind (a number running into it is no answer)
+    cut = trials[trials["finish_reason"] == "length"]
+    assert len(cut) and all(parse_number(r.reply, 0, 10, cut=True) == (None if pd.isna(r.parsed_number) else r.parsed_number)
+                            for r in cut.itertuples())
 
 
 def test_agents_can_carry_their_own_readout_as_state(server, smollm2_bundle_path, tmp_path):

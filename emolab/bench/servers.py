@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from emolab.bench.config import BenchConfig
-from emolab.serve.launch import launch_server, stop_server, wait_for_health
+from emolab.serve.launch import launch_server, wait_for_health
 
 __all__ = ["LABELS", "start_bench_server"]
 
@@ -55,9 +55,6 @@ def start_bench_server(config: BenchConfig, label: str, port: int, log_dir: Path
         proc = launch_server(vectors=config.serve_vectors or "", model=config.serve_model or "", port=port,
                              backend=config.serve_backend, api_key=config.api_key or None, extra_args=extra,
                              log_path=log_path)
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", timeout=config.startup_timeout, process=proc)
-    except BaseException:  # a server that never came up (or an interrupt) must not outlive the bench
-        stop_server(proc)
-        raise
+    # a server that never came up (or an interrupt) must not outlive the bench
+    wait_for_health(f"http://127.0.0.1:{port}", timeout=config.startup_timeout, process=proc, stop_on_failure=True)
     return proc, time.perf_counter() - begin

@@ -57,9 +57,23 @@ def launch_server(*, vectors: str | Path, model: str, port: int, host: str = "12
     return proc
 
 
-def wait_for_health(base_url: str, timeout: float = 300.0, process: subprocess.Popen | None = None) -> dict[str, Any]:
-    """Poll ``/health`` until it answers 200; raise with the log's tail if the process dies or time runs out."""
-    url = base_url.rstrip("/").removesuffix("/v1") + "/health"
+def wait_for_health(base_url: str, timeout: float = 300.0, process: subprocess.Popen | None = None, *,
+                    stop_on_failure: bool = False) -> dict[str, Any]:
+    """Poll ``/health`` until it answers 200; raise with the log's tail if the process dies or time runs out.
+
+    ``stop_on_failure``: a ``process`` that never answered (timeout, exit, or an interrupt while waiting) is
+    stopped with its whole session (``stop_server``) before the error goes up, for callers that hand the
+    server on only once it is up and so have no clean-up of their own to reach.
+    """
+    try:
+        return _poll_health(base_url.rstrip("/").removesuffix("/v1") + "/health", timeout, process)
+    except BaseException:
+        if stop_on_failure and process is not None:
+            stop_server(process)
+        raise
+
+
+def _poll_health(url: str, timeout: float, process: subprocess.Popen | None) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         if process is not None and process.poll() is not None:

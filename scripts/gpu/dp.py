@@ -119,11 +119,8 @@ def start_steered(args: argparse.Namespace, work: Path):
                            extra_args=["--dtype", args.dtype, "--served-model-name", "m", "--data-parallel-size",
                                        str(args.world), "--vllm-arg=" + " ".join(engine_flags(args))])
     began = time.monotonic()
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", timeout=900, process=server)
-    except BaseException:  # never leave a half-started server (and its engines) behind
-        stop_server(server)
-        raise
+    # never leave a half-started server (and its engines) behind
+    wait_for_health(f"http://127.0.0.1:{port}", timeout=900, process=server, stop_on_failure=True)
     note(work, f"checks: emolab serve DP={args.world} up after {time.monotonic() - began:.0f} s")
     return server, f"http://127.0.0.1:{port}"
 

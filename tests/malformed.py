@@ -97,6 +97,11 @@ bad_field = st.one_of(
     st.tuples(st.just("vllm_xargs"), st.one_of(st.lists(st.integers(), max_size=3), st.text(max_size=5),
                                                st.integers(), st.booleans())),
 )
+bad_chat_field = st.one_of(  # chat only (a text completion has no template to continue)
+    # true: with the default generation prompt; and a user message, not a begun reply, is last
+    st.tuples(st.just("continue_final_message"), st.one_of(st.just(True), st.text(max_size=4), st.integers())),
+    st.tuples(st.just("add_generation_prompt"), st.one_of(st.text(max_size=4), st.integers(), st.none())),
+)
 raw_garbage = st.one_of(
     st.binary(max_size=40).filter(lambda b: not _is_json_object(b)),
     st.sampled_from([b"", b"   ", b"{bad", b"[1, 2]", b'"text"', b"null", b"3", b"[" * 50_000, b"\xff\xfe{}",
@@ -142,6 +147,7 @@ def malformed_requests(model: str, vocab: int) -> st.SearchStrategy[tuple[str, b
         bad_messages.map(lambda m: _chat(model, messages=m)),
         bad_field.map(lambda kv: _chat(model, **{kv[0]: kv[1]})),
         bad_field.map(lambda kv: completion(**{kv[0]: kv[1]})),
+        bad_chat_field.map(lambda kv: _chat(model, **{kv[0]: kv[1]})),
         bad_prompt.map(lambda p: completion(prompt=p)),
         raw_garbage.map(lambda raw: (CHAT, raw)),
     )

@@ -45,6 +45,7 @@ from emolab.serve.schema import (
     ChatRequest,
     RequestContract,
     ValidatedRequest,
+    chat_template_args,
     response_readout,
     validate_generation,
 )
@@ -180,7 +181,7 @@ def create_app(backend: HFBackend, bundle: EmotionBundle, *, served_model_names:
         validated = await parse(request, CHAT_PATH)
         req = validated.request
         messages = [message_dict(m) for m in req.messages]
-        prompt_ids = backend.chat_prompt(messages, req.chat_template_kwargs)
+        prompt_ids = backend.chat_prompt(messages, chat_template_args(req))
         top = (req.top_logprobs or 0) if req.logprobs else None
         params = params_for(req, prompt_ids, validated, top)
 

@@ -22,8 +22,8 @@ from emolab.serve.contract import APIError, check_model_name, json_type, steerin
 __all__ = [
     "CHAT_PATH", "COMPLETIONS_PATH", "GENERATION_SCHEMAS", "MAX_TOP_LOGPROBS", "NO_CHAT_TEMPLATE", "READOUT_FIELD",
     "READOUT_KINDS", "READOUT_RESPONSE", "STEERING_XARGS", "ChatMessage", "ChatRequest", "CompletionRequest",
-    "RequestContract", "ValidatedRequest", "parse_readout", "response_readout", "validate_generation",
-    "validation_message",
+    "RequestContract", "ValidatedRequest", "chat_template_args", "check_prefill", "parse_readout",
+    "response_readout", "validate_generation", "validation_message",
 ]
 
 CHAT_PATH = "/v1/chat/completions"
@@ -84,6 +84,9 @@ class _Sampling(_Strict):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's chat fields for a prefilled reply: the final (assistant) message is continued, not answered.
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -175,6 +178,8 @@ def validate_generation(body: dict[str, Any], path: str, contract: RequestContra
     if isinstance(request, ChatRequest) and request.top_logprobs and not request.logprobs:
         # As vLLM: 0 asks for nothing and passes; any other value needs logprobs: true.
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    if isinstance(request, ChatRequest):
+        check_prefill(request)
     if request.stream_options is not None and not request.stream:
         raise APIError(400, "stream_options needs stream: true", param="stream_options")
     stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
@@ -183,6 +188,29 @@ def validate_generation(body: dict[str, Any], path: str, contract: RequestContra
     if isinstance(request, CompletionRequest) and isinstance(request.prompt, list) and not request.prompt:
         raise APIError(400, "prompt is an empty list", param="prompt")
     return ValidatedRequest(body=body, request=request, pairs=pairs, steering=steering, readout=readout)
+
+
+def check_prefill(request: ChatRequest) -> None:
+    """``continue_final_message`` (a reply begun by the client, continued by the model) as vLLM reads it: never
+    with a generation prompt, and only after an assistant message with text to continue."""
+    if not request.continue_final_message:
+        return
+    if request.add_generation_prompt:
+        raise APIError(400, "continue_final_message needs add_generation_prompt: false (a prefilled reply is "
+                            "continued, not answered)", param="continue_final_message")
+    last = request.messages[-1]
+    if last.role != "assistant" or not last.content:
+        raise APIError(400, "continue_final_message continues the last message, which must be an assistant "
+                            f"message with text (the last is a {last.role} message"
+                            f"{'' if last.content else ' without text'})", param="messages")
+
+
+def chat_template_args(request: ChatRequest) -> dict[str, Any]:
+    """The chat template's keyword arguments for ``request``, merged as vLLM merges them: its
+    ``chat_template_kwargs``, overridden by the top-level ``add_generation_prompt`` and
+    ``continue_final_message``."""
+    return {**(request.chat_template_kwargs or {}), "add_generation_prompt": request.add_generation_prompt,
+            "continue_final_message": request.continue_final_message}
 
 
 def check_field_names(body: dict[str, Any], schema: type[_Sampling], contract: RequestContract) -> None:

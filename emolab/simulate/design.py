@@ -132,7 +132,8 @@ def trial_id(parts: dict[str, Any]) -> str:
 
 
 def render_messages(spec: ExperimentSpec, condition: Condition, persona: str, arm: Arm) -> tuple[dict[str, str], ...]:
-    """The chat messages of one trial: system (persona, and the emotion asked for when prompted), user (the decision)."""
+    """The chat messages of one trial: system (persona, and the emotion asked for when prompted), user (the decision),
+    and with an ``answer_prefix`` the assistant's reply begun."""
     system = fill(spec.system, persona=persona) if spec.system else (f"You are {persona}." if persona else "")
     if condition.prompted:
         system = f"{system} {emotion_instruction(spec, condition.emotion)}".strip()
@@ -145,6 +146,8 @@ def render_messages(spec: ExperimentSpec, condition: Condition, persona: str, ar
             prompt = prompt.replace(f"{{label:{option}}}", label)
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
+    if spec.answer_prefix:  # the reply's first words: the model continues this message (sampling_kwargs says so)
+        messages.append({"role": "assistant", "content": fill(spec.answer_prefix, persona=persona)})
     return tuple(messages)
 
 
@@ -170,4 +173,6 @@ def sampling_kwargs(spec: ExperimentSpec, seed: int, logprobs: bool) -> dict[str
                                   top_p=spec.sampling.top_p, seed=seed)
     if logprobs and spec.sampling.top_logprobs > 0:
         kwargs.update(logprobs=True, top_logprobs=spec.sampling.top_logprobs)
+    if spec.answer_prefix:  # vLLM's chat fields (the HF backend reads them too): continue the prefilled reply
+        kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
     return kwargs

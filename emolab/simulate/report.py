@@ -210,7 +210,11 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
     lines += [f"- model `{server.get('model')}` on the `{server.get('backend')}` backend; bundle sha256 "
               f"`{str(server.get('bundle_sha256'))[:16]}`; alpha scale {server.get('alpha_scale')}",
               f"- spec sha256 `{meta.get('spec_sha256', '')[:16]}`; {len(result.trials)} trials logged of "
-              f"{meta.get('n_trials')}; sampling {spec.sampling.__dict__}", ""]
+              f"{meta.get('n_trials')}; sampling {spec.sampling.__dict__}"]
+    if spec.answer_prefix:
+        lines += [f"- every reply begins with the words `{spec.answer_prefix}`, written for the model, which "
+                  "continues them: the answer's place is fixed, not its content"]
+    lines += [""]
     for name, table in result.tables.items():
         table.to_csv(out / "tables" / f"{name}.csv", index=False)
     if result.trials.empty:

@@ -27,6 +27,7 @@ from emolab.simulate.spec_fields import (
     SamplingSpec,
     SpecError,
     StateSpec,
+    answer_prefix_field,
     check_replicates,
     choice_fields,
     conditions_field,
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "experiments"
+# Fields added after runs were logged: left out of ``to_dict`` (so of the digest) at their defaults, so that a
+# folder run before they existed is still resumed by the same spec.
+LATER_FIELDS: dict[str, Any] = {"answer_prefix": ""}
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class ExperimentSpec:
     readout: str = "answer"  # answer: the first token naming an option; first: the first generated token
     outcome: str = ""  # the option (choice) or quantity (number) the headline effect is about
     range: tuple[float, float] | None = None  # number: accepted answers
+    answer_prefix: str = ""  # choice/number: the reply's first words, written for the model, which continues them
     turns: int = 5
     window: int = 6
     opening: str = ""
@@ -125,6 +130,10 @@ class ExperimentSpec:
             spec["range"] = (float(low_high[0]), float(low_high[1]))
         if kind == "conversation":
             spec.update(conversation_fields(r))
+            if "answer_prefix" in r.data:
+                raise SpecError("only choice and number experiments have answer_prefix", "answer_prefix")
+        else:
+            spec["answer_prefix"] = answer_prefix_field(r)
         spec["conditions"] = conditions_field(r)
         spec["sampling"] = sampling_field(r, kind)
         seeds = r.get("seeds", list, [0], check=lambda v: v and all(isinstance(x, int) and not isinstance(x, bool)
@@ -170,6 +179,9 @@ class ExperimentSpec:
         """Every field, defaults filled in (``source``, the data as written, left out)."""
         data = json.loads(json.dumps(asdict(self)))
         data.pop("source")
+        for name, default in LATER_FIELDS.items():  # at their defaults, fields added later leave the digest as it was
+            if data.get(name) == default:
+                data.pop(name)
         return data
 
     def digest(self) -> str:

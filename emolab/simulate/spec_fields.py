@@ -15,7 +15,7 @@ from emolab.simulate.spec_reader import Reader, SpecError
 
 __all__ = [
     "DEFAULT_EMOTION_PROMPT", "KINDS", "AgentsSpec", "ConditionsSpec", "Reader", "SamplingSpec", "SpecError",
-    "StateSpec", "check_replicates", "choice_fields", "conditions_field", "conversation_fields", "sampling_field",
+    "StateSpec", "answer_prefix_field", "check_replicates", "choice_fields", "conditions_field", "conversation_fields", "sampling_field",
 ]
 
 KINDS = ("choice", "number", "conversation")
@@ -104,6 +104,18 @@ def choice_fields(r: Reader, prompt: str) -> dict[str, Any]:
                                      why="must be full, order or none"),
                 readout=r.get("readout", str, "answer", check=lambda v: v in ("answer", "first"),
                               why="must be answer or first"))
+
+
+def answer_prefix_field(r: Reader) -> str:
+    """``answer_prefix``: the words the reply begins with ("I give $"), sent as the start of the assistant's message
+    for the model to continue (``continue_final_message``), so the answer comes where it is read."""
+    prefix = r.get("answer_prefix", str, "")
+    if prefix and not prefix.strip():
+        raise SpecError("must not be blank (leave it out for a reply the model begins itself)", "answer_prefix")
+    if prefix != prefix.rstrip():
+        raise SpecError("must not end in whitespace: the model's next token brings its own leading space (end at "
+                        "\"$\" or a word)", "answer_prefix")
+    return prefix
 
 
 def conversation_fields(r: Reader) -> dict[str, Any]:

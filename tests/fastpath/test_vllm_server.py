@@ -39,13 +39,14 @@ def hf(smollm2_hf):
     return smollm2_hf
 
 
-def hf_chat(hf, steering, messages=MESSAGES, n_tokens=N_TOKENS) -> str:
+def hf_chat(hf, steering, messages=MESSAGES, n_tokens=N_TOKENS, prefilled=False) -> str:
     from emolab.core.steering import coefficients, parse_steering
 
     model, tokenizer, steerer = hf
     emotions = steerer.bundle.emotions
     coeffs = coefficients(parse_steering(steering, emotions), len(emotions)) if steering else None
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=not prefilled, continue_final_message=prefilled,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
     with torch.inference_mode(), steerer.steer(coeffs):
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens, do_sample=False,
                              pad_token_id=tokenizer.eos_token_id)
@@ -62,6 +63,18 @@ def chat(client, steering=None, **kwargs) -> str:
 @pytest.mark.parametrize("steering", [None, [1, 3.0], ["anger", 2.0, "fear", 1.5], [2, -2.0]])
 def test_chat_equals_hf_steered_by_hand(client, hf, steering):
     assert chat(client, steering) == hf_chat(hf, steering)
+
+
+@pytest.mark.parametrize("steering", [None, ["fear", 3.0]])
+def test_a_prefilled_reply_is_continued_and_steered(client, hf, steering):
+    # continue_final_message: the model goes on from the assistant's begun message, as the HF backend does
+    begun = [*MESSAGES, {"role": "assistant", "content": "This morning I"}]
+    extra = {"continue_final_message": True, "add_generation_prompt": False}
+    if steering is not None:
+        extra["vllm_xargs"] = {"steering": steering}
+    reply = client.chat.completions.create(model="smollm2", messages=begun, max_tokens=N_TOKENS, temperature=0,
+                                           extra_body=extra).choices[0].message.content
+    assert reply == hf_chat(hf, steering, begun, prefilled=True) and not reply.startswith("This morning")
 
 
 def test_steering_changes_the_reply_and_names_equal_ids(client):
@@ -170,6 +183,8 @@ MALFORMED = [
     ({"vllm_xargs": "steering"}, "object"),
     ({"steering": [1, 1.0], "vllm_xargs": {"steering": [1, 1.0]}}, "once"),
     ({"steering": "joy"}, "flat list"),
+    ({"continue_final_message": True}, "add_generation_prompt: false"),
+    ({"continue_final_message": True, "add_generation_prompt": False}, "must be an assistant message"),
 ]
 
 

@@ -58,7 +58,8 @@ def chat(client, steering=None, stream=False, max_tokens=N_TOKENS, **kwargs):
     """Text, finish reason and usage of one chat request (streamed chunks joined)."""
     extra = {"vllm_xargs": {"steering": steering}} if steering is not None else {}
     extra.update(kwargs.pop("extra_body", {}))
-    args = dict(model="smollm2", messages=MESSAGES, max_tokens=max_tokens, temperature=0, extra_body=extra, **kwargs)
+    kwargs.setdefault("messages", MESSAGES)
+    args = dict(model="smollm2", max_tokens=max_tokens, temperature=0, extra_body=extra, **kwargs)
     if not stream:
         reply = client.chat.completions.create(**args)
         return reply.choices[0].message.content, reply.choices[0].finish_reason, reply.usage
@@ -116,6 +117,22 @@ def test_unsteered_chat_equals_plain_generate(client, reference, stream):
     assert text == want_text
     assert (usage.prompt_tokens, usage.completion_tokens) == (len(ids), len(want_ids))
     assert finish == ("stop" if want_ids[-1] == reference[1].eos_token_id else "length")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prefilled_reply_is_continued_as_vllm_continues_it(client, reference, stream):
+    # continue_final_message: the template leaves the assistant's begun message open, and the model goes on from it.
+    tokenizer = reference[1]
+    begun = [*MESSAGES, {"role": "assistant", "content": "My weekend was"}]
+    text = tokenizer.apply_chat_template(begun, tokenize=False, add_generation_prompt=False,
+                                         continue_final_message=True)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert text.endswith("My weekend was") and ids[:len(chat_ids(tokenizer)) - 1] == chat_ids(tokenizer)[:-1]
+    want_text, want_ids = greedy(reference, ids)
+    got, finish, usage = chat(client, stream=stream, messages=begun,
+                              extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    assert got == want_text and not got.startswith("My weekend")
+    assert (usage.prompt_tokens, usage.completion_tokens) == (len(ids), len(want_ids))
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -217,6 +234,10 @@ def malformed_corpus(vocab: int) -> list[tuple[str, bytes]]:
         chat_with(n=0), chat_with(n=129), chat_with(chat_template_kwargs="x"), chat_with(chat_template_kwargs={"tokenize": True}),
         chat_with(stream_options={"include_usage": True}), chat_with(tools=[{"type": "function"}]),
         chat_with(top_logprobs=3), chat_with(logprobs="yes"),
+        chat_with(continue_final_message=True), chat_with(continue_final_message="yes"),
+        chat_with(continue_final_message=True, add_generation_prompt=False),  # the last message is the user's
+        chat_with(messages=[*MESSAGES, {"role": "assistant", "content": ""}], continue_final_message=True,
+                  add_generation_prompt=False), chat_with(add_generation_prompt=1),
         completion_with(prompt=DROP), completion_with(prompt=5), completion_with(prompt=[[1, 2]]),
         completion_with(prompt=[vocab + 5]), completion_with(prompt=[]), completion_with(prompt=["a", "b"]),
         completion_with(echo=True), completion_with(vllm_xargs={"steering": ["fear"]}),

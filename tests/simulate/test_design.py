@@ -49,6 +49,9 @@ def test_every_shipped_spec_loads():
     ({"keywords": {"other": ["x"]}}, "keywords.other"),
     ({"extra": 1}, "extra"),
     ({"personas": None}, "personas"),
+    ({"answer_prefix": "   "}, "answer_prefix"),
+    ({"answer_prefix": "I choose option "}, "answer_prefix"),  # the next token brings its own space
+    ({"answer_prefix": 5}, "answer_prefix"),
 ])
 def test_a_bad_spec_names_its_field(change, field):
     data = {**CHOICE, **change}
@@ -132,6 +135,32 @@ def test_counterbalanced_arms_separate_label_from_position():
     assert {a.labels[0] for a in full} == {"A", "C"}
     assert len(arms(ExperimentSpec.from_dict({**CHOICE, "counterbalance": "order"}))) == 2
     assert len(arms(ExperimentSpec.from_dict({**CHOICE, "counterbalance": "none"}))) == 1
+
+
+def test_an_answer_prefix_begins_every_reply_and_asks_the_server_to_continue_it():
+    import hashlib
+    from dataclasses import asdict
+
+    from emolab.simulate.design import sampling_kwargs
+
+    plain = ExperimentSpec.from_dict(CHOICE)
+    spec = ExperimentSpec.from_dict({**CHOICE, "answer_prefix": "As {persona}, I choose option"})
+    for trial in trials(spec, conditions(spec, EMOTIONS, RECOMMENDED)):
+        *head, last = trial.messages
+        assert last == {"role": "assistant", "content": f"As p{trial.persona_index + 1}, I choose option"}
+        assert [m["role"] for m in head] == ["system", "user"]
+    assert sampling_kwargs(spec, 0, True)["extra_body"] == {"continue_final_message": True,
+                                                            "add_generation_prompt": False}
+    assert "extra_body" not in sampling_kwargs(plain, 0, True)
+    assert all(len(t.messages) == 2 for t in trials(plain, conditions(plain, EMOTIONS, RECOMMENDED)))
+    assert spec.digest() != plain.digest()
+    # a spec without it hashes as it did before the field existed: its run folders are still resumed
+    before = {k: v for k, v in json.loads(json.dumps(asdict(plain))).items() if k not in ("source", "answer_prefix")}
+    assert plain.digest() == hashlib.sha256(json.dumps(before).encode()).hexdigest()
+    talk = {"name": "c", "kind": "conversation", "opening": "Hi.", "answer_prefix": "I say"}
+    with pytest.raises(SpecError, match="only choice and number experiments have answer_prefix") as err:
+        ExperimentSpec.from_dict(talk)
+    assert err.value.field == "answer_prefix"
 
 
 def test_trials_render_prompts_and_are_shuffled_reproducibly():

@@ -172,6 +172,31 @@ def test_the_report_is_written_from_the_frames(server, tmp_path, capsys):
                             for r in cut.itertuples())
 
 
+def test_an_answer_prefix_is_continued_and_the_number_read_from_the_continuation(server, smollm2_path, tmp_path):
+    from conftest import hooked_greedy
+
+    from emolab.core.models import chat_prompt_ids, load_model
+
+    data = {**NUMBER, "personas": ["a nurse", "a teacher"], "answer_prefix": "I give $", "concurrency": 1,
+            "conditions": {"emotions": ["fear"], "alphas": [1], "prompted": False, "steered_prompted": False}}
+    out = tmp_path / "run"
+    run_experiment(ExperimentSpec.from_dict(data), out, base_url=server, api_key=KEY, progress=False)
+    records = read_trials(out)
+    assert len(records) == 4 and all(r["messages"][-1] == {"role": "assistant", "content": "I give $"}
+                                      for r in records)
+    model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
+    for r in records:
+        assert r["parsed_number"] == parse_number(r["reply"], 0, 10, cut=r["finish_reason"] == "length")
+        if r["condition"] == "control":  # the model went on from "$": the reply is what greedy decoding continues
+            ids = chat_prompt_ids(tokenizer, r["messages"], add_generation_prompt=False, continue_final_message=True)
+            assert r["reply"] == hooked_greedy(model, tokenizer, ids, 6)[0]
+            assert r["usage"]["prompt_tokens"] == len(ids)
+    from emolab.simulate import write_report
+
+    write_report(out)
+    assert "every reply begins with the words `I give $`" in (out / "report.md").read_text()
+
+
 def test_agents_can_carry_their_own_readout_as_state(server, smollm2_bundle_path, tmp_path):
     """state.read: readout — each agent's level follows its own emotion readout of the feed it read (no judge)."""
     spec = ExperimentSpec.from_dict({**TALK, "name": "talk-readout",

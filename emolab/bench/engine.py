@@ -111,10 +111,12 @@ def engine_job(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     llm = LLM(**job["engine"])
     runs = []
-    # Size the runs: one short calibration per N, then enough requests per agent for run_seconds.
+    # Size the runs: two short calibrations per N (the first warms kernels that tune themselves on first use, as
+    # a MoE engine's do, and reads low), then enough requests per agent for run_seconds at the second's pace.
     per_agent: dict[int, int] = {}
     for agents in job["agents"]:
-        probe = _run(llm, agents, 1, job["scenarios"][0], job, seed=10_000 + agents)
+        for attempt in range(2):
+            probe = _run(llm, agents, 1, job["scenarios"][0], job, seed=10_000 + agents + attempt)
         wanted = job["run_seconds"] * probe["tok_per_s"] / (agents * job["max_tokens"])
         per_agent[agents] = max(1, math.ceil(wanted))
     for repeat in range(job["repeats"]):

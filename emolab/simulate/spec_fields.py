@@ -15,7 +15,8 @@ from emolab.simulate.spec_reader import Reader, SpecError
 
 __all__ = [
     "DEFAULT_EMOTION_PROMPT", "KINDS", "AgentsSpec", "ConditionsSpec", "Reader", "SamplingSpec", "SpecError",
-    "StateSpec", "answer_prefix_field", "check_replicates", "choice_fields", "conditions_field", "conversation_fields", "sampling_field",
+    "StateSpec", "answer_prefix_field", "check_replicates", "choice_fields", "conditions_field", "conversation_fields",
+    "sampling_field",
 ]
 
 KINDS = ("choice", "number", "conversation")

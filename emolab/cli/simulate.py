@@ -20,7 +20,7 @@ __all__ = ["add_simulate", "spec_with_overrides"]
 
 OVERRIDE_FLAGS = {"conditions.emotions": "--emotions", "conditions.alphas": "--alphas", "personas": "--personas",
                   "personas.sample": "--personas", "seeds": "--seeds", "turns": "--turns",
-                  "sampling.temperature": "--temperature"}
+                  "sampling.temperature": "--temperature", "answer_prefix": "--answer-prefix"}
 
 
 def add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +46,8 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--turns", type=positive_int("--turns"), default=None, help="override turns (conversations)")
     run.add_argument("--temperature", type=float, default=None,
                      help="override sampling.temperature (> 0: each seed samples its own replicate)")
+    run.add_argument("--answer-prefix", default=None, metavar="TEXT",
+                     help="override answer_prefix: the reply's first words, continued by the model (\"\" for none)")
     run.add_argument("--limit", type=positive_int("--limit"), default=None,
                      help="run at most N of the trials still owed, then stop (resumable)")
     run.add_argument("--no-judge", action="store_true",
@@ -79,7 +81,8 @@ def spec_with_overrides(source: str, args: argparse.Namespace) -> Any:
     spec = ExperimentSpec.load(source)
     try:
         return spec.with_overrides(emotions=args.emotions, alphas=args.alphas, personas=args.personas,
-                                   seeds=args.seeds, turns=args.turns, temperature=args.temperature)
+                                   seeds=args.seeds, turns=args.turns, temperature=args.temperature,
+                                   answer_prefix=args.answer_prefix)
     except SpecError as exc:  # an override at fault: name its flag
         flag = OVERRIDE_FLAGS.get((exc.field or "").split("[")[0])
         if flag is None:

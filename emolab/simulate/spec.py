@@ -149,11 +149,13 @@ class ExperimentSpec:
 
     def with_overrides(self, *, emotions: list[str] | None = None, alphas: list[float] | None = None,
                        personas: int | None = None, seeds: list[int] | None = None,
-                       turns: int | None = None, temperature: float | None = None) -> ExperimentSpec:
+                       turns: int | None = None, temperature: float | None = None,
+                       answer_prefix: str | None = None) -> ExperimentSpec:
         """The spec with a smaller or other design, applied to its data (so they are recorded and hashed).
 
         ``personas``: keep the first N (of a written list; of a population, draw N: the first N of any larger
-        draw with the same seed). Each override is checked like the field itself.
+        draw with the same seed); ``answer_prefix``: ``""`` removes it. Each override is checked like the field
+        itself.
         """
         data = json.loads(json.dumps(self.source))
         conditions = dict(data.get("conditions") or {})
@@ -172,6 +174,10 @@ class ExperimentSpec:
             data["turns"] = turns
         if temperature is not None:
             data["sampling"] = {**(data.get("sampling") or {}), "temperature": temperature}
+        if answer_prefix == "":  # none: the model begins the reply itself
+            data.pop("answer_prefix", None)
+        elif answer_prefix is not None:
+            data["answer_prefix"] = answer_prefix
         return ExperimentSpec.from_dict(data) if data != self.source else self
 
     # ----------------------------------------------------------------------------------- identity

@@ -157,6 +157,11 @@ def test_an_answer_prefix_begins_every_reply_and_asks_the_server_to_continue_it(
     # a spec without it hashes as it did before the field existed: its run folders are still resumed
     before = {k: v for k, v in json.loads(json.dumps(asdict(plain))).items() if k not in ("source", "answer_prefix")}
     assert plain.digest() == hashlib.sha256(json.dumps(before).encode()).hexdigest()
+    # the override sets, replaces or removes it (the shipped dictator begins "I give $")
+    assert spec.with_overrides(answer_prefix="").digest() == plain.digest()
+    assert plain.with_overrides(answer_prefix="As {persona}, I choose option") == spec
+    dictator = ExperimentSpec.load("dictator")
+    assert dictator.answer_prefix == "I give $" and dictator.with_overrides(answer_prefix="").answer_prefix == ""
     talk = {"name": "c", "kind": "conversation", "opening": "Hi.", "answer_prefix": "I say"}
     with pytest.raises(SpecError, match="only choice and number experiments have answer_prefix") as err:
         ExperimentSpec.from_dict(talk)

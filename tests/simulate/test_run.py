@@ -133,6 +133,12 @@ def test_the_cli_names_a_bad_spec_field_in_one_line(tmp_path, capsys):
     code, _, err = run_cli(["simulate", "run", "risk", "--temperature", "3", "--base-url", "http://127.0.0.1:9/v1"],
                            capsys)
     assert code == 2 and "--temperature: must be 0..2" in err
+    code, _, err = run_cli(["simulate", "run", "dictator", "--answer-prefix", "I give $ ", "--base-url",
+                            "http://127.0.0.1:9/v1"], capsys)
+    assert code == 2 and "--answer-prefix: must not end in whitespace" in err
+    code, _, err = run_cli(["simulate", "run", "contagion", "--answer-prefix", "I say", "--base-url",
+                            "http://127.0.0.1:9/v1"], capsys)
+    assert code == 2 and "--answer-prefix: only choice and number experiments have answer_prefix" in err
     code, _, err = run_cli(["simulate", "run", "risk"], capsys)
     assert code == 2 and "give --base-url, or --serve-model and --serve-vectors" in err
 

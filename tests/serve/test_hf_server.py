@@ -44,8 +44,10 @@ def bundle(smollm2_bundle_path):
     return EmotionBundle.load(smollm2_bundle_path)
 
 
-def chat_ids(tokenizer) -> list[int]:
-    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+def chat_ids(tokenizer, messages=MESSAGES, *, begun: bool = False) -> list[int]:
+    """The prompt's ids, by hand; ``begun``: the last (assistant) message is left open for the model to continue."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not begun,
+                                         continue_final_message=begun)
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
@@ -124,10 +126,8 @@ def test_a_prefilled_reply_is_continued_as_vllm_continues_it(client, reference, 
     # continue_final_message: the template leaves the assistant's begun message open, and the model goes on from it.
     tokenizer = reference[1]
     begun = [*MESSAGES, {"role": "assistant", "content": "My weekend was"}]
-    text = tokenizer.apply_chat_template(begun, tokenize=False, add_generation_prompt=False,
-                                         continue_final_message=True)
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    assert text.endswith("My weekend was") and ids[:len(chat_ids(tokenizer)) - 1] == chat_ids(tokenizer)[:-1]
+    ids = chat_ids(tokenizer, begun, begun=True)
+    assert tokenizer.decode(ids).endswith("My weekend was") and ids[:len(chat_ids(tokenizer)) - 1] == chat_ids(tokenizer)[:-1]
     want_text, want_ids = greedy(reference, ids)
     got, finish, usage = chat(client, stream=stream, messages=begun,
                               extra_body={"continue_final_message": True, "add_generation_prompt": False})

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 
 from emolab.simulate import analysis
 from emolab.simulate.agents import next_level, trajectory
-from emolab.simulate.design import arms, conditions, trials
+from emolab.simulate.design import arms, conditions, sampling_kwargs, trials
 from emolab.simulate.log import RunLog, RunLogError, read_trials
 from emolab.simulate.spec import ExperimentSpec, SpecError, StateSpec, shipped_specs
 
@@ -138,11 +139,6 @@ def test_counterbalanced_arms_separate_label_from_position():
 
 
 def test_an_answer_prefix_begins_every_reply_and_asks_the_server_to_continue_it():
-    import hashlib
-    from dataclasses import asdict
-
-    from emolab.simulate.design import sampling_kwargs
-
     plain = ExperimentSpec.from_dict(CHOICE)
     spec = ExperimentSpec.from_dict({**CHOICE, "answer_prefix": "As {persona}, I choose option"})
     for trial in trials(spec, conditions(spec, EMOTIONS, RECOMMENDED)):

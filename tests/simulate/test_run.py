@@ -15,9 +15,10 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_cli, running_server
+from conftest import hooked_greedy, run_cli, running_server
 
-from emolab.simulate import ExperimentSpec, analyze, read_trials, run_experiment
+from emolab.core.models import chat_prompt_ids, load_model
+from emolab.simulate import ExperimentSpec, analyze, read_trials, run_experiment, write_report
 from emolab.simulate.design import conditions, trials
 from emolab.simulate.readout import parse_number
 
@@ -179,10 +180,6 @@ def test_the_report_is_written_from_the_frames(server, tmp_path, capsys):
 
 
 def test_an_answer_prefix_is_continued_and_the_number_read_from_the_continuation(server, smollm2_path, tmp_path):
-    from conftest import hooked_greedy
-
-    from emolab.core.models import chat_prompt_ids, load_model
-
     data = {**NUMBER, "personas": ["a nurse", "a teacher"], "answer_prefix": "I give $", "concurrency": 1,
             "conditions": {"emotions": ["fear"], "alphas": [1], "prompted": False, "steered_prompted": False}}
     out = tmp_path / "run"
@@ -197,8 +194,6 @@ def test_an_answer_prefix_is_continued_and_the_number_read_from_the_continuation
             ids = chat_prompt_ids(tokenizer, r["messages"], add_generation_prompt=False, continue_final_message=True)
             assert r["reply"] == hooked_greedy(model, tokenizer, ids, 6)[0]
             assert r["usage"]["prompt_tokens"] == len(ids)
-    from emolab.simulate import write_report
-
     write_report(out)
     assert "every reply begins with the words `I give $`" in (out / "report.md").read_text()
 

@@ -20,7 +20,8 @@ __all__ = ["add_simulate", "spec_with_overrides"]
 
 OVERRIDE_FLAGS = {"conditions.emotions": "--emotions", "conditions.alphas": "--alphas", "personas": "--personas",
                   "personas.sample": "--personas", "seeds": "--seeds", "turns": "--turns",
-                  "sampling.temperature": "--temperature", "answer_prefix": "--answer-prefix"}
+                  "sampling.temperature": "--temperature", "answer_prefix": "--answer-prefix",
+                  "number_readout": "--number-readout"}
 
 
 def add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +49,9 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
                      help="override sampling.temperature (> 0: each seed samples its own replicate)")
     run.add_argument("--answer-prefix", default=None, metavar="TEXT",
                      help="override answer_prefix: the reply's first words, continued by the model (\"\" for none)")
+    run.add_argument("--number-readout", default=None, choices=["text", "distribution"],
+                     help="override number_readout: distribution also reads the model's probability of every amount "
+                          "(needs an answer_prefix)")
     run.add_argument("--limit", type=positive_int("--limit"), default=None,
                      help="run at most N of the trials still owed, then stop (resumable)")
     run.add_argument("--no-judge", action="store_true",
@@ -82,7 +86,7 @@ def spec_with_overrides(source: str, args: argparse.Namespace) -> Any:
     try:
         return spec.with_overrides(emotions=args.emotions, alphas=args.alphas, personas=args.personas,
                                    seeds=args.seeds, turns=args.turns, temperature=args.temperature,
-                                   answer_prefix=args.answer_prefix)
+                                   answer_prefix=args.answer_prefix, number_readout=args.number_readout)
     except SpecError as exc:  # an override at fault: name its flag
         flag = OVERRIDE_FLAGS.get((exc.field or "").split("[")[0])
         if flag is None:

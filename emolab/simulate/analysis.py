@@ -27,7 +27,7 @@ from emolab.core.stats import benjamini_hochberg, between_groups_p, holm, sign_f
 from emolab.simulate.readout import copied_share, numbers_in, parse_number
 
 __all__ = [
-    "bootstrap_mean", "choice_effects", "contagion", "corrected", "dose_response", "effects", "number_effects",
+    "amount_effects", "amount_probabilities", "bootstrap_mean", "choice_effects", "contagion", "corrected", "dose_response", "effects", "number_effects",
     "outcome_design", "paired_p", "steered_vs_prompted", "subgroup_effects", "trials_frame", "units",
 ]
 
@@ -41,8 +41,12 @@ def trials_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row = {k: r.get(k) for k in ("trial_id", "experiment", "kind", "condition", "condition_kind", "emotion",
                                       "multiple", "alpha", "persona_index", "arm", "seed", "replicate", "turn",
                                       "agent", "seeded", "level", "reply", "finish_reason", "latency_s",
-                                      "label_mass", "readout_position", "parsed_choice", "parsed_number")
+                                      "label_mass", "readout_position", "parsed_choice", "parsed_number",
+                                      "expected_number")
                if k in r}
+        if r.get("number_distribution"):
+            row["amount_mass"] = r["number_distribution"]["mass"]
+            row["amount_probs"] = r["number_distribution"]["probs"]
         row["completion_tokens"] = (r.get("usage") or {}).get("completion_tokens")
         if r.get("parsed_number") is not None and r.get("finish_reason") == "length" \
                 and parse_number(r.get("reply") or "", cut=True) is None:
@@ -203,6 +207,32 @@ def number_effects(frame: pd.DataFrame) -> pd.DataFrame:
     if "from_prompt" in frame:
         extra["from_prompt"] = grouped["from_prompt"].mean()
     return table.merge(extra.reset_index(), on="condition")
+
+
+def amount_effects(frame: pd.DataFrame) -> pd.DataFrame:
+    """The expected amount under the model's own distribution (``number_readout: distribution``) per condition and its
+    effect. Its unit is the persona, as a choice's: the distribution is read, not drawn, so a persona's seeds repeat
+    it. Beside it ``amount_mass`` (the share of the distribution read as an amount in the range: a low one means the
+    model was mostly not answering with one) and ``top_amount`` (the amount of the largest mean probability)."""
+    table = effects(frame, "expected_number", ["persona_index", "arm", "seed"], ["persona_index"])
+    probs = amount_probabilities(frame)
+    top = (probs.sort_values("probability", ascending=False, kind="stable").drop_duplicates("condition")
+           .set_index("condition")["amount"] if len(probs) else pd.Series(dtype=float))
+    extra = frame.groupby("condition", sort=False)["amount_mass"].mean().to_frame()
+    extra["top_amount"] = top
+    return table.merge(extra.reset_index(), on="condition")
+
+
+def amount_probabilities(frame: pd.DataFrame) -> pd.DataFrame:
+    """Long table (condition, amount, probability): each amount's probability averaged over the condition's trials
+    (an amount a trial gave no mass counts as 0 there)."""
+    rows: list[dict[str, Any]] = []
+    read = frame[frame["amount_probs"].notna()] if "amount_probs" in frame else frame.iloc[0:0]
+    for name, sub in read.groupby("condition", sort=False):
+        grid = pd.DataFrame([{float(k): v for k, v in probs.items()} for probs in sub["amount_probs"]]).fillna(0.0)
+        rows += [{"condition": name, "amount": amount, "probability": float(p)}
+                 for amount, p in grid.mean().sort_index().items()]
+    return pd.DataFrame(rows, columns=["condition", "amount", "probability"])
 
 
 def subgroup_effects(frame: pd.DataFrame, by: str, column: str, cells: list[str], unit: list[str]

@@ -13,7 +13,7 @@ import pandas as pd
 from emolab.core.emotions import DEFAULT_EMOTIONS
 from emolab.core.figures import EMOTION_COLORS, new_figure
 
-__all__ = ["bias_plot", "condition_plot", "contagion_plot", "dose_plot", "subgroup_plot"]
+__all__ = ["amount_plot", "bias_plot", "condition_plot", "contagion_plot", "dose_plot", "subgroup_plot"]
 
 KIND_COLORS = {"control": "#7f7f7f", "prompted": "#bcbd22", "steered": "#1f77b4", "steered+prompted": "#17becf"}
 
@@ -125,4 +125,26 @@ def subgroup_plot(per_level: pd.DataFrame, by: str, what: str) -> Any:
     ax.set_xticks(range(len(levels)), [str(v) for v in levels], fontsize=7, rotation=60, ha="right")
     ax.set_xlabel(f"persona {by} (dot: holds at q_bh < 0.05 across all cells)")
     fig.colorbar(image, ax=ax, label=f"effect on {what} vs control", shrink=0.8)
+    return fig
+
+
+def amount_plot(probs: pd.DataFrame, what: str, *, least: float = 0.01) -> Any:
+    """Each condition's mean probability of every amount (columns: the amounts with at least ``least`` of the mass
+    under some condition), a row per condition: where the model's answer would fall, not only where one reply did."""
+    shown = probs.groupby("amount")["probability"].max()
+    amounts = sorted(shown[shown >= least].index.tolist())
+    conditions = probs["condition"].drop_duplicates().tolist()
+    grid = probs.pivot_table(index="condition", columns="amount", values="probability", aggfunc="first").reindex(
+        index=conditions, columns=amounts).fillna(0.0)
+    fig = new_figure(2.8 + 0.34 * max(len(amounts), 1), 1.2 + 0.22 * max(len(conditions), 1))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid.to_numpy(dtype=float), cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    for (i, j), p in np.ndenumerate(grid.to_numpy(dtype=float)):
+        if p >= 0.05:
+            ax.text(j, i, f"{p:.2f}"[1:] if p < 1 else "1", ha="center", va="center", fontsize=5.5,
+                    color="white" if p > 0.6 else "black")
+    ax.set_yticks(range(len(conditions)), conditions, fontsize=7)
+    ax.set_xticks(range(len(amounts)), [f"{a:g}" for a in amounts], fontsize=7, rotation=60, ha="right")
+    ax.set_xlabel(f"{what} (amounts with at least {least:g} of the mass under some condition)")
+    fig.colorbar(image, ax=ax, label="mean probability", shrink=0.8)
     return fig

@@ -46,6 +46,9 @@ class RunAnalysis:
             figs["effects"] = plots.condition_plot(self.tables["effects"], self.outcome_label)
         if len(self.tables.get("dose_response", ())):
             figs["dose_response"] = plots.dose_plot(self.tables["dose_response"], self.outcome_label)
+        if len(self.tables.get("amounts", ())):
+            figs["amounts"] = plots.condition_plot(self.tables["amounts"], f"expected {self.outcome_label}")
+            figs["amount_distribution"] = plots.amount_plot(self.tables["amount_probabilities"], self.outcome_label)
         if self.spec.kind == "choice":
             figs["bias"] = plots.bias_plot(self.tables["effects"])
         if len(self.tables.get("contagion_by_turn", ())):
@@ -102,6 +105,9 @@ def analyze(folder: str | Path, by: str | None = None) -> RunAnalysis:
 
     table = in_design_order(table)
     result.tables["effects"] = table
+    if spec.kind == "number" and "expected_number" in frame and frame["expected_number"].notna().any():
+        result.tables["amounts"] = in_design_order(analysis.amount_effects(frame))
+        result.tables["amount_probabilities"] = in_design_order(analysis.amount_probabilities(frame), "amount")
     result.tables["dose_response"] = analysis.dose_response(table)
     result.tables["steered_vs_prompted"] = analysis.steered_vs_prompted(table)
     if by is not None:
@@ -181,6 +187,25 @@ def _subgroup_section(result: RunAnalysis, by: str) -> list[str]:
                            floatfmt=P_FORMAT), ""]
 
 
+def _amounts_section(result: RunAnalysis) -> list[str]:
+    amounts = result.tables["amounts"]
+    lines = [f"## Expected {result.outcome_label} under the model's distribution per condition", "",
+             "What the model *would* answer, not the one reply it wrote: every whole amount's probability read from "
+             "the logprobs along the digits after the begun reply (`number_readout: distribution`), under the "
+             "trial's steering; `mean`: the expected amount over the amounts in the range (renormalized), "
+             "`amount_mass`: the share of the distribution read as such an amount (the rest: no number, out of "
+             f"range, or below the floor {result.spec.distribution_floor:g} / outside the top "
+             f"{result.spec.sampling.top_logprobs}); `top_amount`: the amount of largest mean probability. The unit "
+             "is the persona (the distribution is read, not drawn). Probabilities per amount: "
+             "`tables/amount_probabilities.csv` and the plot.", "",
+             markdown_table(_ci(_ci(amounts, "mean"), "effect"),
+                            ["condition", "n", "n_units", "mean [95% CI]", "effect [95% CI]", "p_value", "p_holm",
+                             "amount_mass", "top_amount"], floatfmt=P_FORMAT), ""]
+    if note := design_note(amounts):
+        lines += [note, ""]
+    return lines
+
+
 def _ci(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """A ``<key> [95% CI]`` column: ``+0.029 [+0.014, +0.043]``; n/a where there is no number or no interval."""
     def cell(m: float, lo: float, hi: float) -> str:
@@ -239,6 +264,8 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
         lines += [P_NOTE, "", markdown_table(effects, columns, floatfmt=P_FORMAT), ""]
         if note := design_note(result.tables["effects"]):
             lines += [note, ""]
+        if "amounts" in result.tables:
+            lines += _amounts_section(result)
         svp = result.tables["steered_vs_prompted"]
         if len(svp):
             lines += ["## Steered vs prompted (effect vs control)", "", markdown_table(svp), ""]

@@ -11,6 +11,7 @@ message (the spec asks for something this server refuses); a trial lost to a con
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,13 +20,15 @@ from typing import Any
 
 from emolab.api_client import AsyncSteeringClient
 from emolab.simulate.agents import run_conversations
+from emolab.simulate.amounts import AmountDistribution, read_amounts
 from emolab.simulate.design import Trial, conditions, sampling_kwargs, trials
 from emolab.simulate.errors import SimulationError
 from emolab.simulate.log import RunLog
 from emolab.simulate.readout import parse_choice, parse_number, read_options
 from emolab.simulate.spec import ExperimentSpec
 
-__all__ = ["choice_record", "run_experiment", "run_experiment_async", "server_info", "trim_logprobs"]
+__all__ = ["amount_distribution", "choice_record", "run_experiment", "run_experiment_async", "server_info",
+           "trim_logprobs"]
 
 
 async def server_info(client: AsyncSteeringClient) -> dict[str, Any]:
@@ -62,6 +65,24 @@ def trim_logprobs(content: list[Any] | None) -> list[dict[str, Any]] | None:
         out.append({"token": entry["token"], "logprob": entry["logprob"],
                     "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in entry.get("top_logprobs") or []]})
     return out
+
+
+async def amount_distribution(spec: ExperimentSpec, client: AsyncSteeringClient, trial: Trial) -> AmountDistribution:
+    """The model's probability of every amount in the spec's range for this trial (``emolab.simulate.amounts``):
+    each node of the digit tree one ``max_tokens: 1`` request continuing the begun reply, under the trial's
+    steering."""
+    *before, begun = trial.messages
+
+    async def ask(text: str) -> list[dict[str, Any]]:
+        kwargs = sampling_kwargs(spec, trial.seed, logprobs=True)
+        kwargs.update(max_tokens=1, temperature=0.0, top_p=1.0)
+        reply = await client.chat_completion([*before, {**begun, "content": begun["content"] + text}],
+                                             trial.condition.steering(), **kwargs)
+        content = trim_logprobs(reply.choices[0].logprobs.content if reply.choices[0].logprobs is not None else None)
+        return content[0]["top_logprobs"] if content else []
+
+    low, high = spec.range
+    return await read_amounts(ask, low, high, floor=spec.distribution_floor)
 
 
 def choice_record(spec: ExperimentSpec, trial: Trial, reply: Any, began: float, ended: float) -> dict[str, Any]:
@@ -101,6 +122,14 @@ async def _run_trials(spec: ExperimentSpec, client: AsyncSteeringClient, log: Ru
 
     gate = asyncio.Semaphore(spec.concurrency)
     lost: list[str] = []
+    walks: dict[str, asyncio.Future] = {}  # seeds of one condition x persona x arm share their prompt: read it once
+
+    def distribution(trial: Trial) -> asyncio.Future:
+        key = json.dumps([trial.messages, trial.condition.steering()])
+        if key not in walks or (walks[key].done() and (walks[key].cancelled() or walks[key].exception())):
+            walks[key] = asyncio.ensure_future(amount_distribution(spec, client, trial))  # again, if it failed
+        return walks[key]
+
     bar = tqdm(total=len(todo), desc=spec.name, unit="trial", disable=not progress)
 
     async def one(trial: Trial) -> None:
@@ -109,6 +138,8 @@ async def _run_trials(spec: ExperimentSpec, client: AsyncSteeringClient, log: Ru
             try:
                 reply = await client.chat_completion(list(trial.messages), trial.condition.steering(),
                                                      **sampling_kwargs(spec, trial.seed, spec.kind == "choice"))
+                amounts = (await asyncio.shield(distribution(trial)) if spec.kind == "number"
+                           and spec.number_readout == "distribution" else None)
             except APIStatusError as exc:
                 if 400 <= exc.status_code < 500 and exc.status_code != 429:
                     raise SimulationError(f"the server refused a trial ({exc.status_code}): {exc.message}") from None
@@ -118,6 +149,8 @@ async def _run_trials(spec: ExperimentSpec, client: AsyncSteeringClient, log: Ru
                 lost.append(str(exc))
                 return
             record = choice_record(spec, trial, reply, began, time.time())
+            if amounts is not None:
+                record.update(number_distribution=amounts.to_record(), expected_number=amounts.expected)
             log.append(record)
             bar.update(1)
             if on_record is not None:
@@ -127,7 +160,7 @@ async def _run_trials(spec: ExperimentSpec, client: AsyncSteeringClient, log: Ru
     try:
         await asyncio.gather(*tasks)
     finally:
-        for task in tasks:
+        for task in [*tasks, *walks.values()]:
             task.cancel()
         bar.close()
     if lost:

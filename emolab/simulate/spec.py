@@ -32,6 +32,7 @@ from emolab.simulate.spec_fields import (
     choice_fields,
     conditions_field,
     conversation_fields,
+    number_readout_fields,
     sampling_field,
 )
 
@@ -43,7 +44,7 @@ __all__ = [
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "experiments"
 # Fields added after runs were logged: left out of ``to_dict`` (so of the digest) at their defaults, so that a
 # folder run before they existed is still resumed by the same spec.
-LATER_FIELDS: dict[str, Any] = {"answer_prefix": ""}
+LATER_FIELDS: dict[str, Any] = {"answer_prefix": "", "number_readout": "text", "distribution_floor": 0.005}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class ExperimentSpec:
     outcome: str = ""  # the option (choice) or quantity (number) the headline effect is about
     range: tuple[float, float] | None = None  # number: accepted answers
     answer_prefix: str = ""  # choice/number: the reply's first words, written for the model, which continues them
+    number_readout: str = "text"  # number: text (the amount the reply wrote) | distribution (also P of every amount)
+    distribution_floor: float = 0.005  # number_readout distribution: nodes of the digit tree below it are not read
     turns: int = 5
     window: int = 6
     opening: str = ""
@@ -128,14 +131,25 @@ class ExperimentSpec:
                 isinstance(x, int | float) and not isinstance(x, bool) for x in v) and v[0] < v[1],
                 why="must be [low, high] with low < high")
             spec["range"] = (float(low_high[0]), float(low_high[1]))
+            spec.update(number_readout_fields(r))
+        else:
+            for key in ("number_readout", "distribution_floor"):
+                if key in r.data:
+                    raise SpecError(f"only number experiments have {key}", key)
         if kind == "conversation":
             spec.update(conversation_fields(r))
             if "answer_prefix" in r.data:
                 raise SpecError("only choice and number experiments have answer_prefix", "answer_prefix")
         else:
             spec["answer_prefix"] = answer_prefix_field(r)
+        if spec.get("number_readout") == "distribution" and not spec["answer_prefix"]:
+            raise SpecError("distribution reads the amount where the reply begins writing it: give an answer_prefix "
+                            "that ends there (\"I give $\")", "number_readout")
         spec["conditions"] = conditions_field(r)
         spec["sampling"] = sampling_field(r, kind)
+        if spec.get("number_readout") == "distribution" and spec["sampling"].top_logprobs < 1:
+            raise SpecError("must be at least 1 for number_readout: distribution (the digits' alternatives)",
+                            "sampling.top_logprobs")
         seeds = r.get("seeds", list, [0], check=lambda v: v and all(isinstance(x, int) and not isinstance(x, bool)
                                                                       for x in v), why="must be a list of integers")
         if len(set(seeds)) != len(seeds):
@@ -150,11 +164,11 @@ class ExperimentSpec:
     def with_overrides(self, *, emotions: list[str] | None = None, alphas: list[float] | None = None,
                        personas: int | None = None, seeds: list[int] | None = None,
                        turns: int | None = None, temperature: float | None = None,
-                       answer_prefix: str | None = None) -> ExperimentSpec:
+                       answer_prefix: str | None = None, number_readout: str | None = None) -> ExperimentSpec:
         """The spec with a smaller or other design, applied to its data (so they are recorded and hashed).
 
         ``personas``: keep the first N (of a written list; of a population, draw N: the first N of any larger
-        draw with the same seed); ``answer_prefix``: ``""`` removes it. Each override is checked like the field
+        draw with the same seed); ``answer_prefix``: ``""`` removes it; ``number_readout``: text or distribution. Each override is checked like the field
         itself.
         """
         data = json.loads(json.dumps(self.source))
@@ -178,6 +192,10 @@ class ExperimentSpec:
             data.pop("answer_prefix", None)
         elif answer_prefix is not None:
             data["answer_prefix"] = answer_prefix
+        if number_readout is not None:
+            if self.kind != "number":
+                raise SpecError("only number experiments have number_readout", "number_readout")
+            data["number_readout"] = number_readout
         return ExperimentSpec.from_dict(data) if data != self.source else self
 
     # ----------------------------------------------------------------------------------- identity

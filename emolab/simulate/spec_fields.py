@@ -16,7 +16,7 @@ from emolab.simulate.spec_reader import Reader, SpecError
 __all__ = [
     "DEFAULT_EMOTION_PROMPT", "KINDS", "AgentsSpec", "ConditionsSpec", "Reader", "SamplingSpec", "SpecError",
     "StateSpec", "answer_prefix_field", "check_replicates", "choice_fields", "conditions_field", "conversation_fields",
-    "sampling_field",
+    "number_readout_fields", "sampling_field",
 ]
 
 KINDS = ("choice", "number", "conversation")
@@ -117,6 +117,16 @@ def answer_prefix_field(r: Reader) -> str:
         raise SpecError("must not end in whitespace: the model's next token brings its own leading space (end at "
                         "\"$\" or a word)", "answer_prefix")
     return prefix
+
+
+def number_readout_fields(r: Reader) -> dict[str, Any]:
+    """``number_readout`` (text: the amount the reply wrote; distribution: also the model's probability of every
+    amount, ``emolab.simulate.amounts``) and ``distribution_floor`` (the digit tree's nodes below it are not read)."""
+    return dict(
+        number_readout=r.get("number_readout", str, "text", check=lambda v: v in ("text", "distribution"),
+                             why="must be text or distribution"),
+        distribution_floor=float(r.get("distribution_floor", (int, float), 0.005, check=lambda v: 0 < v < 0.5,
+                                       why="must be in (0, 0.5)")))
 
 
 def conversation_fields(r: Reader) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -151,7 +152,8 @@ def test_an_answer_prefix_begins_every_reply_and_asks_the_server_to_continue_it(
     assert all(len(t.messages) == 2 for t in trials(plain, conditions(plain, EMOTIONS, RECOMMENDED)))
     assert spec.digest() != plain.digest()
     # a spec without it hashes as it did before the field existed: its run folders are still resumed
-    before = {k: v for k, v in json.loads(json.dumps(asdict(plain))).items() if k not in ("source", "answer_prefix")}
+    later = ("source", "answer_prefix", "number_readout", "distribution_floor")  # fields added since
+    before = {k: v for k, v in json.loads(json.dumps(asdict(plain))).items() if k not in later}
     assert plain.digest() == hashlib.sha256(json.dumps(before).encode()).hexdigest()
     # the override sets, replaces or removes it (the shipped dictator begins "I give $")
     assert spec.with_overrides(answer_prefix="").digest() == plain.digest()
@@ -162,6 +164,41 @@ def test_an_answer_prefix_begins_every_reply_and_asks_the_server_to_continue_it(
     with pytest.raises(SpecError, match="only choice and number experiments have answer_prefix") as err:
         ExperimentSpec.from_dict(talk)
     assert err.value.field == "answer_prefix"
+
+
+NUMBER = {"name": "n", "kind": "number", "prompt": "How many dollars? A number.", "range": [0, 100],
+          "answer_prefix": "I give $"}
+
+
+@pytest.mark.parametrize("change, field, message", [
+    ({"number_readout": "both"}, "number_readout", "must be text or distribution"),
+    ({"number_readout": "distribution", "answer_prefix": None}, "number_readout", "give an answer_prefix"),
+    ({"number_readout": "distribution", "sampling": {"top_logprobs": 0}}, "sampling.top_logprobs", "at least 1"),
+    ({"distribution_floor": 0}, "distribution_floor", "must be in (0, 0.5)"),
+    ({"distribution_floor": True}, "distribution_floor", "got a boolean"),
+])
+def test_a_bad_number_readout_names_its_field(change, field, message):
+    data = {k: v for k, v in {**NUMBER, **change}.items() if v is not None}
+    with pytest.raises(SpecError, match=re.escape(message)) as err:
+        ExperimentSpec.from_dict(data)
+    assert err.value.field == field
+
+
+def test_the_distribution_readout_is_a_number_field_that_leaves_old_digests_alone():
+    plain = ExperimentSpec.from_dict(NUMBER)
+    spec = ExperimentSpec.from_dict({**NUMBER, "number_readout": "distribution", "distribution_floor": 0.01})
+    assert (spec.number_readout, spec.distribution_floor) == ("distribution", 0.01)
+    assert "number_readout" not in plain.to_dict() and spec.to_dict()["number_readout"] == "distribution"
+    assert plain.with_overrides(number_readout="distribution") == ExperimentSpec.from_dict(
+        {**NUMBER, "number_readout": "distribution"})
+    with pytest.raises(SpecError, match="give an answer_prefix") as err:  # removing the prefix it needs
+        ExperimentSpec.from_dict({**NUMBER, "number_readout": "distribution"}).with_overrides(answer_prefix="")
+    assert err.value.field == "number_readout"
+    for data in (CHOICE, {"name": "c", "kind": "conversation", "opening": "Hi."}):
+        with pytest.raises(SpecError, match="only number experiments have number_readout"):
+            ExperimentSpec.from_dict({**data, "number_readout": "distribution"})
+    with pytest.raises(SpecError, match="only number experiments have number_readout"):
+        ExperimentSpec.from_dict(CHOICE).with_overrides(number_readout="text")
 
 
 def test_trials_render_prompts_and_are_shuffled_reproducibly():

@@ -4,6 +4,7 @@ for reply, the CLI names a bad spec's field in one line, and the report's number
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from conftest import hooked_greedy, run_cli, running_server
 
+from emolab.core.bundle import EmotionBundle
 from emolab.core.models import chat_prompt_ids, load_model
 from emolab.simulate import ExperimentSpec, analyze, read_trials, run_experiment, write_report
 from emolab.simulate.design import conditions, trials
@@ -196,6 +198,67 @@ def test_an_answer_prefix_is_continued_and_the_number_read_from_the_continuation
             assert r["usage"]["prompt_tokens"] == len(ids)
     write_report(out)
     assert "every reply begins with the words `I give $`" in (out / "report.md").read_text()
+
+
+def test_the_distribution_readout_is_the_models_own_probability_of_each_amount(server, smollm2_path,
+                                                                              smollm2_bundle_path, tmp_path):
+    """number_readout: distribution — the server-run walk equals the same walk over the model's own logits, computed
+    here (steered with hand-made hooks), node by node; seeds of one prompt share the walk. The walk itself is
+    tested exactly in test_amounts.py."""
+    import torch
+
+    from emolab.core.models import decoder_layers
+    from emolab.simulate.amounts import read_amounts
+
+    data = {**NUMBER, "personas": ["a nurse"], "answer_prefix": "I give $", "number_readout": "distribution",
+            "seeds": [0, 1], "sampling": {"max_tokens": 6, "temperature": 0.7},
+            "conditions": {"emotions": ["fear"], "alphas": [2], "prompted": False, "steered_prompted": False}}
+    out, spec = tmp_path / "run", ExperimentSpec.from_dict(data)
+    run_experiment(spec, out, base_url=server, api_key=KEY, progress=False)
+    records = {(r["condition"], r["seed"]): r for r in read_trials(out)}
+    assert len(records) == 4
+    model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
+    bundle = EmotionBundle.load(smollm2_bundle_path)
+    basis = bundle.steering_basis()
+
+    def local_walk(record):  # the walk over this process's model: a forward pass per node, hooks for the steering
+        *head, begun = record["messages"]
+        hooks = []
+        for (emotion, alpha) in (record["steering"] or {}).items():
+            for i, layer in enumerate(bundle.chosen_layers):
+                add = torch.from_numpy(alpha * basis[i, bundle.id_map[emotion]])
+                hooks.append(decoder_layers(model)[layer].register_forward_hook(
+                    lambda m, a, o, add=add: (o[0] + add, *o[1:]) if isinstance(o, tuple) else o + add))
+
+        async def ask(text):
+            ids = chat_prompt_ids(tokenizer, [*head, {**begun, "content": begun["content"] + text}],
+                                  add_generation_prompt=False, continue_final_message=True)
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+            values, indices = logprobs.topk(spec.sampling.top_logprobs)
+            return [{"token": tokenizer.decode([i]), "logprob": float(v)}
+                    for v, i in zip(values, indices.tolist(), strict=True)]
+        try:
+            return asyncio.run(read_amounts(ask, *spec.range, floor=spec.distribution_floor)).to_record()
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    for condition in ("control", "steered:fear@2"):
+        dist = records[(condition, 0)]["number_distribution"]
+        assert dist == records[(condition, 1)]["number_distribution"]  # read once for both seeds
+        assert dist["mass"] + dist["other"] + dist["outside"] + dist["unread"] == pytest.approx(1.0, abs=1e-6)
+        assert records[(condition, 0)]["expected_number"] == pytest.approx(
+            sum(float(v) * p for v, p in dist["probs"].items()) / dist["mass"], abs=1e-5)
+        local = local_walk(records[(condition, 0)])
+        assert local["probs"] == pytest.approx(dist["probs"], abs=1e-4) and local["requests"] == dist["requests"]
+        assert len(dist["probs"]) >= 3 and dist["requests"] >= 3
+    assert (records[("control", 0)]["number_distribution"]["expected"]
+            != records[("steered:fear@2", 0)]["number_distribution"]["expected"])  # the steering reached the walk
+    report = write_report(out).read_text()
+    assert "## Expected amount under the model's distribution per condition" in report
+    assert "![amount_distribution](plots/amount_distribution.png)" in report
+    assert (out / "plots" / "amount_distribution.png").is_file() and (out / "tables" / "amounts.csv").is_file()
 
 
 def test_agents_can_carry_their_own_readout_as_state(server, smollm2_bundle_path, tmp_path):

@@ -131,3 +131,24 @@ def test_an_unsteered_request_reads_what_the_readout_library_reads(client, in_pr
     for k, scores in enumerate(served):
         assert max(abs(a - b) for a, b in zip(scores, library.scores[len(ids) + k], strict=True)) < 1e-3
     assert Steering().salt(6) is None
+
+
+BEGUN = [{"role": "user", "content": "How do you feel about the news?"}, {"role": "assistant", "content": "Honestly, I"}]
+
+
+@pytest.mark.parametrize("scope", ["prompt", "generated"])
+def test_a_begun_reply_is_prompt_to_the_scope_and_to_the_readout(client, in_process, scope):
+    """A reply the client began (``continue_final_message``) is prompt: ``prompt`` scope steers its words and not the
+    continuation, ``generated`` only the continuation; the readout counts the begun words among the prompt's."""
+    model, tokenizer, steerer = in_process
+    begun = {"continue_final_message": True, "add_generation_prompt": False}
+    ids = chat_prompt_ids(tokenizer, BEGUN, **begun)
+    value = client.steering_value({"sadness": 0.6}, client.steerable, None, scope)
+    expected = generate(model, tokenizer, [ids], steerer=steerer, steerings=[value], max_new_tokens=12)[0]
+    response = client.chat_completion(BEGUN, {"sadness": 0.6}, scope=scope, max_tokens=12, temperature=0,
+                                      readout=True, extra_body=begun)
+    assert response.choices[0].message.content == tokenizer.decode(expected, skip_special_tokens=True)
+    plain = client.chat_completion(BEGUN, None, max_tokens=12, temperature=0, extra_body=begun)
+    assert response.choices[0].message.content != plain.choices[0].message.content
+    assert response.usage.prompt_tokens == len(ids)
+    assert readout_of(response)["tokens"]["prompt"] == len(ids) - 1  # the begun words are read as prompt

@@ -15,7 +15,8 @@ trial's model computes. Where the mass goes:
   full stop, "$40." is 40; a thousands comma ends the amount: write ranges below 1,000 or prompt for plain digits);
 - ``outside``: numbers outside the range (a node above the range is not expanded: more digits only add);
 - ``other``: replies that do not begin with a number ("I give nothing");
-- ``unread``: what the walk did not follow: nodes below ``floor`` and tokens outside the ``top_logprobs`` returned.
+- ``unread``: what the walk did not follow: nodes below ``floor`` and tokens outside the ``top_logprobs`` returned
+  (``tail``, the second part: a larger k, not a lower floor, reads it).
 
 The four sum to 1. ``expected`` is the mean amount under ``probs`` renormalized (the readout's headline); read it
 with ``mass`` beside it, as a choice's option probabilities are read with their label mass. Probabilities are the
@@ -47,6 +48,7 @@ class AmountDistribution:
     outside: float  # a number outside the range
     unread: float  # below the floor, or outside the top-k
     requests: int  # how many nodes were asked (one request each)
+    tail: float = 0.0  # the part of ``unread`` beyond the top-k of the nodes asked (the rest: nodes not asked)
     floor: float = 0.0
     capped: bool = False  # max_requests stopped the walk (what it left is unread)
 
@@ -70,7 +72,7 @@ class AmountDistribution:
         return {"probs": {f"{v:g}": round(p, 8) for v, p in sorted(self.probs.items())}, "mass": round(self.mass, 8),
                 "expected": None if self.expected is None else round(self.expected, 6),
                 "other": round(self.other, 8), "outside": round(self.outside, 8), "unread": round(self.unread, 8),
-                "requests": self.requests, "floor": self.floor, "capped": self.capped}
+                "tail": round(self.tail, 8), "requests": self.requests, "floor": self.floor, "capped": self.capped}
 
 
 def split_token(token: str, first: bool) -> tuple[str, str] | None:
@@ -89,7 +91,7 @@ async def read_amounts(ask: Ask, low: float, high: float, *, floor: float = 0.00
     ``floor`` are not asked (their mass is ``unread``); at most ``max_requests`` nodes are.
     """
     probs: dict[float, float] = {}
-    other = outside = unread = 0.0
+    other = outside = unread = tail = 0.0
     level: list[tuple[str, str, float]] = [("", "", 1.0)]  # (amount so far, text appended, probability)
     requests = 0
     capped = False
@@ -138,6 +140,7 @@ async def read_amounts(ask: Ask, low: float, high: float, *, floor: float = 0.00
                     nxt.append((amount + token[token.index(split[0]):], text + token, p * q))
                 else:  # digits and something else in one token ("0," or "5!"): ends in it
                     end(amount + split[0], p * q)
-            unread += p * max(0.0, 1.0 - seen)  # the tail beyond the top-k
+            beyond = p * max(0.0, 1.0 - seen)  # the tail beyond the top-k
+            unread, tail = unread + beyond, tail + beyond
         level = nxt
-    return AmountDistribution(probs, other, outside, unread, requests, floor, capped)
+    return AmountDistribution(probs, other, outside, unread, requests, tail, floor, capped)

@@ -43,7 +43,7 @@ def test_amounts_are_products_along_the_digits_and_the_four_parts_sum_to_one():
                                         100: 0.6 * 0.9 * 0.7 * 0.5, 50: 0.25 * 0.98})
     assert dist.other == pytest.approx(0.1)
     assert dist.outside == pytest.approx(0.6 * 0.9 * 0.7 * 0.5)
-    assert dist.unread == pytest.approx(0.05 + 0.6 * 0.02 + 0.25 * 0.02)
+    assert dist.unread == pytest.approx(0.05 + 0.6 * 0.02 + 0.25 * 0.02) == pytest.approx(dist.tail)
     assert dist.mass + dist.other + dist.outside + dist.unread == pytest.approx(1.0)
     assert dist.expected == pytest.approx(sum(v * p for v, p in dist.probs.items()) / dist.mass)
     assert sorted(asked) == ["", "1", "1.", "1.5", "10", "100", "100.", "5", "50"] and dist.requests == 9
@@ -58,6 +58,7 @@ def test_nodes_below_the_floor_are_not_asked_and_count_as_unread():
     table = {"": {"4": 0.996, "7": 0.004}, "4": {"0": 1.0}, "40": {"!": 1.0}}
     dist, asked = walk(table, floor=0.005)
     assert "7" not in asked and dist.probs == pytest.approx({40: 0.996}) and dist.unread == pytest.approx(0.004)
+    assert dist.tail == 0.0  # every node asked was read whole: what is unread is the node not asked
 
 
 def test_a_leading_space_counts_only_before_the_first_digit_and_tokens_may_hold_several_digits():

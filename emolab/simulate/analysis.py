@@ -55,6 +55,10 @@ def trials_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             prompt = next((m["content"] for m in reversed(r["messages"]) if m.get("role") == "user"), "")
             row["from_prompt"] = (np.nan if row.get("parsed_number") is None
                                   else float(row["parsed_number"] in numbers_in(prompt)))
+            if row.get("amount_probs") and row["amount_mass"] > 0:  # the read amounts' share the prompt wrote
+                written = set(numbers_in(prompt))
+                row["amount_from_prompt"] = sum(p for v, p in row["amount_probs"].items()
+                                                if float(v) in written) / row["amount_mass"]
         if r.get("order"):
             row["first_option"] = r["order"][0]
             row["option_labelled_first"] = dict(zip(r["labels"], r["order"], strict=True))[sorted(r["labels"])[0]]
@@ -213,13 +217,17 @@ def amount_effects(frame: pd.DataFrame) -> pd.DataFrame:
     """The expected amount under the model's own distribution (``number_readout: distribution``) per condition and its
     effect. Its unit is the persona, as a choice's: the distribution is read, not drawn, so a persona's seeds repeat
     it. Beside it ``amount_mass`` (the share of the distribution read as an amount in the range: a low one means the
-    model was mostly not answering with one) and ``top_amount`` (the amount of the largest mean probability)."""
+    model was mostly not answering with one), ``top_amount`` (the amount of the largest mean probability) and
+    ``amount_from_prompt`` (the share of the read amounts' probability on numbers the prompt wrote: an echo)."""
     table = effects(frame, "expected_number", ["persona_index", "arm", "seed"], ["persona_index"])
     probs = amount_probabilities(frame)
     top = (probs.sort_values("probability", ascending=False, kind="stable").drop_duplicates("condition")
            .set_index("condition")["amount"] if len(probs) else pd.Series(dtype=float))
-    extra = frame.groupby("condition", sort=False)["amount_mass"].mean().to_frame()
+    grouped = frame.groupby("condition", sort=False)
+    extra = grouped["amount_mass"].mean().to_frame()
     extra["top_amount"] = top
+    if "amount_from_prompt" in frame:
+        extra["amount_from_prompt"] = grouped["amount_from_prompt"].mean()
     return table.merge(extra.reset_index(), on="condition")
 
 

@@ -195,12 +195,14 @@ def _amounts_section(result: RunAnalysis) -> list[str]:
              "trial's steering; `mean`: the expected amount over the amounts in the range (renormalized), "
              "`amount_mass`: the share of the distribution read as such an amount (the rest: no number, out of "
              f"range, or below the floor {result.spec.distribution_floor:g} / outside the top "
-             f"{result.spec.sampling.top_logprobs}); `top_amount`: the amount of largest mean probability. The unit "
-             "is the persona (the distribution is read, not drawn). Probabilities per amount: "
-             "`tables/amount_probabilities.csv` and the plot.", "",
+             f"{result.spec.sampling.top_logprobs}); `top_amount`: the amount of largest mean probability; "
+             "`amount_from_prompt`: the share of the read amounts' probability on numbers the prompt wrote (an "
+             "echo, not a decision). The unit is the persona (the distribution is read, not drawn). Probabilities "
+             "per amount: `tables/amount_probabilities.csv` and the plot.", "",
              markdown_table(_ci(_ci(amounts, "mean"), "effect"),
                             ["condition", "n", "n_units", "mean [95% CI]", "effect [95% CI]", "p_value", "p_holm",
-                             "amount_mass", "top_amount"], floatfmt=P_FORMAT), ""]
+                             "amount_mass", "top_amount"] + [c for c in ("amount_from_prompt",) if c in amounts],
+                            floatfmt=P_FORMAT), ""]
     if note := design_note(amounts):
         lines += [note, ""]
     return lines

@@ -196,6 +196,9 @@ class ExperimentSpec:
             if self.kind != "number":
                 raise SpecError("only number experiments have number_readout", "number_readout")
             data["number_readout"] = number_readout
+        if answer_prefix == "" and data.get("number_readout") == "distribution" and number_readout is None:
+            raise SpecError("this spec reads number_readout: distribution, which needs the begun reply; "
+                            "add --number-readout text to remove both", "answer_prefix")
         return ExperimentSpec.from_dict(data) if data != self.source else self
 
     # ----------------------------------------------------------------------------------- identity

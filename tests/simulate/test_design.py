@@ -191,9 +191,12 @@ def test_the_distribution_readout_is_a_number_field_that_leaves_old_digests_alon
     assert "number_readout" not in plain.to_dict() and spec.to_dict()["number_readout"] == "distribution"
     assert plain.with_overrides(number_readout="distribution") == ExperimentSpec.from_dict(
         {**NUMBER, "number_readout": "distribution"})
-    with pytest.raises(SpecError, match="give an answer_prefix") as err:  # removing the prefix it needs
-        ExperimentSpec.from_dict({**NUMBER, "number_readout": "distribution"}).with_overrides(answer_prefix="")
-    assert err.value.field == "number_readout"
+    reading = ExperimentSpec.from_dict({**NUMBER, "number_readout": "distribution"})
+    with pytest.raises(SpecError, match="needs the begun reply; add --number-readout text") as err:
+        reading.with_overrides(answer_prefix="")  # removing the prefix it needs: the override's flag is named
+    assert err.value.field == "answer_prefix"
+    assert reading.with_overrides(answer_prefix="", number_readout="text") == ExperimentSpec.from_dict(
+        {k: v for k, v in NUMBER.items() if k != "answer_prefix"} | {"number_readout": "text"})
     for data in (CHOICE, {"name": "c", "kind": "conversation", "opening": "Hi."}):
         with pytest.raises(SpecError, match="only number experiments have number_readout"):
             ExperimentSpec.from_dict({**data, "number_readout": "distribution"})

@@ -255,6 +255,11 @@ def test_the_distribution_readout_is_the_models_own_probability_of_each_amount(s
         assert len(dist["probs"]) >= 3 and dist["requests"] >= 3
     assert (records[("control", 0)]["number_distribution"]["expected"]
             != records[("steered:fear@2", 0)]["number_distribution"]["expected"])  # the steering reached the walk
+    amounts = analyze(out).tables["amounts"].set_index("condition")
+    for condition in ("control", "steered:fear@2"):  # the read amounts' share on the prompt's one number, $10
+        dist = records[(condition, 0)]["number_distribution"]
+        assert amounts.loc[condition, "amount_from_prompt"] == pytest.approx(dist["probs"].get("10", 0) / dist["mass"])
+        assert amounts.loc[condition, "mean"] == pytest.approx(dist["expected"], abs=1e-5)
     report = write_report(out).read_text()
     assert "## Expected amount under the model's distribution per condition" in report
     assert "![amount_distribution](plots/amount_distribution.png)" in report

@@ -159,7 +159,8 @@ def test_an_answer_prefix_begins_every_reply_and_asks_the_server_to_continue_it(
     assert spec.with_overrides(answer_prefix="").digest() == plain.digest()
     assert plain.with_overrides(answer_prefix="As {persona}, I choose option") == spec
     dictator = ExperimentSpec.load("dictator")
-    assert dictator.answer_prefix == "I give $" and dictator.with_overrides(answer_prefix="").answer_prefix == ""
+    assert dictator.answer_prefix == "I give $" and dictator.number_readout == "distribution"
+    assert dictator.with_overrides(answer_prefix="", number_readout="text").answer_prefix == ""
     talk = {"name": "c", "kind": "conversation", "opening": "Hi.", "answer_prefix": "I say"}
     with pytest.raises(SpecError, match="only choice and number experiments have answer_prefix") as err:
         ExperimentSpec.from_dict(talk)

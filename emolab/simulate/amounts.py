@@ -14,7 +14,8 @@ trial's model computes. Where the mass goes:
 - ``probs``: amounts in the range, whole or with a decimal point ("$4.50"; a point not followed by a digit is a
   full stop, "$40." is 40; a thousands comma ends the amount: write ranges below 1,000 or prompt for plain digits);
 - ``outside``: numbers outside the range (a node above the range is not expanded: more digits only add);
-- ``other``: replies that do not begin with a number ("I give nothing");
+- ``other``: replies that do not begin with a number ("I give nothing"; a minus sign too: negative amounts are
+  not read);
 - ``unread``: what the walk did not follow: nodes below ``floor`` and tokens outside the ``top_logprobs`` returned
   (``tail``, the second part: a larger k, not a lower floor, reads it).
 

@@ -1,6 +1,7 @@
 """05_simulate.ipynb under papermill with its CI parameters: it starts the patched vLLM server itself (auto),
 checks that the served steered reply equals the in-kernel one token for token, runs a counterbalanced choice
-experiment and a contagion conversation, writes their reports, and stops the server."""
+experiment, a number experiment read as a distribution and a contagion conversation, writes their reports, and
+stops the server."""
 
 from __future__ import annotations
 
@@ -46,11 +47,22 @@ def test_05_simulate_through_the_vllm_server_it_starts(tmp_path):
     for r in records:
         assert r["option_probs"] is None or sum(r["option_probs"].values()) == pytest.approx(1.0)
         assert (r["steering"] is None) == (r["condition_kind"] in ("control", "prompted"))
+    # the number run: the same 7 conditions, one persona; each trial with the model's distribution over amounts
+    number = ExperimentSpec.load(params["number_spec"]).with_overrides(
+        emotions=params["emotions"], alphas=params["alphas"], personas=params["personas"])
+    amounts = read_trials(output / number.name)
+    assert len(amounts) == 7 and number.number_readout == "distribution"
+    for r in amounts:
+        d = r["number_distribution"]
+        assert d["mass"] + d["other"] + d["outside"] + d["unread"] == pytest.approx(1.0, abs=1e-6) and d["requests"] >= 2
+        assert r["expected_number"] == pytest.approx(sum(float(v) * p for v, p in d["probs"].items()) / d["mass"],
+                                                      abs=1e-4)
+    assert "under the model's distribution per condition" in (output / number.name / "report.md").read_text()
     # the conversation: control + (prompted, steered) x 2 emotions, 6 agents, 2 turns
     replies = read_trials(output / "contagion")
     assert len(replies) == 5 * 6 * 2 and all(r["judged"] for r in replies)
     assert {(r["turn"], r["agent"]) for r in replies} == {(t, a) for t in range(2) for a in range(6)}
-    for folder in (output / choice.name, output / "contagion"):
+    for folder in (output / choice.name, output / number.name, output / "contagion"):
         report = (folder / "report.md").read_text()
         links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
         assert links and all((folder / link).is_file() for link in links)

@@ -35,7 +35,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Ask", "AmountDistribution", "read_amounts", "split_token"]
+__all__ = ["DEFAULT_FLOOR", "Ask", "AmountDistribution", "read_amounts", "split_token"]
+
+DEFAULT_FLOOR = 0.005  # nodes of the digit tree less likely than this are not asked (spec: distribution_floor)
 
 # appended text -> the next token's top alternatives ([{"token", "logprob"}, ...]), the chosen one among them
 Ask = Callable[[str], Awaitable[Sequence[Mapping[str, Any]]]]
@@ -84,7 +86,7 @@ def split_token(token: str, first: bool) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-async def read_amounts(ask: Ask, low: float, high: float, *, floor: float = 0.005,
+async def read_amounts(ask: Ask, low: float, high: float, *, floor: float = DEFAULT_FLOOR,
                        max_requests: int = 256) -> AmountDistribution:
     """The distribution over the amounts in ``[low, high]`` spelt after the begun reply (see the module).
 

@@ -27,8 +27,8 @@ from emolab.core.stats import benjamini_hochberg, between_groups_p, holm, sign_f
 from emolab.simulate.readout import copied_share, numbers_in, parse_number
 
 __all__ = [
-    "amount_effects", "amount_probabilities", "bootstrap_mean", "choice_effects", "contagion", "corrected", "dose_response", "effects", "number_effects",
-    "outcome_design", "paired_p", "steered_vs_prompted", "subgroup_effects", "trials_frame", "units",
+    "amount_effects", "amount_probabilities", "bootstrap_mean", "choice_effects", "contagion", "corrected",
+    "dose_response", "effects", "number_effects", "outcome_design", "paired_p", "steered_vs_prompted", "subgroup_effects", "trials_frame", "units",
 ]
 
 N_BOOT = 2000

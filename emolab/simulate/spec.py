@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emolab.simulate.amounts import DEFAULT_FLOOR
 from emolab.simulate.personas import read_personas, resize_personas
 from emolab.simulate.spec_fields import (
     KINDS,
@@ -44,7 +45,7 @@ __all__ = [
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "experiments"
 # Fields added after runs were logged: left out of ``to_dict`` (so of the digest) at their defaults, so that a
 # folder run before they existed is still resumed by the same spec.
-LATER_FIELDS: dict[str, Any] = {"answer_prefix": "", "number_readout": "text", "distribution_floor": 0.005}
+LATER_FIELDS: dict[str, Any] = {"answer_prefix": "", "number_readout": "text", "distribution_floor": DEFAULT_FLOOR}
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class ExperimentSpec:
     range: tuple[float, float] | None = None  # number: accepted answers
     answer_prefix: str = ""  # choice/number: the reply's first words, written for the model, which continues them
     number_readout: str = "text"  # number: text (the amount the reply wrote) | distribution (also P of every amount)
-    distribution_floor: float = 0.005  # number_readout distribution: nodes of the digit tree below it are not read
+    distribution_floor: float = DEFAULT_FLOOR  # number_readout distribution: digit-tree nodes below it are not read
     turns: int = 5
     window: int = 6
     opening: str = ""

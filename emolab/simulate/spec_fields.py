@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emolab.core.emotions import DEFAULT_EMOTIONS, EMOTION_ADJECTIVES
+from emolab.simulate.amounts import DEFAULT_FLOOR
 from emolab.simulate.personas import read_personas
 from emolab.simulate.spec_reader import Reader, SpecError
 
@@ -125,7 +126,7 @@ def number_readout_fields(r: Reader) -> dict[str, Any]:
     return dict(
         number_readout=r.get("number_readout", str, "text", check=lambda v: v in ("text", "distribution"),
                              why="must be text or distribution"),
-        distribution_floor=float(r.get("distribution_floor", (int, float), 0.005, check=lambda v: 0 < v < 0.5,
+        distribution_floor=float(r.get("distribution_floor", (int, float), DEFAULT_FLOOR, check=lambda v: 0 < v < 0.5,
                                        why="must be in (0, 0.5)")))
 
 

@@ -28,7 +28,7 @@ from emolab.simulate.readout import copied_share, numbers_in, parse_number
 
 __all__ = [
     "amount_effects", "amount_probabilities", "bootstrap_mean", "choice_effects", "contagion", "corrected",
-    "dose_response", "effects", "number_effects", "outcome_design", "paired_p", "steered_vs_prompted", "subgroup_effects", "trials_frame", "units",
+    "dose_response", "effects", "number_effects", "outcome_design", "sign_check", "paired_p", "steered_vs_prompted", "subgroup_effects", "trials_frame", "units",
 ]
 
 N_BOOT = 2000
@@ -278,6 +278,29 @@ def dose_response(table: pd.DataFrame) -> pd.DataFrame:
         for _, s in steered.iterrows():
             rows.append({k: s[k] for k in ("emotion", "multiple", "alpha", "mean", "effect", "effect_low", "effect_high")})
     return pd.DataFrame(rows).sort_values(["emotion", "multiple"], ignore_index=True) if rows else pd.DataFrame()
+
+
+def sign_check(table: pd.DataFrame, held: float = 0.05) -> pd.DataFrame:
+    """Per emotion and alpha steered with both signs: the effect toward the emotion (``+alpha``) and away from it
+    (``-alpha``). A direction that acts as the emotion moves the outcome opposite ways; two effects of the same sign
+    are what a push of that size does whatever its direction (``verdict``: ``opposite``, ``same sign`` where both
+    hold after the table's correction, ``p_holm`` < ``held``, else ``unclear``)."""
+    rows = []
+    steered = table[table["kind"] == "steered"]
+    for emotion, sub in steered.groupby("emotion", sort=False):
+        by_multiple = {float(r["multiple"]): r for r in sub.to_dict("records")}
+        for multiple in sorted(m for m in by_multiple if m > 0 and -m in by_multiple):
+            toward, away = by_multiple[multiple], by_multiple[-multiple]
+            signs = np.sign([toward["effect"], away["effect"]])
+            both = all(r.get("p_holm", np.nan) < held for r in (toward, away))
+            verdict = ("opposite" if signs[0] * signs[1] < 0 else "same sign" if both and signs[0] != 0
+                       else "unclear")
+            rows.append({"emotion": emotion, "multiple": multiple, "toward": toward["effect"],
+                         "toward_ci": f"[{toward['effect_low']:+.3f}, {toward['effect_high']:+.3f}]",
+                         "away": away["effect"], "away_ci": f"[{away['effect_low']:+.3f}, {away['effect_high']:+.3f}]",
+                         "p_holm_toward": toward.get("p_holm", np.nan), "p_holm_away": away.get("p_holm", np.nan),
+                         "verdict": verdict})
+    return pd.DataFrame(rows)
 
 
 def steered_vs_prompted(table: pd.DataFrame) -> pd.DataFrame:

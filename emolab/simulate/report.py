@@ -110,6 +110,9 @@ def analyze(folder: str | Path, by: str | None = None) -> RunAnalysis:
         result.tables["amount_probabilities"] = in_design_order(analysis.amount_probabilities(frame), "amount")
     result.tables["dose_response"] = analysis.dose_response(table)
     result.tables["steered_vs_prompted"] = analysis.steered_vs_prompted(table)
+    for name, source in (("sign_check", "effects"), ("amounts_sign_check", "amounts")):
+        if source in result.tables and len(check := analysis.sign_check(result.tables[source])):
+            result.tables[name] = check
     if by is not None:
         per_level, spread = analysis.subgroup_effects(frame, f"persona_{by}", *analysis.outcome_design(
             spec.kind, spec.outcome))
@@ -208,6 +211,24 @@ def _amounts_section(result: RunAnalysis) -> list[str]:
     return lines
 
 
+def _sign_section(result: RunAnalysis) -> list[str]:
+    checks = [(name, result.tables[name]) for name in ("sign_check", "amounts_sign_check") if name in result.tables]
+    if not checks:
+        return []
+    lines = ["## Does the direction matter? Toward and away from each emotion", "",
+             "Each emotion steered at `+alpha` (toward) and `-alpha` (away), effects against the control. A direction "
+             "that acts as the emotion moves the outcome opposite ways (`opposite`); effects of the same sign, both "
+             "held after the correction (`same sign`), are what a push of that size does whatever its direction, "
+             "and are not evidence of the emotion.", ""]
+    for name, check in checks:
+        if name == "amounts_sign_check":
+            lines += [f"On the expected {result.outcome_label} (the model's distribution):", ""]
+        lines += [markdown_table(check, ["emotion", "multiple", "toward", "toward_ci", "away", "away_ci",
+                                         "p_holm_toward", "p_holm_away", "verdict"],
+                                  floatfmt={"p_holm_toward": ".3g", "p_holm_away": ".3g"}), ""]
+    return lines
+
+
 def _ci(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """A ``<key> [95% CI]`` column: ``+0.029 [+0.014, +0.043]``; n/a where there is no number or no interval."""
     def cell(m: float, lo: float, hi: float) -> str:
@@ -268,6 +289,7 @@ def write_report(folder: str | Path, output: str | Path | None = None, *, title:
             lines += [note, ""]
         if "amounts" in result.tables:
             lines += _amounts_section(result)
+        lines += _sign_section(result)
         svp = result.tables["steered_vs_prompted"]
         if len(svp):
             lines += ["## Steered vs prompted (effect vs control)", "", markdown_table(svp), ""]

@@ -367,6 +367,28 @@ def test_dose_response_and_steered_vs_prompted_tables():
     assert svp.loc[2.0, "steered_ci"] == "[+0.100, +0.300]"
 
 
+def test_the_sign_check_sets_toward_beside_away():
+    def row(emotion, multiple, effect, p_holm):
+        return {"condition": f"steered:{emotion}@{multiple:g}", "kind": "steered", "emotion": emotion,
+                "multiple": multiple, "effect": effect, "effect_low": effect - 0.1, "effect_high": effect + 0.1,
+                "p_holm": p_holm}
+
+    table = pd.DataFrame([
+        {"condition": "control", "kind": "control", "emotion": None, "multiple": 0.0, "effect": 0.0,
+         "effect_low": 0.0, "effect_high": 0.0, "p_holm": np.nan},
+        row("joy", 1.0, 0.5, 0.001), row("joy", -1.0, 0.4, 0.01),  # both up, both held: the push, not joy
+        row("fear", 2.0, 0.3, 0.001), row("fear", -2.0, -0.2, 0.3), row("fear", 1.0, 0.1, 0.5),  # no -1: no row
+        row("anger", 1.0, 0.2, 0.001), row("anger", -1.0, 0.1, 0.2),  # same sign, one not held
+    ])
+    check = analysis.sign_check(table)
+    assert check[["emotion", "multiple", "verdict"]].values.tolist() == [
+        ["joy", 1.0, "same sign"], ["fear", 2.0, "opposite"], ["anger", 1.0, "unclear"]]
+    joy = check.iloc[0]
+    assert (joy["toward"], joy["away"], joy["toward_ci"], joy["away_ci"]) == (0.5, 0.4, "[+0.400, +0.600]",
+                                                                           "[+0.300, +0.500]")
+    assert analysis.sign_check(table[table["multiple"] >= 0]).empty  # no emotion steered with both signs
+
+
 def test_run_log_resumes_without_losing_or_repeating(tmp_path):
     spec = ExperimentSpec.from_dict(CHOICE)
     log = RunLog(tmp_path, spec, {"model": "m"})

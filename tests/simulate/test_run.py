@@ -212,11 +212,11 @@ def test_the_distribution_readout_is_the_models_own_probability_of_each_amount(s
 
     data = {**NUMBER, "personas": ["a nurse"], "answer_prefix": "I give $", "number_readout": "distribution",
             "seeds": [0, 1], "sampling": {"max_tokens": 6, "temperature": 0.7},
-            "conditions": {"emotions": ["fear"], "alphas": [2], "prompted": False, "steered_prompted": False}}
+            "conditions": {"emotions": ["fear"], "alphas": [2, -2], "prompted": False, "steered_prompted": False}}
     out, spec = tmp_path / "run", ExperimentSpec.from_dict(data)
     run_experiment(spec, out, base_url=server, api_key=KEY, progress=False)
     records = {(r["condition"], r["seed"]): r for r in read_trials(out)}
-    assert len(records) == 4
+    assert len(records) == 6
     model, tokenizer = load_model(str(smollm2_path), dtype="float32", device="cpu")
     bundle = EmotionBundle.load(smollm2_bundle_path)
     basis = bundle.steering_basis()
@@ -260,7 +260,13 @@ def test_the_distribution_readout_is_the_models_own_probability_of_each_amount(s
         dist = records[(condition, 0)]["number_distribution"]
         assert amounts.loc[condition, "amount_from_prompt"] == pytest.approx(dist["probs"].get("10", 0) / dist["mass"])
         assert amounts.loc[condition, "mean"] == pytest.approx(dist["expected"], abs=1e-5)
+    check = analyze(out).tables["amounts_sign_check"].iloc[0]  # toward fear beside away from it
+    assert (check["emotion"], check["multiple"]) == ("fear", 2.0)
+    assert (check["toward"], check["away"]) == (amounts.loc["steered:fear@2", "effect"],
+                                                amounts.loc["steered:fear@-2", "effect"])
+    assert check["verdict"] == ("opposite" if check["toward"] * check["away"] < 0 else "unclear")  # 1 unit: no p
     report = write_report(out).read_text()
+    assert "## Does the direction matter? Toward and away from each emotion" in report
     assert "## Expected amount under the model's distribution per condition" in report
     assert "![amount_distribution](plots/amount_distribution.png)" in report
     assert (out / "plots" / "amount_distribution.png").is_file() and (out / "tables" / "amounts.csv").is_file()

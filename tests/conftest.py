@@ -127,9 +127,10 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture, entry: Callable[[lis
 from emolab.serve.launch import free_port  # noqa: E402  (after the environment defaults above)
 
 
-def hooked_greedy(model, tokenizer, ids: list[int], n_tokens: int, deltas: dict | None = None) -> tuple[str, list[int]]:
-    """Plain ``model.generate`` greedy, with hand-made forward hooks adding ``deltas[layer]`` (a float32 array of
-    the hidden size) to those blocks' outputs: the steering reference written without emolab's steerer."""
+@contextmanager
+def steering_hooks(model, deltas: dict | None):
+    """Hand-made forward hooks adding ``deltas[layer]`` (a float32 array of the hidden size) to those blocks'
+    outputs while the block runs: the steering reference written without emolab's steerer."""
     import torch
 
     from emolab.core.models import decoder_layers
@@ -143,12 +144,19 @@ def hooked_greedy(model, tokenizer, ids: list[int], n_tokens: int, deltas: dict 
 
         handles.append(decoder_layers(model)[layer].register_forward_hook(hook))
     try:
-        with torch.inference_mode():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def hooked_greedy(model, tokenizer, ids: list[int], n_tokens: int, deltas: dict | None = None) -> tuple[str, list[int]]:
+    """Plain ``model.generate`` greedy under ``steering_hooks(model, deltas)``."""
+    import torch
+
+    with steering_hooks(model, deltas), torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     generated = out[0, len(ids):].tolist()
     return tokenizer.decode(generated, skip_special_tokens=True), generated
 

@@ -86,6 +86,11 @@ def split_token(token: str, first: bool) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+def _value(amount: str) -> float:
+    """The amount a node spells ("10." is 10: a point that ends it was a full stop)."""
+    return float(amount.rstrip("."))
+
+
 async def read_amounts(ask: Ask, low: float, high: float, *, floor: float = DEFAULT_FLOOR,
                        max_requests: int = 256) -> AmountDistribution:
     """The distribution over the amounts in ``[low, high]`` spelt after the begun reply (see the module).
@@ -101,7 +106,7 @@ async def read_amounts(ask: Ask, low: float, high: float, *, floor: float = DEFA
 
     def end(amount: str, p: float) -> None:
         nonlocal outside
-        value = float(amount.rstrip("."))  # "10." ended: the point was a full stop
+        value = _value(amount)
         if low <= value <= high:
             probs[value] = probs.get(value, 0.0) + p
         else:
@@ -110,7 +115,7 @@ async def read_amounts(ask: Ask, low: float, high: float, *, floor: float = DEFA
     while level:
         asked, nxt = [], []
         for amount, text, p in level:
-            if amount and float(amount.rstrip(".")) > high:
+            if amount and _value(amount) > high:
                 outside += p  # more digits only make it larger
             elif p < floor:
                 unread += p

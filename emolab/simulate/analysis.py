@@ -28,7 +28,8 @@ from emolab.simulate.readout import copied_share, numbers_in, parse_number
 
 __all__ = [
     "amount_effects", "amount_probabilities", "bootstrap_mean", "choice_effects", "contagion", "corrected",
-    "dose_response", "effects", "number_effects", "outcome_design", "sign_check", "paired_p", "steered_vs_prompted", "subgroup_effects", "trials_frame", "units",
+    "dose_response", "effects", "number_effects", "outcome_design", "paired_p", "sign_check", "steered_vs_prompted",
+    "subgroup_effects", "trials_frame", "units",
 ]
 
 N_BOOT = 2000
@@ -53,10 +54,10 @@ def trials_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             row["parsed_number"] = None  # logged before the cut was checked: its number ran into the cut
         if r.get("kind") == "number" and r.get("messages"):
             prompt = next((m["content"] for m in reversed(r["messages"]) if m.get("role") == "user"), "")
+            written = set(numbers_in(prompt))
             row["from_prompt"] = (np.nan if row.get("parsed_number") is None
-                                  else float(row["parsed_number"] in numbers_in(prompt)))
+                                  else float(row["parsed_number"] in written))
             if row.get("amount_probs") and row["amount_mass"] > 0:  # the read amounts' share the prompt wrote
-                written = set(numbers_in(prompt))
                 row["amount_from_prompt"] = sum(p for v, p in row["amount_probs"].items()
                                                 if float(v) in written) / row["amount_mass"]
         if r.get("order"):
@@ -213,14 +214,15 @@ def number_effects(frame: pd.DataFrame) -> pd.DataFrame:
     return table.merge(extra.reset_index(), on="condition")
 
 
-def amount_effects(frame: pd.DataFrame) -> pd.DataFrame:
+def amount_effects(frame: pd.DataFrame, probs: pd.DataFrame | None = None) -> pd.DataFrame:
     """The expected amount under the model's own distribution (``number_readout: distribution``) per condition and its
     effect. Its unit is the persona, as a choice's: the distribution is read, not drawn, so a persona's seeds repeat
     it. Beside it ``amount_mass`` (the share of the distribution read as an amount in the range: a low one means the
     model was mostly not answering with one), ``top_amount`` (the amount of the largest mean probability) and
-    ``amount_from_prompt`` (the share of the read amounts' probability on numbers the prompt wrote: an echo)."""
+    ``amount_from_prompt`` (the share of the read amounts' probability on numbers the prompt wrote: an echo).
+    ``probs``: ``amount_probabilities(frame)``, when the caller has it already."""
     table = effects(frame, "expected_number", ["persona_index", "arm", "seed"], ["persona_index"])
-    probs = amount_probabilities(frame)
+    probs = amount_probabilities(frame) if probs is None else probs
     top = (probs.sort_values("probability", ascending=False, kind="stable").drop_duplicates("condition")
            .set_index("condition")["amount"] if len(probs) else pd.Series(dtype=float))
     grouped = frame.groupby("condition", sort=False)
@@ -280,6 +282,11 @@ def dose_response(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["emotion", "multiple"], ignore_index=True) if rows else pd.DataFrame()
 
 
+def _effect_ci(row: Any) -> str:
+    """An effect's 95% CI as text: ``[+0.100, +0.300]``."""
+    return f"[{row['effect_low']:+.3f}, {row['effect_high']:+.3f}]"
+
+
 def sign_check(table: pd.DataFrame, held: float = 0.05) -> pd.DataFrame:
     """Per emotion and alpha steered with both signs: the effect toward the emotion (``+alpha``) and away from it
     (``-alpha``). A direction that acts as the emotion moves the outcome opposite ways; two effects of the same sign
@@ -296,8 +303,7 @@ def sign_check(table: pd.DataFrame, held: float = 0.05) -> pd.DataFrame:
             verdict = ("opposite" if signs[0] * signs[1] < 0 else "same sign" if both and signs[0] != 0
                        else "unclear")
             rows.append({"emotion": emotion, "multiple": multiple, "toward": toward["effect"],
-                         "toward_ci": f"[{toward['effect_low']:+.3f}, {toward['effect_high']:+.3f}]",
-                         "away": away["effect"], "away_ci": f"[{away['effect_low']:+.3f}, {away['effect_high']:+.3f}]",
+                         "toward_ci": _effect_ci(toward), "away": away["effect"], "away_ci": _effect_ci(away),
                          "p_holm_toward": toward.get("p_holm", np.nan), "p_holm_away": away.get("p_holm", np.nan),
                          "verdict": verdict})
     return pd.DataFrame(rows)
@@ -316,7 +322,7 @@ def steered_vs_prompted(table: pd.DataFrame) -> pd.DataFrame:
                 if len(part):
                     p = part.iloc[0]
                     row[kind] = p["effect"]
-                    row[f"{kind}_ci"] = f"[{p['effect_low']:+.3f}, {p['effect_high']:+.3f}]"
+                    row[f"{kind}_ci"] = _effect_ci(p)
             rows.append(row)
     return pd.DataFrame(rows)
 

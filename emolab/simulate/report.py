@@ -106,8 +106,9 @@ def analyze(folder: str | Path, by: str | None = None) -> RunAnalysis:
     table = in_design_order(table)
     result.tables["effects"] = table
     if spec.kind == "number" and "expected_number" in frame and frame["expected_number"].notna().any():
-        result.tables["amounts"] = in_design_order(analysis.amount_effects(frame))
-        result.tables["amount_probabilities"] = in_design_order(analysis.amount_probabilities(frame), "amount")
+        probs = analysis.amount_probabilities(frame)
+        result.tables["amounts"] = in_design_order(analysis.amount_effects(frame, probs))
+        result.tables["amount_probabilities"] = in_design_order(probs, "amount")
     result.tables["dose_response"] = analysis.dose_response(table)
     result.tables["steered_vs_prompted"] = analysis.steered_vs_prompted(table)
     for name, source in (("sign_check", "effects"), ("amounts_sign_check", "amounts")):
@@ -193,7 +194,7 @@ def _subgroup_section(result: RunAnalysis, by: str) -> list[str]:
 def _amounts_section(result: RunAnalysis) -> list[str]:
     amounts = result.tables["amounts"]
     lines = [f"## Expected {result.outcome_label} under the model's distribution per condition", "",
-             "What the model *would* answer, not the one reply it wrote: every whole amount's probability read from "
+             "What the model *would* answer, not the one reply it wrote: every amount's probability read from "
              "the logprobs along the digits after the begun reply (`number_readout: distribution`), under the "
              "trial's steering; `mean`: the expected amount over the amounts in the range (renormalized), "
              "`amount_mass`: the share of the distribution read as such an amount (the rest: no number, out of "

@@ -138,8 +138,8 @@ async def _run_trials(spec: ExperimentSpec, client: AsyncSteeringClient, log: Ru
             try:
                 reply = await client.chat_completion(list(trial.messages), trial.condition.steering(),
                                                      **sampling_kwargs(spec, trial.seed, spec.kind == "choice"))
-                amounts = (await asyncio.shield(distribution(trial)) if spec.kind == "number"
-                           and spec.number_readout == "distribution" else None)
+                amounts = (await asyncio.shield(distribution(trial)) if spec.number_readout == "distribution"
+                           else None)  # a spec reads a distribution only for a number experiment
             except APIStatusError as exc:
                 if 400 <= exc.status_code < 500 and exc.status_code != 429:
                     raise SimulationError(f"the server refused a trial ({exc.status_code}): {exc.message}") from None

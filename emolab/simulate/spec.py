@@ -169,8 +169,8 @@ class ExperimentSpec:
         """The spec with a smaller or other design, applied to its data (so they are recorded and hashed).
 
         ``personas``: keep the first N (of a written list; of a population, draw N: the first N of any larger
-        draw with the same seed); ``answer_prefix``: ``""`` removes it; ``number_readout``: text or distribution. Each override is checked like the field
-        itself.
+        draw with the same seed); ``answer_prefix``: ``""`` removes it; ``number_readout``: text or distribution.
+        Each override is checked like the field itself.
         """
         data = json.loads(json.dumps(self.source))
         conditions = dict(data.get("conditions") or {})

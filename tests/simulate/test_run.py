@@ -16,7 +16,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from conftest import hooked_greedy, run_cli, running_server
+from conftest import hooked_greedy, run_cli, running_server, steering_hooks
 
 from emolab.core.bundle import EmotionBundle
 from emolab.core.models import chat_prompt_ids, load_model
@@ -207,7 +207,6 @@ def test_the_distribution_readout_is_the_models_own_probability_of_each_amount(s
     tested exactly in test_amounts.py."""
     import torch
 
-    from emolab.core.models import decoder_layers
     from emolab.simulate.amounts import read_amounts
 
     data = {**NUMBER, "personas": ["a nurse"], "answer_prefix": "I give $", "number_readout": "distribution",
@@ -223,12 +222,9 @@ def test_the_distribution_readout_is_the_models_own_probability_of_each_amount(s
 
     def local_walk(record):  # the walk over this process's model: a forward pass per node, hooks for the steering
         *head, begun = record["messages"]
-        hooks = []
-        for (emotion, alpha) in (record["steering"] or {}).items():
-            for i, layer in enumerate(bundle.chosen_layers):
-                add = torch.from_numpy(alpha * basis[i, bundle.id_map[emotion]])
-                hooks.append(decoder_layers(model)[layer].register_forward_hook(
-                    lambda m, a, o, add=add: (o[0] + add, *o[1:]) if isinstance(o, tuple) else o + add))
+        (emotion, alpha), = (record["steering"] or {"fear": 0.0}).items()  # one emotion, or none
+        deltas = {layer: alpha * basis[i, bundle.id_map[emotion]] for i, layer in enumerate(bundle.chosen_layers)
+                  if alpha}
 
         async def ask(text):
             ids = chat_prompt_ids(tokenizer, [*head, {**begun, "content": begun["content"] + text}],
@@ -238,11 +234,8 @@ def test_the_distribution_readout_is_the_models_own_probability_of_each_amount(s
             values, indices = logprobs.topk(spec.sampling.top_logprobs)
             return [{"token": tokenizer.decode([i]), "logprob": float(v)}
                     for v, i in zip(values, indices.tolist(), strict=True)]
-        try:
+        with steering_hooks(model, deltas):
             return asyncio.run(read_amounts(ask, *spec.range, floor=spec.distribution_floor)).to_record()
-        finally:
-            for hook in hooks:
-                hook.remove()
 
     for condition in ("control", "steered:fear@2"):
         dist = records[(condition, 0)]["number_distribution"]
